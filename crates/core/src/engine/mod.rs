@@ -1,0 +1,183 @@
+//! The fault engine: serves every restored task's uffd until all lazy pages are in.
+//!
+//! # Threads
+//! * **fault thread** (`FaultLoop`): epoll over all uffds + a control eventfd. The only
+//!   reader of uffd messages; serves faults itself (copy the faulting page, or a short
+//!   cluster after it, or map the zero page), applies FORK/REMAP/REMOVE/UNMAP, retires
+//!   finished tasks (closes their uffd).
+//! * **background fill** (`config.jobs` threads): after `restore_finished`, claims one
+//!   chunk at a time (policy hints first, then address order) and copies it.
+//! * **notifier**: delivers `EngineEvent`s to the callback, so a slow policy layer never
+//!   delays a fault.
+//!
+//! # Locking (per task)
+//! `state` (mutex) holds pending ranges, in-flight claims and parked faults; it is only
+//! held for bookkeeping, never across an ioctl or a source read. `gate` (rwlock around
+//! the uffd) orders fills against address-space events: fills hold it shared from
+//! reading their claim's current pieces until the ioctl returned; the fault thread holds
+//! it exclusively while it reads a message batch and applies the events in it.
+//!
+//! # Invariants
+//! 1. **Each lazy page is copied at most once.** A page leaves `pending` only by being
+//!    claimed under the state lock; a claim is owned by exactly one thread until it
+//!    ends, and whatever it could not copy goes back to pending. EEXIST is counted as
+//!    `exists`, never as a copy.
+//! 2. **No stale data after MADV_DONTNEED.** Reading a REMOVE message lets the madvise
+//!    caller go on to zap the span; a COPY into it issued after that read would
+//!    resurrect dump-time bytes. Reads happen under the exclusive gate and drop the span
+//!    from pending *and* from in-flight claims before the gate is released; fills only
+//!    issue ioctls for their claim's pieces as they are under the shared gate. So every
+//!    COPY into the span either completed before the read (and is then zapped) or sees
+//!    the span gone. The fault thread applies a batch's events before serving its
+//!    faults for the same reason.
+//! 3. **EAGAIN means "event unread", not failure.** While a FORK/REMAP/REMOVE/UNMAP
+//!    message is queued the kernel refuses fills with EAGAIN. The unfilled rest of the
+//!    claim goes back to pending (still under the shared gate, so the event is applied
+//!    to it afterwards); background fill then waits for the fault thread to bump the
+//!    work generation, and a fault is retried after the next drain, with backoff.
+//! 4. **FORK gives the child exactly what it lacks.** The kernel refuses the parent's
+//!    fills from the moment it copies the mm until the FORK message is read, and no
+//!    fill is mid-ioctl while the gate is exclusive; so pending + in-flight at read time
+//!    is exactly the set of lazy pages missing in the child.
+
+mod background;
+mod config;
+mod drain;
+mod error;
+mod fault_loop;
+mod inflight;
+mod notify;
+mod serve;
+mod shared;
+mod source;
+mod stats;
+mod task;
+mod transfer;
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use config::EngineConfig;
+pub use error::EngineError;
+pub use notify::{EngineEvent, EventCallback};
+pub use source::{PageData, PageSource, SourceError};
+pub use stats::{EngineStats, EngineSummary, LatencySnapshot, TaskStats};
+
+use crate::ranges::{page_ceil, page_floor, LazyRanges, PAGE_SIZE};
+use fault_loop::FaultLoop;
+use notify::lock;
+use shared::{Hint, Shared};
+
+/// Handle to a running engine. Dropping it shuts the engine down.
+pub struct Engine {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<(&'static str, JoinHandle<()>)>>,
+}
+
+impl Engine {
+    /// Starts the fault, background-fill and notifier threads. No task yet.
+    pub fn start(source: Arc<dyn PageSource>, config: EngineConfig, events: EventCallback) -> Result<Engine, EngineError> {
+        let shared = Arc::new(Shared::new(source, config.normalized())?);
+        let mut threads = Vec::new();
+        let spawn = |name: &'static str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(format!("lazy-{name}")).spawn(f).map(|h| (name, h)).map_err(EngineError::Setup)
+        };
+        let s = shared.clone();
+        threads.push(spawn("faults", Box::new(move || FaultLoop::new(s).run()))?);
+        for _ in 0..shared.config.jobs {
+            let s = shared.clone();
+            threads.push(spawn("fill", Box::new(move || background::run(s)))?);
+        }
+        let s = shared.clone();
+        threads.push(spawn(
+            "notify",
+            Box::new(move || {
+                let mut last = (u64::MAX, u64::MAX);
+                s.notifier.run(&events, &mut || s.progress(&mut last));
+            }),
+        )?);
+        Ok(Engine { shared, threads: Mutex::new(threads) })
+    }
+
+    /// Hands over task `pid`'s uffd (API already negotiated, as CRIU sends it) with its
+    /// lazy ranges. Returns the engine's id for this task entry.
+    pub fn add_task(&self, pid: u32, uffd: OwnedFd, ranges: LazyRanges) -> Result<u32, EngineError> {
+        let uffd = crate::uffd::uffd_from_owned(uffd);
+        let task = self.shared.add_task(pid, None, uffd, ranges)?;
+        self.shared.poke();
+        Ok(task.id)
+    }
+
+    /// criu restore sent RESTORE_FINISHED: background fill may start, and tasks with
+    /// nothing left may retire.
+    pub fn restore_finished(&self) {
+        self.shared.restore_finished.store(true, SeqCst);
+        self.shared.bump_work();
+        self.shared.poke();
+    }
+
+    /// Policy hint: fill `pages` pages of image task `pid` from run-time `addr` before
+    /// anything else (applies to forked children of `pid` too).
+    pub fn prioritize(&self, pid: u32, addr: u64, pages: u64) {
+        let start = page_floor(addr);
+        let end = page_ceil(addr.saturating_add(pages.saturating_mul(PAGE_SIZE)));
+        if start < end {
+            self.shared.push_hint(Hint { pid, addr: start, end });
+        }
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.shared.stats()
+    }
+
+    /// True once every task is done (after `restore_finished`).
+    pub fn is_finished(&self) -> bool {
+        self.shared.finished.load(SeqCst)
+    }
+
+    /// Stops all threads; pending pages stay unserved (closing the uffds zero-fills
+    /// them), so this is for aborts.
+    pub fn shutdown(&self) {
+        self.shared.stop();
+    }
+
+    /// Waits up to `timeout` for the engine to finish or stop; true if it did.
+    pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        self.shared.wait_stopped(timeout)
+    }
+
+    /// Waits until every task has nothing pending or in flight (or exited), then stops
+    /// the threads and returns the final stats.
+    pub fn join(self) -> Result<EngineSummary, EngineError> {
+        self.shared.wait_stopped(None);
+        self.stop_threads()?;
+        if let Some(err) = lock(&self.shared.fatal).take() {
+            return Err(err);
+        }
+        if !self.shared.finished.load(SeqCst) {
+            return Err(EngineError::ShutDown);
+        }
+        Ok(self.shared.stats())
+    }
+
+    fn stop_threads(&self) -> Result<(), EngineError> {
+        self.shared.stop();
+        self.shared.notifier.close();
+        let mut panicked = None;
+        for (name, handle) in lock(&self.threads).drain(..) {
+            if handle.join().is_err() {
+                panicked = Some(name);
+            }
+        }
+        panicked.map_or(Ok(()), |name| Err(EngineError::ThreadPanicked(name)))
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.stop_threads();
+    }
+}

@@ -1,0 +1,113 @@
+//! One uffd's worth of state: the pages still owed to one (possibly forked) task.
+
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use crate::ranges::{LazyRange, LazyRanges};
+use crate::uffd::Uffd;
+
+use super::inflight::InFlightSet;
+use super::notify::lock;
+use super::stats::{TaskCounters, TaskStats};
+
+pub(crate) struct Task {
+    pub id: u32,
+    /// Image pid: what the page source is asked for.
+    pub pid: u32,
+    pub parent: Option<u32>,
+    /// The uffd, behind the lock that orders fills against address-space events (see
+    /// the engine docs, invariant 2): fills hold it shared from reading their claim's
+    /// pieces until the ioctl returned; the fault thread holds it exclusively while it
+    /// reads messages and applies REMOVE/UNMAP/REMAP/FORK. `None` once retired.
+    pub gate: RwLock<Option<Uffd>>,
+    pub state: Mutex<TaskState>,
+    pub counters: TaskCounters,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct TaskState {
+    pub pending: LazyRanges,
+    pub inflight: InFlightSet,
+    /// Faulting pages whose bytes a background claim is bringing; rechecked when it ends.
+    pub awaited: Vec<u64>,
+    /// Background fill skips the task until then (the source said Retry).
+    pub not_before: Option<Instant>,
+    pub retry_backoff: Duration,
+    /// Where the last background chunk ended, so fill proceeds in address order.
+    pub cursor: Option<u64>,
+    pub exited: bool,
+    pub retired: bool,
+}
+
+impl TaskState {
+    /// Nothing pending, in flight, or awaited.
+    pub fn is_quiet(&self) -> bool {
+        self.pending.is_empty() && self.inflight.is_empty() && self.awaited.is_empty()
+    }
+
+    pub fn put_back(&mut self, pieces: impl IntoIterator<Item = LazyRange>) {
+        for piece in pieces {
+            self.pending.insert(piece);
+        }
+    }
+}
+
+impl Task {
+    pub fn new(id: u32, pid: u32, parent: Option<u32>, uffd: Uffd, pending: LazyRanges) -> Self {
+        let counters = TaskCounters::default();
+        counters.total.store(pending.pages(), Relaxed);
+        Task {
+            id,
+            pid,
+            parent,
+            gate: RwLock::new(Some(uffd)),
+            state: Mutex::new(TaskState { pending, ..TaskState::default() }),
+            counters,
+        }
+    }
+
+    pub fn state(&self) -> std::sync::MutexGuard<'_, TaskState> {
+        lock(&self.state)
+    }
+
+    pub fn gate_shared(&self) -> RwLockReadGuard<'_, Option<Uffd>> {
+        self.gate.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn gate_exclusive(&self) -> RwLockWriteGuard<'_, Option<Uffd>> {
+        self.gate.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the task exited and drops what it still owed; false if already exited.
+    pub fn mark_exited(&self, st: &mut TaskState) -> bool {
+        if st.exited {
+            return false;
+        }
+        st.exited = true;
+        let dropped = st.pending.clear() + st.inflight.clear();
+        TaskCounters::add(&self.counters.dropped, dropped);
+        st.awaited.clear();
+        true
+    }
+
+    pub fn snapshot(&self) -> TaskStats {
+        let st = self.state();
+        let c = &self.counters;
+        TaskStats {
+            task: self.id,
+            pid: self.pid,
+            parent: self.parent,
+            total: c.total.load(Relaxed),
+            faulted: c.faulted.load(Relaxed),
+            background: c.background.load(Relaxed),
+            zero: c.zero.load(Relaxed),
+            exists: c.exists.load(Relaxed),
+            dropped: c.dropped.load(Relaxed),
+            pending: st.pending.pages(),
+            in_flight: st.inflight.pages(),
+            exited: st.exited,
+            done: st.retired,
+        }
+    }
+}

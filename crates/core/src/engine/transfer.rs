@@ -1,0 +1,164 @@
+//! Turning a claim into pages in the task: the ioctl loop and its bookkeeping, shared by
+//! the fault thread and background fill.
+
+use crate::ranges::{page_floor, LazyRange, PAGE_SIZE};
+use crate::uffd::{self, FillOutcome, Uffd, UffdError};
+
+use super::shared::Shared;
+use super::stats::TaskCounters;
+use super::task::Task;
+use super::EngineError;
+
+/// Bytes for a claim: `Bytes` covers the claim's whole original span from `img_start`.
+#[derive(Clone, Copy)]
+pub(crate) enum Fill<'a> {
+    Bytes { img_start: u64, data: &'a [u8] },
+    Zero,
+}
+
+/// Who copied, for the stats.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Copier {
+    Fault,
+    Background,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct FillReport {
+    pub filled: u64,
+    pub zeroed: u64,
+    pub exists: u64,
+    pub dropped: u64,
+    /// Not filled because the address space is changing (EAGAIN) or on error/exit.
+    pub leftover: Vec<LazyRange>,
+    pub gone: bool,
+    pub error: Option<UffdError>,
+}
+
+impl FillReport {
+    pub fn left_over(&self, addr: u64) -> bool {
+        self.leftover.iter().any(|r| r.start <= addr && addr < r.end)
+    }
+}
+
+/// Fills claim `id` of `task` and settles its bookkeeping: filled pages are counted,
+/// leftovers go back to pending (or count as dropped if the task is gone).
+/// None when the claim no longer exists (the task exited meanwhile).
+pub(crate) fn fill_claim(shared: &Shared, task: &Task, id: u64, fill: Fill<'_>, who: Copier) -> Option<FillReport> {
+    // Invariant 2: hold the gate shared from reading the pieces until the ioctls are
+    // done, so no REMOVE can be read (and its span zapped) in between.
+    let gate = task.gate_shared();
+    let Some(uffd) = gate.as_ref() else {
+        task.state().inflight.finish(id);
+        return None;
+    };
+    let pieces = task.state().inflight.pieces(id)?;
+    let report = fill_pieces(uffd, &pieces, fill);
+
+    let mut st = task.state();
+    st.inflight.finish(id);
+    let c = &task.counters;
+    TaskCounters::add(if who == Copier::Fault { &c.faulted } else { &c.background }, report.filled);
+    TaskCounters::add(&c.zero, report.zeroed);
+    TaskCounters::add(&c.exists, report.exists);
+    TaskCounters::add(&c.dropped, report.dropped);
+    if report.gone {
+        let leftover: u64 = report.leftover.iter().map(LazyRange::pages).sum();
+        TaskCounters::add(&c.dropped, leftover);
+        if task.mark_exited(&mut st) {
+            shared.task_exited(task);
+        }
+    } else {
+        // Still under the shared gate: the event that caused EAGAIN is applied to these
+        // pieces after they are back in pending, never before.
+        st.put_back(report.leftover.iter().copied());
+    }
+    drop(st);
+    drop(gate);
+    if let Some(e) = &report.error {
+        shared.fail(EngineError::Uffd { pid: task.pid, source: e.clone() });
+    }
+    Some(report)
+}
+
+/// Issues COPY/ZEROPAGE over `pieces` until done or the kernel says stop.
+pub(crate) fn fill_pieces(uffd: &Uffd, pieces: &[LazyRange], fill: Fill<'_>) -> FillReport {
+    let mut report = FillReport::default();
+    for (i, piece) in pieces.iter().enumerate() {
+        if let Err(at) = fill_piece(uffd, piece, fill, &mut report) {
+            report.leftover.extend(piece.clip(at, piece.end));
+            report.leftover.extend(pieces[i + 1..].iter().copied());
+            break;
+        }
+    }
+    report
+}
+
+/// Fills one piece; Err(addr) = stopped at `addr` (changing, gone, or error).
+fn fill_piece(uffd: &Uffd, piece: &LazyRange, fill: Fill<'_>, report: &mut FillReport) -> Result<(), u64> {
+    let mut cur = piece.start;
+    // Shrinks when a span turns out to cross a VMA boundary (ENOENT for the whole call).
+    let mut step = piece.len();
+    while cur < piece.end {
+        let len = step.min(piece.end - cur);
+        let result = match fill {
+            Fill::Bytes { img_start, data } => {
+                let off = (piece.img_addr(cur) - img_start) as usize;
+                match data.get(off..off + len as usize) {
+                    Some(src) => uffd::copy(uffd, cur, src),
+                    // Callers check the length; never index past the data.
+                    None => return Err(cur),
+                }
+            }
+            Fill::Zero => uffd::zeropage(uffd, cur, len),
+        };
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                report.error = Some(e);
+                return Err(cur);
+            }
+        };
+        match outcome {
+            FillOutcome::Done(_) => {
+                count_filled(report, fill, len);
+                cur += len;
+                step = piece.end - cur;
+            }
+            FillOutcome::Partial(bytes) => {
+                let bytes = page_floor(bytes).min(len);
+                if bytes == 0 {
+                    return Err(cur);
+                }
+                count_filled(report, fill, bytes);
+                cur += bytes;
+            }
+            FillOutcome::Exists => {
+                // The kernel only wakes for pages it filled; a thread may sleep on this one.
+                let _ = uffd::wake(uffd, cur, PAGE_SIZE);
+                report.exists += 1;
+                cur += PAGE_SIZE;
+                step = piece.end - cur;
+            }
+            FillOutcome::Unmapped if len > PAGE_SIZE => step = page_floor(len / 2).max(PAGE_SIZE),
+            FillOutcome::Unmapped => {
+                let _ = uffd::wake(uffd, cur, PAGE_SIZE);
+                report.dropped += 1;
+                cur += PAGE_SIZE;
+            }
+            FillOutcome::Changing => return Err(cur),
+            FillOutcome::Gone => {
+                report.gone = true;
+                return Err(cur);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn count_filled(report: &mut FillReport, fill: Fill<'_>, bytes: u64) {
+    report.filled += bytes / PAGE_SIZE;
+    if matches!(fill, Fill::Zero) {
+        report.zeroed += bytes / PAGE_SIZE;
+    }
+}

@@ -1,0 +1,36 @@
+//! Reader for CRIU image directories: just what a lazy-pages daemon needs
+//! (process tree, VMAs, pagemaps with their parent chains, page data).
+
+mod chain;
+mod dump;
+mod error;
+pub mod framing;
+mod inventory;
+mod memory;
+mod mm;
+mod pagemap;
+mod pages;
+pub mod proto;
+mod pstree;
+
+/// CRIU uses the runtime page size; x86_64 is the only target.
+pub const PAGE_SIZE: u64 = 4096;
+
+pub use chain::{parent_dir, PARENT_LINK};
+pub use dump::Dump;
+pub use error::ImageError;
+pub use framing::HeadMagic;
+pub use inventory::{Inventory, INVENTORY_FILE};
+pub use memory::{LazyExtent, TaskMemory, TaskSummary};
+pub use mm::{mm_file_name, Vma};
+pub use pagemap::{
+    pagemap_file_name, pages_file_name, PageRun, Pagemap, PE_LAZY, PE_PARENT, PE_PRESENT,
+};
+pub use pstree::{core_file_name, Task, TaskState, PSTREE_FILE};
+
+// The fault engine shares Arc<Dump> across threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Dump>();
+    assert_send_sync::<TaskMemory>();
+};

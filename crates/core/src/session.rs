@@ -1,0 +1,257 @@
+//! One local lazy restore, end to end: images -> socket -> per-task uffds ->
+//! engine -> done. Runs on a thread of the caller's choosing (the binding uses a
+//! native thread, never the JS one); policy talks to it through `SessionHandle`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineSummary, PageSource};
+use crate::images::{Dump, ImageError, TaskState};
+use crate::ranges::{LazyRange, LazyRanges};
+use crate::restore_socket::{RestoreConn, RestoreError, RestoreListener, TaskMsg};
+
+/// How often blocking waits wake up to look at the abort flag: bounds how long a
+/// dead `criu restore` or an abort goes unnoticed.
+const TICK: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Images(#[from] ImageError),
+    #[error("{0}")]
+    Source(String),
+    #[error("{path}: cannot listen: {source}")]
+    Listen { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Restore(#[from] RestoreError),
+    #[error("criu restore sent task {pid}, which is not a live task of the dump in {dir}")]
+    UnknownTask { pid: i32, dir: PathBuf },
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    #[error("aborted")]
+    Aborted,
+}
+
+/// Lifecycle of a session, for logs, progress and stats.
+#[derive(Debug, Clone)]
+pub enum SessionEvent {
+    Connected { peer_pid: i32, peer_uid: u32 },
+    Task { pid: u32, task: u32, lazy_pages: u64 },
+    Zombie { pid: u32 },
+    RestoreFinished,
+    Engine(EngineEvent),
+}
+
+pub type SessionCallback = Arc<dyn Fn(SessionEvent) + Send + Sync>;
+
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// None: wait for `criu restore` forever (what `criu lazy-pages` does).
+    pub connect_timeout: Option<Duration>,
+    /// Longest pause allowed inside the handshake (between two task messages).
+    pub handshake_timeout: Duration,
+    pub engine: EngineConfig,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig { connect_timeout: None, handshake_timeout: Duration::from_secs(120), engine: EngineConfig::default() }
+    }
+}
+
+/// Shared with the policy layer while the session runs.
+#[derive(Default)]
+pub struct SessionHandle {
+    engine: Mutex<Option<Arc<Engine>>>,
+    abort: AtomicBool,
+}
+
+impl SessionHandle {
+    pub fn prioritize(&self, pid: u32, addr: u64, pages: u64) {
+        if let Some(engine) = self.engine() {
+            engine.prioritize(pid, addr, pages);
+        }
+    }
+
+    pub fn stats(&self) -> Option<crate::engine::EngineStats> {
+        self.engine().map(|e| e.stats())
+    }
+
+    /// Stop serving: pending pages stay unserved, so the restored tasks would see
+    /// zeros; callers use it only when the restore is lost anyway.
+    pub fn abort(&self) {
+        self.abort.store(true, SeqCst);
+        if let Some(engine) = self.engine() {
+            engine.shutdown();
+        }
+    }
+
+    fn engine(&self) -> Option<Arc<Engine>> {
+        self.engine.lock().ok().and_then(|e| e.clone())
+    }
+
+    fn check_abort(&self) -> Result<(), SessionError> {
+        if self.abort.load(SeqCst) {
+            Err(SessionError::Aborted)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A dump validated and a socket listening: `criu restore --lazy-pages` may start.
+pub struct Session {
+    dump: Arc<Dump>,
+    source: Arc<dyn PageSource>,
+    listener: RestoreListener,
+}
+
+impl Session {
+    /// Reads and checks every image before binding, so bad images fail before any
+    /// restore can connect.
+    pub fn prepare(images_dir: &Path, work_dir: &Path) -> Result<Session, SessionError> {
+        let dump = Arc::new(Dump::open(images_dir)?);
+        let source = crate::local_pages::LocalPages::new(dump.clone()).map_err(SessionError::Source)?;
+        let listener = RestoreListener::bind(work_dir)
+            .map_err(|source| SessionError::Listen { path: work_dir.join(crate::restore_socket::SOCKET_NAME), source })?;
+        Ok(Session { dump, source: Arc::new(source), listener })
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        self.listener.path()
+    }
+
+    pub fn dump(&self) -> &Arc<Dump> {
+        &self.dump
+    }
+
+    /// Serves one restore to the end. Returns the final stats once every task has
+    /// all its pages (or exited).
+    pub fn run(self, config: SessionConfig, handle: Arc<SessionHandle>, events: SessionCallback) -> Result<EngineSummary, SessionError> {
+        let mut conn = self.accept(&config, &handle)?;
+        let peer = conn.peer();
+        events(SessionEvent::Connected { peer_pid: peer.pid, peer_uid: peer.uid });
+
+        let engine_events = events.clone();
+        let engine = Arc::new(Engine::start(
+            self.source.clone(),
+            config.engine.clone(),
+            Box::new(move |e| engine_events(SessionEvent::Engine(e))),
+        )?);
+        *handle.engine.lock().map_err(|_| SessionError::Aborted)? = Some(engine.clone());
+
+        let result = self.serve(&mut conn, &engine, &config, &handle, &events);
+        if result.is_err() {
+            engine.shutdown();
+        }
+        // Take the engine back from the handle so join owns the only reference.
+        handle.engine.lock().map_err(|_| SessionError::Aborted)?.take();
+        let engine = wait_unique(engine);
+        result?;
+        Ok(engine.join()?)
+    }
+
+    fn accept(&self, config: &SessionConfig, handle: &SessionHandle) -> Result<RestoreConn, SessionError> {
+        let deadline = config.connect_timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            handle.check_abort()?;
+            match self.listener.accept(Some(TICK)) {
+                Err(RestoreError::Timeout(what)) => {
+                    if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                        let secs = config.connect_timeout.unwrap_or_default().as_secs();
+                        return Err(RestoreError::Timeout(format!("{what} on {} ({secs} s)", self.listener.path().display())).into());
+                    }
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    fn serve(
+        &self,
+        conn: &mut RestoreConn,
+        engine: &Engine,
+        config: &SessionConfig,
+        handle: &SessionHandle,
+        events: &SessionCallback,
+    ) -> Result<(), SessionError> {
+        // CRIU sends one message per pstree entry, zombies included, threads not.
+        for _ in 0..self.dump.tasks.len() {
+            let msg = self.recv_task(conn, config, handle)?;
+            match msg {
+                TaskMsg::Zombie { pid } => events(SessionEvent::Zombie { pid: pid as u32 }),
+                TaskMsg::Live { pid, uffd } => {
+                    let ranges = self.lazy_ranges(pid)?;
+                    let lazy_pages = ranges.pages();
+                    let task = engine.add_task(pid as u32, uffd, ranges)?;
+                    events(SessionEvent::Task { pid: pid as u32, task, lazy_pages });
+                }
+            }
+        }
+        loop {
+            handle.check_abort()?;
+            match conn.wait_finished(Some(TICK)) {
+                Ok(()) => break,
+                Err(RestoreError::Timeout(_)) => {
+                    // A dead engine (fatal error) must not leave us waiting on criu.
+                    if engine.wait(Some(Duration::ZERO)) && !engine.is_finished() {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        events(SessionEvent::RestoreFinished);
+        engine.restore_finished();
+        while !engine.wait(Some(TICK)) {
+            handle.check_abort()?;
+        }
+        Ok(())
+    }
+
+    fn recv_task(&self, conn: &mut RestoreConn, config: &SessionConfig, handle: &SessionHandle) -> Result<TaskMsg, SessionError> {
+        let mut waited = Duration::ZERO;
+        loop {
+            handle.check_abort()?;
+            match conn.recv_task(Some(TICK)) {
+                Err(RestoreError::Timeout(what)) => {
+                    waited += TICK;
+                    if waited >= config.handshake_timeout {
+                        return Err(RestoreError::Timeout(format!("{what} from criu restore ({} s)", waited.as_secs())).into());
+                    }
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    fn lazy_ranges(&self, pid: i32) -> Result<LazyRanges, SessionError> {
+        let unknown = || SessionError::UnknownTask { pid, dir: self.dump.dir.clone() };
+        let task = u32::try_from(pid).ok().and_then(|p| self.dump.task(p)).ok_or_else(unknown)?;
+        if task.state == TaskState::Zombie {
+            return Err(unknown());
+        }
+        let memory = self.dump.memory(task.pid).ok_or_else(unknown)?;
+        // CRIU restores every VMA at its dump-time address, so run-time = image address.
+        Ok(memory
+            .lazy_extents()
+            .into_iter()
+            .map(|e| LazyRange::new(e.start, e.start + e.pages * crate::images::PAGE_SIZE, e.start))
+            .collect())
+    }
+}
+
+/// The policy layer may hold a clone for a moment (prioritize/stats); wait it out.
+fn wait_unique(mut engine: Arc<Engine>) -> Engine {
+    loop {
+        match Arc::try_unwrap(engine) {
+            Ok(e) => return e,
+            Err(shared) => {
+                engine = shared;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! UFFDIO_COPY / UFFDIO_ZEROPAGE with an exact account of what happened.
+//!
+//! The kernel reports partial progress as EAGAIN with the byte count in the struct, and
+//! reports "first page already there" / "no VMA" / "task gone" through errno. The
+//! `userfaultfd` crate casts a negative `copy` to usize and drops ZEROPAGE's count, so
+//! the engine could neither resume a partial fill nor tell a race from a bug; hence
+//! these wrappers.
+
+use std::os::fd::AsRawFd;
+
+use nix::errno::Errno;
+use userfaultfd::Uffd;
+
+use super::raw::{uffdio_copy, uffdio_zeropage, UffdioCopy, UffdioRange, UffdioZeropage};
+use super::UffdError;
+
+/// What a fill ioctl did. Everything that is not a bug in our bookkeeping is an outcome,
+/// not an error, so callers decide per kind (retry, wake, drop, retire the task).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FillOutcome {
+    /// All `bytes` filled (and waiters woken).
+    Done(u64),
+    /// Stopped after `bytes` (> 0): the rest needs another call, which will tell why.
+    Partial(u64),
+    /// The first page is already present (EEXIST). The kernel does not wake for it.
+    Exists,
+    /// No registered VMA covers the range any more, or it spans two VMAs (ENOENT).
+    Unmapped,
+    /// EAGAIN with no progress: a fork/remap/remove/unmap event is still unread, so the
+    /// kernel refuses to touch the address space until the event is consumed.
+    Changing,
+    /// The task's mm is gone (ESRCH, or ENOSPC on older kernels): it exited.
+    Gone,
+}
+
+/// UFFDIO_COPY `src` to run-time address `dst` (both page multiples), waking waiters.
+pub fn copy(uffd: &Uffd, dst: u64, src: &[u8]) -> Result<FillOutcome, UffdError> {
+    let mut arg = UffdioCopy {
+        dst,
+        src: src.as_ptr() as u64,
+        len: src.len() as u64,
+        mode: 0,
+        copy: 0,
+    };
+    loop {
+        // SAFETY: `arg` is a valid uffdio_copy; `src` outlives the call and the kernel only
+        // reads `len` bytes from it; `dst` lies in the *target* mm, never dereferenced here.
+        let res = unsafe { uffdio_copy(uffd.as_raw_fd(), &mut arg) };
+        match classify(res.map(|_| ()), arg.copy, arg.len) {
+            Some(outcome) => return Ok(outcome),
+            None if res == Err(Errno::EINTR) => continue,
+            None => return Err(failure("UFFDIO_COPY", dst, arg.len, res)),
+        }
+    }
+}
+
+/// UFFDIO_ZEROPAGE `[dst, dst + len)`, waking waiters.
+pub fn zeropage(uffd: &Uffd, dst: u64, len: u64) -> Result<FillOutcome, UffdError> {
+    let mut arg = UffdioZeropage {
+        range: UffdioRange { start: dst, len },
+        mode: 0,
+        zeropage: 0,
+    };
+    loop {
+        // SAFETY: `arg` is a valid uffdio_zeropage that lives across the call.
+        let res = unsafe { uffdio_zeropage(uffd.as_raw_fd(), &mut arg) };
+        match classify(res.map(|_| ()), arg.zeropage, len) {
+            Some(outcome) => return Ok(outcome),
+            None if res == Err(Errno::EINTR) => continue,
+            None => return Err(failure("UFFDIO_ZEROPAGE", dst, len, res)),
+        }
+    }
+}
+
+/// Maps (ioctl result, written-back count) to an outcome; None = real error or EINTR.
+fn classify(res: nix::Result<()>, done: i64, len: u64) -> Option<FillOutcome> {
+    let errno = match res {
+        Ok(()) => return Some(FillOutcome::Done(if done > 0 { done as u64 } else { len })),
+        Err(e) => e,
+    };
+    // Progress wins over the errno: the kernel turns any short fill into EAGAIN + count.
+    if done > 0 {
+        return Some(FillOutcome::Partial(done as u64));
+    }
+    match errno {
+        Errno::EAGAIN => Some(FillOutcome::Changing),
+        Errno::EEXIST => Some(FillOutcome::Exists),
+        Errno::ENOENT => Some(FillOutcome::Unmapped),
+        Errno::ESRCH | Errno::ENOSPC => Some(FillOutcome::Gone),
+        _ => None,
+    }
+}
+
+fn failure(op: &'static str, addr: u64, len: u64, res: nix::Result<i32>) -> UffdError {
+    UffdError::Ioctl {
+        op,
+        addr,
+        len,
+        errno: res.err().unwrap_or(Errno::UnknownErrno),
+    }
+}

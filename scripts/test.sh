@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Every test: Rust unit/integration tests (real userfaultfd), then the ava suite
+# (real CRIU dumps and restores). Needs root and a finished scripts/setup.sh.
+# Ends with one line "N passed, M failed" over both runners.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "test: run as root (CRIU and userfaultfd need it)" >&2
+    exit 1
+fi
+
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+
+cargo test --workspace --release 2>&1 | tee "$logs/cargo.log"
+cargo_rc=${PIPESTATUS[0]}
+
+npx ava "$@" 2>&1 | tee "$logs/ava.log"
+ava_rc=${PIPESTATUS[0]}
+
+sum() { grep -Eo "$1" "$2" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}'; }
+passed=$(( $(sum '[0-9]+ passed;' "$logs/cargo.log") + $(sum '[0-9]+ tests? passed' "$logs/ava.log") ))
+failed=$(( $(sum '[0-9]+ failed;' "$logs/cargo.log") + $(sum '[0-9]+ (tests? failed|uncaught exceptions?|unhandled rejections?)' "$logs/ava.log") ))
+if [ "$cargo_rc" -ne 0 ] || [ "$ava_rc" -ne 0 ]; then
+    [ "$failed" -gt 0 ] || failed=1
+fi
+echo
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,96 @@
+// Command line: `lazy-pages [daemon options]` (drop-in for `criu lazy-pages`),
+// `lazy-pages images`. Option spellings follow CRIU so scripts run unchanged.
+import { Command, InvalidArgumentError, Option } from 'commander'
+
+import { DEFAULT_VERBOSITY, normalizeVerbosity } from './argv'
+import { oneLine, UserError } from './errors'
+
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const pkg: { version: string } = require('../package.json')
+
+function nonNegativeInt(name: string) {
+  return (value: string): number => {
+    if (!/^\d+$/.test(value)) throw new InvalidArgumentError(`${name} must be a non-negative integer`)
+    return Number(value)
+  }
+}
+
+function positiveInt(name: string) {
+  return (value: string): number => {
+    const n = nonNegativeInt(name)(value)
+    if (n === 0) throw new InvalidArgumentError(`${name} must be greater than 0`)
+    return n
+  }
+}
+
+function verbosityOption(): Option {
+  return new Option('-v, --verbosity <level>', 'log level: 0 messages, 1 errors, 2 warnings (default), 3 info, 4 debug; -v, -vv, -v4 also work')
+    .argParser(nonNegativeInt('--verbosity'))
+    .default(DEFAULT_VERBOSITY)
+}
+
+export function buildProgram(): Command {
+  const program = new Command('lazy-pages')
+  program
+    .description(
+      'Serve the memory of a process restored by `criu restore --lazy-pages` over userfaultfd:\n' +
+        'faulted pages first, the rest in the background. A drop-in replacement for `criu lazy-pages`.',
+    )
+    .version(pkg.version, '-V, --version')
+    .enablePositionalOptions()
+    .showHelpAfterError()
+    .option('-D, --images-dir <dir>', 'images directory of the dump to serve', '.')
+    .option('-W, --work-dir <dir>', 'work directory: lazy-pages.socket, relative log and pidfile paths (default: the images dir)')
+    .option('-d, --daemon', 'detach once the socket is ready')
+    .option('--pidfile <file>', 'with --daemon: write the daemon pid here (relative to the work dir)')
+    .option('--status-fd <fd>', 'write one zero byte to this fd and close it when ready', nonNegativeInt('--status-fd'))
+    .option('-o, --log-file <file>', 'log here instead of stderr (relative to the work dir; "-" = stdout)')
+    .addOption(verbosityOption())
+    .option('--connect-timeout <seconds>', 'fail if no restore connects within this time (0 = wait forever)', nonNegativeInt('--connect-timeout'), 300)
+    .addOption(
+      new Option('--prefetch <strategy>', 'background fill order after restore finishes')
+        .choices(['neighbourhood', 'address'])
+        .default('neighbourhood'),
+    )
+    .option('--stats-json <file>', 'write the per-task and total summary as JSON here')
+    .option('--no-progress', 'no progress bar, even on a TTY')
+    .action(async (opts) => {
+      const { runDaemon } = await import('./daemon')
+      process.exitCode = await runDaemon(opts)
+    })
+
+  program
+    .command('images')
+    .description('validate a dump and print, per task, its VMAs and pages (total, lazy, in parent, present, bytes)')
+    .option('-D, --images-dir <dir>', 'images directory', '.')
+    .option('--json', 'print JSON (numbers as plain numbers)')
+    .action(async (opts: { imagesDir: string; json?: boolean }) => {
+      const { readImagesReport, formatImagesTable } = await import('./images')
+      const report = await readImagesReport(opts.imagesDir)
+      process.stdout.write(opts.json ? JSON.stringify(report, null, 2) + '\n' : formatImagesTable(report) + '\n')
+    })
+
+  return program
+}
+
+export { positiveInt }
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram()
+  program.exitOverride()
+  try {
+    await program.parseAsync(normalizeVerbosity(argv), { from: 'user' })
+  } catch (err) {
+    const code = (err as { code?: string }).code
+    if (code === 'commander.helpDisplayed' || code === 'commander.version' || code === 'commander.help') {
+      process.exitCode = 0
+      return
+    }
+    if (code && code.startsWith('commander.')) {
+      process.exitCode = (err as { exitCode?: number }).exitCode ?? 1
+      return // commander already printed the message
+    }
+    process.stderr.write(`lazy-pages: ${oneLine(err)}\n`)
+    process.exitCode = err instanceof UserError ? err.exitCode : 1
+  }
+}

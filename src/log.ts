@@ -1,0 +1,69 @@
+// Log lines in CRIU's shape: "(SS.UUUUUU) message", levels 0 msg, 1 error,
+// 2 warn (default), 3 info, 4 debug. Writes are synchronous only to stderr/stdout
+// (a TTY or pipe); a log file is appended through a stream.
+import { createWriteStream, type WriteStream } from 'node:fs'
+
+export enum Level {
+  Msg = 0,
+  Error = 1,
+  Warn = 2,
+  Info = 3,
+  Debug = 4,
+}
+
+export class Logger {
+  private readonly start = process.hrtime.bigint()
+  private stream: WriteStream | undefined
+
+  constructor(
+    public level: number = Level.Warn,
+    private readonly sink: NodeJS.WritableStream = process.stderr,
+  ) {}
+
+  /** Send log lines to FILE (truncated, as CRIU does); "-" means stdout. */
+  toFile(path: string): void {
+    if (path === '-') {
+      this.stream = undefined
+      this.sinkOverride = process.stdout
+      return
+    }
+    this.stream = createWriteStream(path, { flags: 'w', mode: 0o644 })
+  }
+
+  private sinkOverride: NodeJS.WritableStream | undefined
+
+  enabled(level: Level): boolean {
+    return level <= this.level
+  }
+
+  private write(level: Level, prefix: string, message: string): void {
+    if (!this.enabled(level)) return
+    const us = Number((process.hrtime.bigint() - this.start) / 1000n)
+    const stamp = `(${String(Math.floor(us / 1e6)).padStart(2, '0')}.${String(us % 1e6).padStart(6, '0')})`
+    const line = `${stamp} ${prefix}${message}\n`
+    ;(this.stream ?? this.sinkOverride ?? this.sink).write(line)
+  }
+
+  error(message: string): void {
+    this.write(Level.Error, 'Error: ', message)
+  }
+  warn(message: string): void {
+    this.write(Level.Warn, 'Warn: ', message)
+  }
+  info(message: string): void {
+    this.write(Level.Info, '', message)
+  }
+  debug(message: string): void {
+    this.write(Level.Debug, '', message)
+  }
+  msg(message: string): void {
+    this.write(Level.Msg, '', message)
+  }
+
+  async close(): Promise<void> {
+    const stream = this.stream
+    if (!stream) return
+    this.stream = undefined
+    await new Promise<void>((resolve) => stream.end(resolve))
+  }
+}
