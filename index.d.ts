@@ -9,6 +9,65 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/** A prepared daemon: images validated, `lazy-pages.socket` listening. */
+export declare class LazyDaemon {
+  get socketPath(): string
+  /** Processes in the dump's pstree: CRIU sends one message per process. */
+  get expectedTasks(): number
+  /**
+   * Serve one `criu restore --lazy-pages` on native threads. Resolves with the final
+   * stats when every task has all its pages (or exited); rejects on a failed restore.
+   */
+  serve(onEvent: (event: DaemonEvent) => void): Promise<DaemonStats>
+  /** Policy hint: fill these pages of dump task `pid` before others. */
+  prioritize(pid: number, addr: number, pages: number): void
+  /** Live counters while serving (null before criu restore connected). */
+  stats(): DaemonStats | null
+  /** Give up: stop serving (the restored tasks get zeros for what is left). */
+  abort(): void
+}
+
+/** One event of a running daemon. `kind` says which fields are set. */
+export interface DaemonEvent {
+  /** connected | task | zombie | restore-finished | fault | forked | exited | task-done | progress | error | finished */
+  kind: string
+  pid?: number
+  task?: number
+  parent?: number
+  /** Run-time address (exact in a double: user addresses are below 2^57). */
+  addr?: number
+  pages?: number
+  donePages?: number
+  totalPages?: number
+  message?: string
+  stats?: TaskReport
+}
+
+export interface DaemonOptions {
+  imagesDir: string
+  workDir: string
+  /** 0 or absent: wait for criu restore forever. */
+  connectTimeoutMs?: number
+  handshakeTimeoutMs?: number
+  /** Background fill threads. */
+  jobs?: number
+  /** Pages per background copy. */
+  chunkPages?: number
+  /** Pages copied per fault (the faulting one plus pending pages after it). */
+  faultPages?: number
+}
+
+export interface DaemonStats {
+  tasks: Array<TaskReport>
+  faults: number
+  faultP50Us: number
+  faultP99Us: number
+  faultMaxUs: number
+  droppedFaultEvents: number
+  restoreFinished: boolean
+  elapsedMs: number
+}
+
 export interface ImageSummary {
   dir: string
   tasks: Array<ImageTask>
@@ -36,6 +95,9 @@ export interface ImageTaskSummary {
 /** Version of the native addon; the CLI checks it matches package.json. */
 export declare function nativeVersion(): string
 
+/** Read and check the dump in `imagesDir`, then listen on `workDir/lazy-pages.socket`. */
+export declare function prepareDaemon(options: DaemonOptions): Promise<LazyDaemon>
+
 /** Read and validate every image of a dump (pstree, mm, pagemaps, parent chain). */
 export declare function readImages(dir: string): Promise<ImageSummary>
 
@@ -44,3 +106,21 @@ export declare function readImages(dir: string): Promise<ImageSummary>
  * bigint) of task `pid`, following the parent chain. Rejects pages the dump lacks.
  */
 export declare function readPages(dir: string, pid: number, vaddr: bigint, pages: number): Promise<Buffer>
+
+export interface TaskReport {
+  /** Engine id of this uffd (forked children get their own). */
+  task: number
+  /** Pid in the dump (forked children inherit their parent's). */
+  pid: number
+  parent?: number
+  total: number
+  faulted: number
+  background: number
+  zero: number
+  exists: number
+  dropped: number
+  pending: number
+  inFlight: number
+  exited: boolean
+  done: boolean
+}

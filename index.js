@@ -835,6 +835,8 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
+module.exports.LazyDaemon = nativeBinding.LazyDaemon
 module.exports.nativeVersion = nativeBinding.nativeVersion
+module.exports.prepareDaemon = nativeBinding.prepareDaemon
 module.exports.readImages = nativeBinding.readImages
 module.exports.readPages = nativeBinding.readPages

@@ -29,7 +29,7 @@ function verbosityOption(): Option {
     .default(DEFAULT_VERBOSITY)
 }
 
-export function buildProgram(): Command {
+export function buildProgram(rawArgs: string[] = []): Command {
   const program = new Command('lazy-pages')
   program
     .description(
@@ -56,7 +56,7 @@ export function buildProgram(): Command {
     .option('--no-progress', 'no progress bar, even on a TTY')
     .action(async (opts) => {
       const { runDaemon } = await import('./daemon')
-      process.exitCode = await runDaemon(opts)
+      process.exitCode = await runDaemon(opts, rawArgs)
     })
 
   program
@@ -76,7 +76,7 @@ export function buildProgram(): Command {
 export { positiveInt }
 
 export async function main(argv: string[]): Promise<void> {
-  const program = buildProgram()
+  const program = buildProgram(argv)
   program.exitOverride()
   try {
     await program.parseAsync(normalizeVerbosity(argv), { from: 'user' })

@@ -1,4 +1,143 @@
-// placeholder until the daemon lands
-export async function runDaemon(_opts: unknown): Promise<number> {
-  throw new Error('daemon not implemented yet')
+// `lazy-pages [options]`: serve one `criu restore --lazy-pages`, as `criu lazy-pages`
+// does. The Rust session does all socket, uffd and page I/O on its own threads; this
+// file wires options, readiness signals, policy, logs and the final report.
+import { writeFile } from 'node:fs/promises'
+import { isAbsolute, join, resolve } from 'node:path'
+
+import type { DaemonEvent, LazyDaemon } from '../index'
+import { detach, isDetachedChild, notifyParent, signalStatusFd, writePidfile } from './detach'
+import { oneLine, UserError } from './errors'
+import { Level, Logger } from './log'
+import { native } from './native'
+import { strategyByName } from './policy'
+import { ProgressBar } from './progress'
+import { buildSummary, formatSummary } from './summary'
+import { TaskTracker } from './tracker'
+
+export interface DaemonCliOptions {
+  imagesDir: string
+  workDir?: string
+  daemon?: boolean
+  pidfile?: string
+  statusFd?: number
+  logFile?: string
+  verbosity: number
+  connectTimeout: number
+  prefetch: string
+  statsJson?: string
+  progress: boolean
+}
+
+const HANDSHAKE_TIMEOUT_MS = 120_000
+
+export async function runDaemon(opts: DaemonCliOptions, rawArgs: string[]): Promise<number> {
+  const imagesDir = resolve(opts.imagesDir)
+  const workDir = resolve(opts.workDir ?? imagesDir)
+  const inWorkDir = (p: string) => (isAbsolute(p) ? p : join(workDir, p))
+
+  if (opts.daemon && !isDetachedChild()) {
+    // The child does everything; we only wait until it listens.
+    const pid = await detach(rawArgs)
+    if (opts.pidfile) writePidfile(inWorkDir(opts.pidfile), pid)
+    if (opts.statusFd !== undefined) signalStatusFd(opts.statusFd)
+    return 0
+  }
+
+  const log = new Logger(opts.verbosity)
+  if (opts.logFile) log.toFile(opts.logFile === '-' ? '-' : inWorkDir(opts.logFile))
+  try {
+    return await serve(opts, imagesDir, workDir, inWorkDir, log)
+  } catch (err) {
+    const message = oneLine(err)
+    log.error(message)
+    notifyParent(message)
+    throw err instanceof UserError ? err : new UserError(message)
+  } finally {
+    await log.close()
+  }
+}
+
+async function serve(opts: DaemonCliOptions, imagesDir: string, workDir: string, inWorkDir: (p: string) => string, log: Logger): Promise<number> {
+  let daemon: LazyDaemon
+  try {
+    daemon = await native.prepareDaemon({
+      imagesDir,
+      workDir,
+      connectTimeoutMs: opts.connectTimeout * 1000,
+      handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
+    })
+  } catch (err) {
+    throw new UserError(oneLine(err))
+  }
+  log.info(`images ${imagesDir}: ${daemon.expectedTasks} processes; listening on ${daemon.socketPath}`)
+  if (!isDetachedChild() && opts.statusFd !== undefined) signalStatusFd(opts.statusFd)
+  notifyParent()
+
+  const tracker = new TaskTracker()
+  const strategy = strategyByName(opts.prefetch)
+  const bar = ProgressBar.enabledFor(process.stderr, opts.progress && !opts.logFile) ? new ProgressBar() : undefined
+  const onEvent = (event: DaemonEvent) => {
+    tracker.on(event)
+    strategy.onEvent(event, daemon)
+    logEvent(log, event)
+    if (event.kind === 'progress' && bar) bar.update(event.donePages ?? 0, event.totalPages ?? 0)
+  }
+
+  const stop = (signal: NodeJS.Signals) => {
+    log.error(`${signal}: aborting; pages not yet served will read as zeros in the restored processes`)
+    daemon.abort()
+  }
+  process.once('SIGINT', stop)
+  process.once('SIGTERM', stop)
+  let stats
+  try {
+    stats = await daemon.serve(onEvent)
+  } catch (err) {
+    throw new UserError(oneLine(err))
+  } finally {
+    bar?.clear()
+    process.off('SIGINT', stop)
+    process.off('SIGTERM', stop)
+  }
+
+  const summary = buildSummary(imagesDir, stats, tracker)
+  for (const line of formatSummary(summary)) log.msg(line)
+  if (opts.statsJson) await writeFile(inWorkDir(opts.statsJson), JSON.stringify(summary, null, 2) + '\n')
+  if (!summary.reconciles) {
+    log.error('page accounting does not reconcile: some lazy page was neither served nor dropped')
+    return 1
+  }
+  return 0
+}
+
+function logEvent(log: Logger, e: DaemonEvent): void {
+  switch (e.kind) {
+    case 'connected':
+      log.info(e.message ?? 'criu restore connected')
+      break
+    case 'task':
+      log.info(`task ${e.task}: pid ${e.pid}, ${e.pages} lazy pages`)
+      break
+    case 'zombie':
+      log.info(`pid ${e.pid} is a zombie: nothing to serve`)
+      break
+    case 'restore-finished':
+      log.info('restore finished: background fill starts')
+      break
+    case 'forked':
+      log.info(`task ${e.parent} (pid ${e.pid}) forked: new task ${e.task}`)
+      break
+    case 'exited':
+      log.warn(`task ${e.task} (pid ${e.pid}) exited; its remaining pages are dropped`)
+      break
+    case 'task-done':
+      log.debug(`task ${e.task} (pid ${e.pid}) done: ${JSON.stringify(e.stats)}`)
+      break
+    case 'fault':
+      if (log.enabled(Level.Debug)) log.debug(`fault: task ${e.task} pid ${e.pid} at 0x${(e.addr ?? 0).toString(16)} (${e.pages} pages)`)
+      break
+    case 'error':
+      log.error(e.message ?? 'engine error')
+      break
+  }
 }

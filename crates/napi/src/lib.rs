@@ -1,6 +1,7 @@
 //! Thin Node binding over `lazy-pages-core`. Anything that touches a disk,
 //! a socket or a uffd runs off the JS thread (libuv pool or engine threads).
 
+mod daemon;
 mod images;
 
 use napi_derive::napi;

@@ -1,0 +1,305 @@
+//! The lazy-pages daemon as a JS object: images are read and the socket bound off
+//! the JS thread; the restore is served on native threads; JS only receives events
+//! (through a threadsafe function) and sends policy hints. No fault ever waits for JS.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lazy_pages_core::engine::{EngineConfig, EngineEvent, EngineStats, TaskStats};
+use lazy_pages_core::session::{Session, SessionConfig, SessionEvent, SessionHandle};
+use napi::bindgen_prelude::{AsyncTask, Object};
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::{Env, Error, Status, Task};
+use napi_derive::napi;
+
+#[napi(object)]
+pub struct DaemonOptions {
+    pub images_dir: String,
+    pub work_dir: String,
+    /// 0 or absent: wait for criu restore forever.
+    pub connect_timeout_ms: Option<u32>,
+    pub handshake_timeout_ms: Option<u32>,
+    /// Background fill threads.
+    pub jobs: Option<u32>,
+    /// Pages per background copy.
+    pub chunk_pages: Option<u32>,
+    /// Pages copied per fault (the faulting one plus pending pages after it).
+    pub fault_pages: Option<u32>,
+}
+
+#[napi(object)]
+#[derive(Clone)]
+pub struct TaskReport {
+    /// Engine id of this uffd (forked children get their own).
+    pub task: u32,
+    /// Pid in the dump (forked children inherit their parent's).
+    pub pid: u32,
+    pub parent: Option<u32>,
+    pub total: f64,
+    pub faulted: f64,
+    pub background: f64,
+    pub zero: f64,
+    pub exists: f64,
+    pub dropped: f64,
+    pub pending: f64,
+    pub in_flight: f64,
+    pub exited: bool,
+    pub done: bool,
+}
+
+impl From<&TaskStats> for TaskReport {
+    fn from(s: &TaskStats) -> Self {
+        TaskReport {
+            task: s.task,
+            pid: s.pid,
+            parent: s.parent,
+            total: s.total as f64,
+            faulted: s.faulted as f64,
+            background: s.background as f64,
+            zero: s.zero as f64,
+            exists: s.exists as f64,
+            dropped: s.dropped as f64,
+            pending: s.pending as f64,
+            in_flight: s.in_flight as f64,
+            exited: s.exited,
+            done: s.done,
+        }
+    }
+}
+
+#[napi(object)]
+pub struct DaemonStats {
+    pub tasks: Vec<TaskReport>,
+    pub faults: f64,
+    pub fault_p50_us: f64,
+    pub fault_p99_us: f64,
+    pub fault_max_us: f64,
+    pub dropped_fault_events: f64,
+    pub restore_finished: bool,
+    pub elapsed_ms: f64,
+}
+
+impl From<EngineStats> for DaemonStats {
+    fn from(s: EngineStats) -> Self {
+        let lat = &s.fault_latency;
+        DaemonStats {
+            tasks: s.tasks.iter().map(TaskReport::from).collect(),
+            faults: lat.count() as f64,
+            fault_p50_us: lat.percentile_us(50.0) as f64,
+            fault_p99_us: lat.percentile_us(99.0) as f64,
+            fault_max_us: lat.percentile_us(100.0) as f64,
+            dropped_fault_events: s.dropped_fault_events as f64,
+            restore_finished: s.restore_finished,
+            elapsed_ms: s.elapsed.as_secs_f64() * 1000.0,
+        }
+    }
+}
+
+/// One event of a running daemon. `kind` says which fields are set.
+#[napi(object)]
+pub struct DaemonEvent {
+    /// connected | task | zombie | restore-finished | fault | forked | exited | task-done | progress | error | finished
+    pub kind: String,
+    pub pid: Option<u32>,
+    pub task: Option<u32>,
+    pub parent: Option<u32>,
+    /// Run-time address (exact in a double: user addresses are below 2^57).
+    pub addr: Option<f64>,
+    pub pages: Option<f64>,
+    pub done_pages: Option<f64>,
+    pub total_pages: Option<f64>,
+    pub message: Option<String>,
+    pub stats: Option<TaskReport>,
+}
+
+impl DaemonEvent {
+    fn new(kind: &str) -> Self {
+        DaemonEvent {
+            kind: kind.into(),
+            pid: None,
+            task: None,
+            parent: None,
+            addr: None,
+            pages: None,
+            done_pages: None,
+            total_pages: None,
+            message: None,
+            stats: None,
+        }
+    }
+}
+
+fn to_js_event(event: SessionEvent) -> DaemonEvent {
+    match event {
+        SessionEvent::Connected { peer_pid, peer_uid } => DaemonEvent {
+            pid: u32::try_from(peer_pid).ok(),
+            message: Some(format!("criu restore connected (pid {peer_pid}, uid {peer_uid})")),
+            ..DaemonEvent::new("connected")
+        },
+        SessionEvent::Task { pid, task, lazy_pages } => {
+            DaemonEvent { pid: Some(pid), task: Some(task), pages: Some(lazy_pages as f64), ..DaemonEvent::new("task") }
+        }
+        SessionEvent::Zombie { pid } => DaemonEvent { pid: Some(pid), ..DaemonEvent::new("zombie") },
+        SessionEvent::RestoreFinished => DaemonEvent::new("restore-finished"),
+        SessionEvent::Engine(e) => match e {
+            EngineEvent::Fault { pid, task, addr, pages } => DaemonEvent {
+                pid: Some(pid),
+                task: Some(task),
+                addr: Some(addr as f64),
+                pages: Some(pages as f64),
+                ..DaemonEvent::new("fault")
+            },
+            EngineEvent::TaskForked { pid, parent, child } => {
+                DaemonEvent { pid: Some(pid), parent: Some(parent), task: Some(child), ..DaemonEvent::new("forked") }
+            }
+            EngineEvent::TaskExited { pid, task } => DaemonEvent { pid: Some(pid), task: Some(task), ..DaemonEvent::new("exited") },
+            EngineEvent::TaskDone { pid, task, stats } => DaemonEvent {
+                pid: Some(pid),
+                task: Some(task),
+                stats: Some(TaskReport::from(&stats)),
+                ..DaemonEvent::new("task-done")
+            },
+            EngineEvent::Progress { done_pages, total_pages } => DaemonEvent {
+                done_pages: Some(done_pages as f64),
+                total_pages: Some(total_pages as f64),
+                ..DaemonEvent::new("progress")
+            },
+            EngineEvent::Error { message } => DaemonEvent { message: Some(message), ..DaemonEvent::new("error") },
+            EngineEvent::Finished => DaemonEvent::new("finished"),
+        },
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> Error {
+    Error::new(Status::GenericFailure, e.to_string())
+}
+
+type EventFn = ThreadsafeFunction<DaemonEvent, (), DaemonEvent, Status, false, false, 1024>;
+
+/// A prepared daemon: images validated, `lazy-pages.socket` listening.
+#[napi]
+pub struct LazyDaemon {
+    session: Mutex<Option<Session>>,
+    handle: Arc<SessionHandle>,
+    config: SessionConfig,
+    socket: String,
+    tasks: u32,
+}
+
+pub struct Prepare {
+    options: Option<DaemonOptions>,
+}
+
+impl Task for Prepare {
+    type Output = LazyDaemon;
+    type JsValue = LazyDaemon;
+
+    fn compute(&mut self) -> napi::Result<LazyDaemon> {
+        let o = self.options.take().ok_or_else(|| err("prepare ran twice"))?;
+        let session = Session::prepare(&PathBuf::from(&o.images_dir), &PathBuf::from(&o.work_dir)).map_err(err)?;
+        let ms = |v: Option<u32>| v.filter(|&v| v > 0).map(|v| Duration::from_millis(v.into()));
+        let defaults = EngineConfig::default();
+        let config = SessionConfig {
+            connect_timeout: ms(o.connect_timeout_ms),
+            handshake_timeout: ms(o.handshake_timeout_ms).unwrap_or(SessionConfig::default().handshake_timeout),
+            engine: EngineConfig {
+                jobs: o.jobs.map_or(defaults.jobs, |v| v as usize),
+                chunk_pages: o.chunk_pages.map_or(defaults.chunk_pages, u64::from),
+                fault_pages: o.fault_pages.map_or(defaults.fault_pages, u64::from),
+                ..defaults
+            },
+        };
+        Ok(LazyDaemon {
+            socket: session.socket_path().display().to_string(),
+            tasks: session.dump().tasks.len() as u32,
+            session: Mutex::new(Some(session)),
+            handle: Arc::new(SessionHandle::default()),
+            config,
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, output: LazyDaemon) -> napi::Result<LazyDaemon> {
+        Ok(output)
+    }
+}
+
+/// Read and check the dump in `imagesDir`, then listen on `workDir/lazy-pages.socket`.
+#[napi(ts_return_type = "Promise<LazyDaemon>")]
+pub fn prepare_daemon(options: DaemonOptions) -> AsyncTask<Prepare> {
+    AsyncTask::new(Prepare { options: Some(options) })
+}
+
+#[napi]
+impl LazyDaemon {
+    #[napi(getter)]
+    pub fn socket_path(&self) -> String {
+        self.socket.clone()
+    }
+
+    /// Processes in the dump's pstree: CRIU sends one message per process.
+    #[napi(getter)]
+    pub fn expected_tasks(&self) -> u32 {
+        self.tasks
+    }
+
+    /// Serve one `criu restore --lazy-pages` on native threads. Resolves with the final
+    /// stats when every task has all its pages (or exited); rejects on a failed restore.
+    #[napi(ts_args_type = "onEvent: (event: DaemonEvent) => void", ts_return_type = "Promise<DaemonStats>")]
+    pub fn serve<'env>(&self, env: &'env Env, on_event: EventFn) -> napi::Result<Object<'env>> {
+        let session = self
+            .session
+            .lock()
+            .map_err(err)?
+            .take()
+            .ok_or_else(|| err("this daemon already served its restore"))?;
+        let (deferred, promise) = env.create_deferred()?;
+        let handle = self.handle.clone();
+        let config = self.config.clone();
+        let on_event = Arc::new(on_event);
+        let events = on_event.clone();
+        let callback = Arc::new(move |event: SessionEvent| {
+            // Fault notices may be dropped when JS is behind (the engine counts them);
+            // lifecycle events wait for room.
+            let mode = if matches!(event, SessionEvent::Engine(EngineEvent::Fault { .. })) {
+                ThreadsafeFunctionCallMode::NonBlocking
+            } else {
+                ThreadsafeFunctionCallMode::Blocking
+            };
+            events.call(to_js_event(event), mode);
+        });
+        std::thread::Builder::new()
+            .name("lazy-session".into())
+            .spawn(move || {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.run(config, handle, callback)));
+                drop(on_event);
+                match result {
+                    Ok(Ok(stats)) => deferred.resolve(move |_env| Ok(DaemonStats::from(stats))),
+                    Ok(Err(e)) => deferred.reject(err(e)),
+                    Err(_) => deferred.reject(err("internal error: the restore session panicked")),
+                }
+            })
+            .map_err(err)?;
+        Ok(promise)
+    }
+
+    /// Policy hint: fill these pages of dump task `pid` before others.
+    #[napi]
+    pub fn prioritize(&self, pid: u32, addr: f64, pages: u32) {
+        if addr >= 0.0 && addr.is_finite() {
+            self.handle.prioritize(pid, addr as u64, pages.into());
+        }
+    }
+
+    /// Live counters while serving (null before criu restore connected).
+    #[napi]
+    pub fn stats(&self) -> Option<DaemonStats> {
+        self.handle.stats().map(DaemonStats::from)
+    }
+
+    /// Give up: stop serving (the restored tasks get zeros for what is left).
+    #[napi]
+    pub fn abort(&self) {
+        self.handle.abort();
+    }
+}

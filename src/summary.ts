@@ -1,0 +1,60 @@
+// The end-of-restore report: one line per task and a total, plus the same as JSON.
+import type { DaemonStats, TaskReport } from '../index'
+import { reconciles, type TaskTracker } from './tracker'
+
+export interface Summary {
+  imagesDir: string
+  elapsedMs: number
+  tasks: Array<TaskReport & { reconciles: boolean }>
+  zombies: number[]
+  total: { tasks: number; lazy: number; faulted: number; background: number; zero: number; exists: number; dropped: number; exited: number }
+  faults: { count: number; p50Us: number; p99Us: number; maxUs: number }
+  droppedFaultEvents: number
+  reconciles: boolean
+}
+
+export function buildSummary(imagesDir: string, stats: DaemonStats, tracker: TaskTracker): Summary {
+  const tasks = stats.tasks.map((t) => ({ ...t, reconciles: reconciles(t) }))
+  const total = { tasks: tasks.length, lazy: 0, faulted: 0, background: 0, zero: 0, exists: 0, dropped: 0, exited: 0 }
+  for (const t of tasks) {
+    total.lazy += t.total
+    total.faulted += t.faulted
+    total.background += t.background
+    total.zero += t.zero
+    total.exists += t.exists
+    total.dropped += t.dropped
+    total.exited += t.exited ? 1 : 0
+  }
+  return {
+    imagesDir,
+    elapsedMs: stats.elapsedMs,
+    tasks,
+    zombies: tracker.zombies,
+    total,
+    faults: { count: stats.faults, p50Us: stats.faultP50Us, p99Us: stats.faultP99Us, maxUs: stats.faultMaxUs },
+    droppedFaultEvents: stats.droppedFaultEvents,
+    reconciles: tasks.every((t) => t.reconciles),
+  }
+}
+
+const mib = (pages: number) => `${((pages * 4096) / (1024 * 1024)).toFixed(1)} MiB`
+
+export function formatSummary(s: Summary): string[] {
+  const lines = s.tasks.map((t) => {
+    const who = t.parent === undefined || t.parent === null ? `pid ${t.pid}` : `pid ${t.pid} (fork of task ${t.parent})`
+    const state = t.exited ? 'exited' : 'done'
+    return (
+      `task ${t.task} ${who}: ${t.total} lazy pages = ${t.faulted} faulted + ${t.background} background + ` +
+      `${t.dropped} dropped + ${t.exists} already present; ${t.zero} zero pages; ${state}${t.reconciles ? '' : ' (COUNTS DO NOT RECONCILE)'}`
+    )
+  })
+  const secs = (s.elapsedMs / 1000).toFixed(2)
+  const rate = s.elapsedMs > 0 ? ((s.total.faulted + s.total.background) * 4096) / 1e9 / (s.elapsedMs / 1000) : 0
+  lines.push(
+    `total: ${s.total.tasks} tasks (${s.zombies.length} zombies, ${s.total.exited} exited), ${s.total.lazy} lazy pages (${mib(s.total.lazy)}) = ` +
+      `${s.total.faulted} faulted + ${s.total.background} background + ${s.total.dropped} dropped + ${s.total.exists} already present; ` +
+      `${s.total.zero} zero pages; ${secs} s, ${rate.toFixed(2)} GB/s; faults p50 ${s.faults.p50Us} us, p99 ${s.faults.p99Us} us, max ${s.faults.maxUs} us; ` +
+      (s.reconciles ? 'every page accounted for once' : 'COUNTS DO NOT RECONCILE'),
+  )
+  return lines
+}
