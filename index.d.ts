@@ -49,6 +49,8 @@ export interface DaemonOptions {
   /** 0 or absent: wait for criu restore forever. */
   connectTimeoutMs?: number
   handshakeTimeoutMs?: number
+  /** Serve only faults for this long after restore finished. */
+  fillDelayMs?: number
   /** Background fill threads. */
   jobs?: number
   /** Pages per background copy. */

@@ -23,6 +23,7 @@ export interface DaemonCliOptions {
   logFile?: string
   verbosity: number
   connectTimeout: number
+  fillDelay: number
   prefetch: string
   statsJson?: string
   progress: boolean
@@ -65,6 +66,7 @@ async function serve(opts: DaemonCliOptions, imagesDir: string, workDir: string,
       workDir,
       connectTimeoutMs: opts.connectTimeout * 1000,
       handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
+      fillDelayMs: opts.fillDelay,
     })
   } catch (err) {
     throw new UserError(oneLine(err))

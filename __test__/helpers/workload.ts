@@ -73,17 +73,12 @@ export class Workload {
 
   /** Signal the group (pgid = pid of the session leader) and wait for every role's fresh verdict. */
   async verify(roles: string[], signal: NodeJS.Signals = 'SIGUSR1', timeoutMs = 120_000): Promise<Verdict[]> {
-    const before = new Map(roles.map((r) => [r, this.verdict(r)?.seq ?? 0]))
+    // Old verdicts go first: a restored process counts seq from its dumped state,
+    // so seq alone cannot tell a fresh verdict from one written before the dump.
+    for (const role of roles) rmSync(join(this.state, `result-${role}.txt`), { force: true })
     process.kill(-this.pid, signal)
     const out: Verdict[] = []
-    for (const role of roles) {
-      out.push(
-        await waitFor(`verdict of ${role}`, () => {
-          const v = this.verdict(role)
-          return v && v.seq > (before.get(role) ?? 0) ? v : undefined
-        }, timeoutMs),
-      )
-    }
+    for (const role of roles) out.push(await waitFor(`verdict of ${role}`, () => this.verdict(role), timeoutMs))
     return out
   }
 

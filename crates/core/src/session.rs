@@ -52,12 +52,20 @@ pub struct SessionConfig {
     pub connect_timeout: Option<Duration>,
     /// Longest pause allowed inside the handshake (between two task messages).
     pub handshake_timeout: Duration,
+    /// Serve only faults for this long after restore finished, then start the
+    /// background fill (lets a warming-up process have the whole bandwidth).
+    pub fill_delay: Duration,
     pub engine: EngineConfig,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { connect_timeout: None, handshake_timeout: Duration::from_secs(120), engine: EngineConfig::default() }
+        SessionConfig {
+            connect_timeout: None,
+            handshake_timeout: Duration::from_secs(120),
+            fill_delay: Duration::ZERO,
+            engine: EngineConfig::default(),
+        }
     }
 }
 
@@ -204,6 +212,11 @@ impl Session {
             }
         }
         events(SessionEvent::RestoreFinished);
+        let fill_at = std::time::Instant::now() + config.fill_delay;
+        while std::time::Instant::now() < fill_at {
+            handle.check_abort()?;
+            std::thread::sleep(TICK.min(fill_at.saturating_duration_since(std::time::Instant::now())));
+        }
         engine.restore_finished();
         while !engine.wait(Some(TICK)) {
             handle.check_abort()?;

@@ -20,6 +20,8 @@ pub struct DaemonOptions {
     /// 0 or absent: wait for criu restore forever.
     pub connect_timeout_ms: Option<u32>,
     pub handshake_timeout_ms: Option<u32>,
+    /// Serve only faults for this long after restore finished.
+    pub fill_delay_ms: Option<u32>,
     /// Background fill threads.
     pub jobs: Option<u32>,
     /// Pages per background copy.
@@ -203,6 +205,7 @@ impl Task for Prepare {
         let config = SessionConfig {
             connect_timeout: ms(o.connect_timeout_ms),
             handshake_timeout: ms(o.handshake_timeout_ms).unwrap_or(SessionConfig::default().handshake_timeout),
+            fill_delay: ms(o.fill_delay_ms).unwrap_or_default(),
             engine: EngineConfig {
                 jobs: o.jobs.map_or(defaults.jobs, |v| v as usize),
                 chunk_pages: o.chunk_pages.map_or(defaults.chunk_pages, u64::from),
