@@ -29,7 +29,7 @@ export declare class LazyDaemon {
 
 /** One event of a running daemon. `kind` says which fields are set. */
 export interface DaemonEvent {
-  /** connected | task | zombie | restore-finished | fault | forked | exited | task-done | progress | error | finished */
+  /** connected | rejected | task | zombie | restore-finished | fault | forked | exited | task-done | progress | error | finished */
   kind: string
   pid?: number
   task?: number

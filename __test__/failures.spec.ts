@@ -20,7 +20,7 @@ test('criu restore killed mid-protocol: the daemon exits non-zero within a secon
   // RESTORE_FINISHED, so the kill lands mid-protocol every time.
   const marker = join(w.dir, 'post-restore')
   const script = join(w.dir, 'hold.sh')
-  writeFileSync(script, `#!/bin/sh\n[ "$CRTOOLS_SCRIPT_ACTION" = post-restore ] || exit 0\ntouch ${marker}\nexec sleep 30\n`, { mode: 0o755 })
+  writeFileSync(script, `#!/bin/sh\n[ "$CRTOOLS_SCRIPT_ACTION" = post-restore ] || exit 0\ntouch ${marker}\nexec sleep 30.123\n`, { mode: 0o755 })
   const daemon = await startDaemon(w.images)
   const restore = startLazyRestore(w.images, ['--action-script', script])
   await waitFor('criu restore to reach post-restore', () => existsSync(marker), 30_000)

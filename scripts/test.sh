@@ -13,7 +13,7 @@ fi
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 
-cargo test --workspace --release 2>&1 | tee "$logs/cargo.log"
+cargo test --workspace --release --no-fail-fast 2>&1 | tee "$logs/cargo.log"
 cargo_rc=${PIPESTATUS[0]}
 
 npx ava "$@" 2>&1 | tee "$logs/ava.log"

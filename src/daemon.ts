@@ -50,7 +50,8 @@ export async function runDaemon(opts: DaemonCliOptions, rawArgs: string[]): Prom
     return await serve(opts, imagesDir, workDir, inWorkDir, log)
   } catch (err) {
     const message = oneLine(err)
-    log.error(message)
+    // On stderr the CLI prints it once; a log file gets it too.
+    if (opts.logFile) log.error(message)
     notifyParent(message)
     throw err instanceof UserError ? err : new UserError(message)
   } finally {
@@ -119,6 +120,9 @@ function logEvent(log: Logger, e: DaemonEvent): void {
       break
     case 'task':
       log.info(`task ${e.task}: pid ${e.pid}, ${e.pages} lazy pages`)
+      break
+    case 'rejected':
+      log.warn(e.message ?? 'rejected a connection')
       break
     case 'zombie':
       log.info(`pid ${e.pid} is a zombie: nothing to serve`)

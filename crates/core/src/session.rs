@@ -38,6 +38,8 @@ pub enum SessionError {
 #[derive(Debug, Clone)]
 pub enum SessionEvent {
     Connected { peer_pid: i32, peer_uid: u32 },
+    /// A connection from a stranger (neither root nor our uid), turned away.
+    Rejected { message: String },
     Task { pid: u32, task: u32, lazy_pages: u64 },
     Zombie { pid: u32 },
     RestoreFinished,
@@ -138,7 +140,7 @@ impl Session {
     /// Serves one restore to the end. Returns the final stats once every task has
     /// all its pages (or exited).
     pub fn run(self, config: SessionConfig, handle: Arc<SessionHandle>, events: SessionCallback) -> Result<EngineSummary, SessionError> {
-        let mut conn = self.accept(&config, &handle)?;
+        let mut conn = self.accept(&config, &handle, &events)?;
         let peer = conn.peer();
         events(SessionEvent::Connected { peer_pid: peer.pid, peer_uid: peer.uid });
 
@@ -161,15 +163,24 @@ impl Session {
         Ok(engine.join()?)
     }
 
-    fn accept(&self, config: &SessionConfig, handle: &SessionHandle) -> Result<RestoreConn, SessionError> {
+    fn accept(&self, config: &SessionConfig, handle: &SessionHandle, events: &SessionCallback) -> Result<RestoreConn, SessionError> {
         let deadline = config.connect_timeout.map(|t| std::time::Instant::now() + t);
+        let mut rejected = Vec::new();
         loop {
             handle.check_abort()?;
-            match self.listener.accept(Some(TICK)) {
+            let mut on_reject = |e: &RestoreError| {
+                rejected.push(e.to_string());
+                events(SessionEvent::Rejected { message: e.to_string() });
+            };
+            match self.listener.accept_with(Some(TICK), &mut on_reject) {
                 Err(RestoreError::Timeout(what)) => {
                     if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
                         let secs = config.connect_timeout.unwrap_or_default().as_secs();
-                        return Err(RestoreError::Timeout(format!("{what} on {} ({secs} s)", self.listener.path().display())).into());
+                        let mut msg = format!("{what} on {} ({secs} s)", self.listener.path().display());
+                        if !rejected.is_empty() {
+                            msg = format!("{msg}; meanwhile {}", rejected.join("; "));
+                        }
+                        return Err(RestoreError::Timeout(msg).into());
                     }
                 }
                 other => return Ok(other?),

@@ -101,7 +101,7 @@ impl From<EngineStats> for DaemonStats {
 /// One event of a running daemon. `kind` says which fields are set.
 #[napi(object)]
 pub struct DaemonEvent {
-    /// connected | task | zombie | restore-finished | fault | forked | exited | task-done | progress | error | finished
+    /// connected | rejected | task | zombie | restore-finished | fault | forked | exited | task-done | progress | error | finished
     pub kind: String,
     pub pid: Option<u32>,
     pub task: Option<u32>,
@@ -139,6 +139,7 @@ fn to_js_event(event: SessionEvent) -> DaemonEvent {
             message: Some(format!("criu restore connected (pid {peer_pid}, uid {peer_uid})")),
             ..DaemonEvent::new("connected")
         },
+        SessionEvent::Rejected { message } => DaemonEvent { message: Some(message), ..DaemonEvent::new("rejected") },
         SessionEvent::Task { pid, task, lazy_pages } => {
             DaemonEvent { pid: Some(pid), task: Some(task), pages: Some(lazy_pages as f64), ..DaemonEvent::new("task") }
         }

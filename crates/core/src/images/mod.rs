@@ -12,6 +12,7 @@ mod pagemap;
 mod pages;
 pub mod proto;
 mod pstree;
+pub mod writer;
 
 /// CRIU uses the runtime page size; x86_64 is the only target.
 pub const PAGE_SIZE: u64 = 4096;

@@ -1,0 +1,73 @@
+// `criu lazy-pages` spellings work unchanged: -d/--pidfile/-W/-o/-vN, socket mode and peer checks.
+import test from 'ava'
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs'
+import { join } from 'node:path'
+
+import { checksums, assertMemoryAsDumped } from './helpers/check'
+import { lazyPages } from './helpers/cli'
+import { restoreLogTail, startLazyRestore } from './helpers/criu'
+import { dumpAndWait } from './helpers/dumped'
+import { alive, run, waitFor } from './helpers/proc'
+import { Workload } from './helpers/workload'
+
+test('-d --pidfile -W -o -v4: detaches when ready, serves a restore run with the same -W', async (t) => {
+  const w = await Workload.start('cli-daemon', ['tree', '--mib', '32', '--children', '1', '--zombie'])
+  const before = await checksums(w)
+  await dumpAndWait(w)
+  const work = join(w.dir, 'work')
+  mkdirSync(work)
+  const started = await lazyPages(['--images-dir', w.images, '-W', work, '-d', '--pidfile', 'lazy.pid', '-o', 'lazy.log', '-v4', '--stats-json', 'stats.json'])
+  t.is(started.code, 0, started.stderr)
+  t.is(started.stderr, '')
+  const pidText = readFileSync(join(work, 'lazy.pid'), 'utf8')
+  t.regex(pidText, /^\d+$/, 'decimal pid, no newline')
+  t.is(statSync(join(work, 'lazy.pid')).mode & 0o777, 0o600)
+  const sock = join(work, 'lazy-pages.socket')
+  t.true(statSync(sock).isSocket())
+  t.is(statSync(sock).mode & 0o777, 0o600)
+  const daemonPid = Number(pidText)
+  t.true(alive(daemonPid))
+
+  const restore = startLazyRestore(w.images, ['-W', work])
+  t.is(await restore.done, 0, restoreLogTail(work))
+  await waitFor('the daemon to exit', () => !alive(daemonPid), 60_000)
+  const log = readFileSync(join(work, 'lazy.log'), 'utf8')
+  t.regex(log, /^\(\d\d\.\d{6}\) /m, 'CRIU-style timestamps')
+  t.regex(log, /fault: task/, '-v4 logs each fault')
+  t.regex(log, /total: 2 tasks \(1 zombies, 0 exited\).*every page accounted for once/)
+  t.true(JSON.parse(readFileSync(join(work, 'stats.json'), 'utf8')).reconciles)
+  await assertMemoryAsDumped(t, w, before)
+  w.kill()
+})
+
+test('--pidfile that exists is refused (created exclusively, like CRIU)', async (t) => {
+  const w = await Workload.start('cli-pidfile', ['dense', '--mib', '4'])
+  await dumpAndWait(w)
+  const first = await lazyPages(['-D', w.images, '-d', '--pidfile', 'p.pid', '--connect-timeout', '2'])
+  t.is(first.code, 0, first.stderr)
+  const again = await lazyPages(['-D', w.images, '-d', '--pidfile', 'p.pid', '--connect-timeout', '2'])
+  t.is(again.code, 1)
+  t.regex(again.stderr, /p\.pid: cannot create pidfile/)
+})
+
+test('a peer that is neither root nor our uid is turned away', async (t) => {
+  const w = await Workload.start('cli-peer', ['dense', '--mib', '4'])
+  await dumpAndWait(w)
+  const daemon = lazyPages(['-D', w.images, '--connect-timeout', '3'])
+  const sock = join(w.images, 'lazy-pages.socket')
+  await waitFor('socket', () => existsSync(sock))
+  chmodSync(sock, 0o666) // let the stranger reach SO_PEERCRED at all
+  const probe = `const c = require('net').connect(${JSON.stringify(sock)}); c.on('connect', () => setTimeout(() => c.end(), 500))`
+  const stranger = await run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', probe])
+  t.is(stranger.code, 0, stranger.stderr)
+  const r = await daemon
+  t.is(r.code, 1)
+  t.regex(r.stderr, /timed out waiting for criu restore to connect.*rejected a connection from pid \d+ uid 65534/)
+})
+
+test('CRIU verbosity spellings are accepted', async (t) => {
+  for (const v of [['-v'], ['-vvvv'], ['-v0'], ['--verbosity=4'], ['--verbosity', '1']]) {
+    const r = await lazyPages([...v, 'images', '--help'])
+    t.is(r.code, 0, `${v.join(' ')}: ${r.stderr}`)
+  }
+})
