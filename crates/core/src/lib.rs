@@ -5,6 +5,8 @@ pub mod engine;
 pub mod images;
 pub mod local_pages;
 pub mod ranges;
+pub mod remote;
 pub mod restore_socket;
 pub mod session;
+pub mod transform;
 pub mod uffd;

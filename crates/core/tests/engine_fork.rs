@@ -20,9 +20,13 @@ fn fork_checker(region: &Region, layout: &Layout) -> (libc::pid_t, libc::c_int) 
     let mut fds = [0; 2];
     // SAFETY: plain pipe creation into a local array.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // Raw fork, not glibc's fork(): glibc holds its malloc locks across the syscall, and
+    // the syscall does not return until the engine (in this same process) has read the
+    // FORK message, which needs malloc. In production the forking task is another
+    // process, so this only matters here.
     // SAFETY: the child only reads memory, does arithmetic, write(2)s and _exit(2)s:
     // nothing that needs locks or allocation held by the parent's other threads.
-    let pid = unsafe { libc::fork() };
+    let pid = unsafe { libc::syscall(libc::SYS_fork) } as libc::pid_t;
     assert!(pid >= 0);
     if pid == 0 {
         let mut bad = 0u32;

@@ -158,7 +158,10 @@ fn plan_task<'a>(
     base: Option<&'a TaskMemory>,
 ) -> Result<Plan<'a>, ImageError> {
     let (pagemap, _) = memory.chain().next().ok_or_else(|| {
-        ImageError::new(Path::new(&pagemap_file_name(memory.pid)), "task has no pagemap")
+        ImageError::new(
+            Path::new(&pagemap_file_name(memory.pid)),
+            "task has no pagemap",
+        )
     })?;
     let mut plan = Plan {
         pagemap,

@@ -1,0 +1,280 @@
+//! The client's bookkeeping, with no I/O: which spans were asked for, which
+//! GETs are on the wire (in wire order: a CRIU server answers strictly FIFO),
+//! what has arrived, and what may be sent next under the background budget.
+//!
+//! A `Request` is one span the engine asked for, with its own buffer. It goes
+//! out as one or more `Segment`s (GETs); a reply may carry fewer pages than
+//! asked (the server clamps at the end of a run), and the rest is asked again.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::wire::IovHeader;
+use crate::images::PAGE_SIZE;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// A thread is blocked on it: sent at once, never held back by the budget.
+    Fault,
+    /// Background fill: on the wire only within the background budget.
+    Background,
+}
+
+/// Limits, all in bytes or counts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Background bytes on the wire at once (what a fault may queue behind).
+    pub background_budget: u64,
+    /// Pages per GET.
+    pub max_request_pages: u64,
+    /// Bytes of all request buffers together; done ones are evicted to stay under.
+    pub cache_bytes: u64,
+    /// Unfinished fault requests at once.
+    pub max_fault_requests: usize,
+}
+
+pub(crate) struct Request {
+    pub pid: u32,
+    pub vaddr: u64,
+    pub priority: Priority,
+    /// `len` bytes; taken out (empty) while the reader fills it.
+    pub buf: Vec<u8>,
+    pub len: u64,
+    pub received: u64,
+    /// (byte offset, pages) not asked for yet, including clamped remainders.
+    unsent: VecDeque<(u64, u64)>,
+    /// Bytes handed to callers; a request served whole is dropped.
+    served: u64,
+}
+
+impl Request {
+    pub fn done(&self) -> bool {
+        self.received >= self.len
+    }
+
+    fn covers(&self, pid: u32, addr: u64, len: u64) -> bool {
+        self.pid == pid && self.vaddr <= addr && addr.saturating_add(len) <= self.vaddr.saturating_add(self.len)
+    }
+}
+
+/// One GET on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Segment {
+    pub req: u64,
+    pub pid: u32,
+    pub vaddr: u64,
+    pub pages: u64,
+    pub priority: Priority,
+}
+
+impl Segment {
+    pub fn header(&self) -> IovHeader {
+        IovHeader::get(self.pid, self.vaddr, self.pages)
+    }
+
+    fn bytes(&self) -> u64 {
+        self.pages * PAGE_SIZE
+    }
+}
+
+/// What is on the wire, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    Get(Segment),
+    Close,
+}
+
+/// Where the reader puts the data of the reply at the front of the wire queue.
+pub(crate) struct Landing {
+    pub seg: Segment,
+    pub pages: u64,
+    /// Byte offset of the data in the request's buffer.
+    pub offset: u64,
+    /// The request's buffer (None if the request is gone: discard the data).
+    pub buf: Option<Vec<u8>>,
+}
+
+pub(crate) struct Book {
+    limits: Limits,
+    reqs: BTreeMap<u64, Request>,
+    pub wire: VecDeque<Sent>,
+    background_on_wire: u64,
+    held: u64,
+    next_id: u64,
+    pub fatal: Option<String>,
+    pub closed: bool,
+}
+
+impl Book {
+    pub fn new(limits: Limits) -> Book {
+        Book {
+            limits,
+            reqs: BTreeMap::new(),
+            wire: VecDeque::new(),
+            background_on_wire: 0,
+            held: 0,
+            next_id: 1,
+            fatal: None,
+            closed: false,
+        }
+    }
+
+    pub fn request(&self, id: u64) -> Option<&Request> {
+        self.reqs.get(&id)
+    }
+
+    /// A request whose span holds [addr, addr+len) of `pid`, done ones first.
+    pub fn covering(&self, pid: u32, addr: u64, len: u64) -> Option<u64> {
+        let mut found = None;
+        for (&id, r) in self.reqs.iter().filter(|(_, r)| r.covers(pid, addr, len)) {
+            if r.done() {
+                return Some(id);
+            }
+            found = found.or(Some(id));
+        }
+        found
+    }
+
+    /// Records a new span to fetch, or None if the limits say not now.
+    pub fn admit(&mut self, pid: u32, vaddr: u64, len: u64, priority: Priority) -> Option<u64> {
+        let unfinished = |p: Priority| self.reqs.values().filter(move |r| r.priority == p && !r.done());
+        match priority {
+            Priority::Fault if unfinished(Priority::Fault).count() >= self.limits.max_fault_requests => return None,
+            Priority::Background => {
+                let queued: u64 = unfinished(Priority::Background).map(|r| r.len - r.received).sum();
+                if queued >= self.limits.background_budget {
+                    return None;
+                }
+            }
+            Priority::Fault => {}
+        }
+        self.evict_for(len);
+        let buf = vec![0u8; usize::try_from(len).ok()?];
+        let id = self.next_id;
+        self.next_id += 1;
+        self.held += len;
+        let unsent = VecDeque::from([(0, len / PAGE_SIZE)]);
+        self.reqs.insert(id, Request { pid, vaddr, priority, buf, len, received: 0, unsent, served: 0 });
+        Some(id)
+    }
+
+    /// Drops done requests, oldest first, until `len` more bytes fit the cache.
+    fn evict_for(&mut self, len: u64) {
+        while self.held.saturating_add(len) > self.limits.cache_bytes {
+            let Some(id) = self.reqs.iter().find(|(_, r)| r.done()).map(|(&id, _)| id) else { return };
+            self.remove(id);
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(r) = self.reqs.remove(&id) {
+            self.held -= r.len;
+        }
+    }
+
+    /// Copies [addr, addr+len) out of done request `id` into `out`.
+    pub fn copy_out(&mut self, id: u64, addr: u64, len: u64, out: &mut Vec<u8>) -> bool {
+        let Some(r) = self.reqs.get_mut(&id).filter(|r| r.done()) else { return false };
+        let start = (addr - r.vaddr) as usize;
+        let Some(src) = r.buf.get(start..start + len as usize) else { return false };
+        out.clear();
+        out.extend_from_slice(src);
+        r.served += len;
+        if r.served >= r.len {
+            self.remove(id);
+        }
+        true
+    }
+
+    /// Picks the GETs to send now (faults first, then background within the
+    /// budget) and records them as on the wire. The caller must write them in
+    /// this order before anyone else records more.
+    pub fn plan_sends(&mut self) -> Vec<Segment> {
+        let mut out = Vec::new();
+        if self.fatal.is_some() || self.closed {
+            return out;
+        }
+        let max = self.limits.max_request_pages.max(1);
+        let budget_pages = (self.limits.background_budget / PAGE_SIZE).max(1);
+        for priority in [Priority::Fault, Priority::Background] {
+            let ids: Vec<u64> = self.reqs.iter().filter(|(_, r)| r.priority == priority).map(|(&id, _)| id).collect();
+            for id in ids {
+                loop {
+                    let room = match priority {
+                        Priority::Fault => max,
+                        Priority::Background => {
+                            // Always allow one segment, so a budget below a page still moves.
+                            let used = self.background_on_wire / PAGE_SIZE;
+                            if used > 0 && used >= budget_pages {
+                                break;
+                            }
+                            max.min(budget_pages.saturating_sub(used).max(1))
+                        }
+                    };
+                    let Some(r) = self.reqs.get_mut(&id) else { break };
+                    let Some((off, pages)) = r.unsent.pop_front() else { break };
+                    let now = pages.min(room);
+                    if now < pages {
+                        r.unsent.push_front((off + now * PAGE_SIZE, pages - now));
+                    }
+                    let seg = Segment { req: id, pid: r.pid, vaddr: r.vaddr + off, pages: now, priority };
+                    if priority == Priority::Background {
+                        self.background_on_wire += seg.bytes();
+                    }
+                    self.wire.push_back(Sent::Get(seg));
+                    out.push(seg);
+                }
+            }
+        }
+        out
+    }
+
+    /// Matches a reply header with the oldest GET on the wire and lends out the
+    /// buffer its data goes to. Err = the stream is out of step (fatal).
+    pub fn land(&mut self, reply: &IovHeader) -> Result<Landing, String> {
+        let seg = match self.wire.front() {
+            Some(Sent::Get(seg)) => *seg,
+            Some(Sent::Close) => return Err("sent a page header where the CLOSE reply was due".into()),
+            None => return Err(format!("sent a reply nobody asked for (task {}, {:#x})", reply.dst_id, reply.vaddr)),
+        };
+        if reply.dst_id != u64::from(seg.pid) || reply.vaddr != seg.vaddr {
+            return Err(format!(
+                "replied for task {} at {:#x}, but the oldest request is task {} at {:#x}",
+                reply.dst_id, reply.vaddr, seg.pid, seg.vaddr
+            ));
+        }
+        if reply.nr_pages == 0 || reply.nr_pages > seg.pages {
+            return Err(format!(
+                "replied with {} pages to a request for {} (task {} at {:#x})",
+                reply.nr_pages, seg.pages, seg.pid, seg.vaddr
+            ));
+        }
+        self.wire.pop_front();
+        let (offset, buf) = match self.reqs.get_mut(&seg.req) {
+            Some(r) => (seg.vaddr - r.vaddr, Some(std::mem::take(&mut r.buf))),
+            None => (0, None),
+        };
+        Ok(Landing { seg, pages: reply.nr_pages, offset, buf })
+    }
+
+    /// The data of `landing` arrived: return the buffer, count the bytes, and
+    /// queue the clamped-off rest again.
+    pub fn landed(&mut self, landing: Landing) {
+        let seg = landing.seg;
+        if seg.priority == Priority::Background {
+            self.background_on_wire = self.background_on_wire.saturating_sub(seg.bytes());
+        }
+        let Some(buf) = landing.buf else { return };
+        let Some(r) = self.reqs.get_mut(&seg.req) else { return };
+        r.buf = buf;
+        r.received += landing.pages * PAGE_SIZE;
+        if landing.pages < seg.pages {
+            let rest = landing.offset + landing.pages * PAGE_SIZE;
+            r.unsent.push_front((rest, seg.pages - landing.pages));
+        }
+    }
+
+    /// GETs on the wire (for messages).
+    pub fn on_wire(&self) -> usize {
+        self.wire.len()
+    }
+}

@@ -1,0 +1,16 @@
+//! Pages over TCP, speaking CRIU's page-server protocol: a server for the lazy
+//! pages of a normal dump, and a `PageSource` that fetches from any lazy page
+//! server (ours, `criu page-server --lazy-pages`, `criu dump --lazy-pages`).
+
+mod lazy_index;
+mod server;
+mod server_session;
+mod version;
+pub mod wire;
+mod zero_copy;
+
+pub use lazy_index::Invalid;
+pub use server::{PageServer, PageServerConfig, ServeSummary, ServerCallback, ServerError, ServerEvent, ServerStopper};
+pub use server_session::SessionStats;
+pub use version::{classify, pagemap_writer_of, wire_version_of, PagemapWriter};
+pub use wire::{IovHeader, WireError, WireVersion};

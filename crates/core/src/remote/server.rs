@@ -1,0 +1,300 @@
+//! `PageServer`: serves the lazy pages of a normal dump over TCP, speaking what
+//! `criu page-server --lazy-pages` speaks, so a real `criu lazy-pages
+//! --page-server` (or our `RemotePages`) can fetch from it.
+//!
+//! Unlike CRIU it validates every request (an unknown pid or a non-lazy address
+//! ends that session instead of crashing or hanging the server) and can serve
+//! many sessions (`keep_serving`), one thread each, so one dump can feed several
+//! restores. Memory use does not depend on the image size: page data goes from
+//! the pages file to the socket with sendfile.
+//!
+//! The process must ignore SIGPIPE (Rust binaries and Node both do): sendfile
+//! to a socket whose peer vanished raises it and has no MSG_NOSIGNAL.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::lazy_index::LazyIndex;
+use super::server_session::{ServerSession, SessionStats};
+use super::wire::WireVersion;
+use crate::images::Dump;
+
+/// How often the accept loop looks at the stop flag.
+const TICK: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone)]
+pub struct PageServerConfig {
+    /// Default 0.0.0.0, like CRIU.
+    pub address: IpAddr,
+    /// 0 = ephemeral; see `PageServer::local_addr`.
+    pub port: u16,
+    pub version: WireVersion,
+    /// false: serve one session then stop (CRIU's behaviour).
+    pub keep_serving: bool,
+    /// Replies carry at most this many pages (CRIU's client asks <= 1024).
+    pub max_request_pages: u64,
+    /// Connections served at once; more are closed at accept.
+    pub max_sessions: usize,
+    /// A client that reads nothing for this long is dropped.
+    pub send_timeout: Duration,
+}
+
+impl Default for PageServerConfig {
+    fn default() -> Self {
+        PageServerConfig {
+            address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 0,
+            version: WireVersion::V42,
+            keep_serving: false,
+            max_request_pages: 1024,
+            max_sessions: 64,
+            send_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum ServerEvent {
+    SessionStarted { peer: SocketAddr },
+    /// `error` is None for a clean end (CLOSE or EOF).
+    SessionEnded { peer: SocketAddr, stats: SessionStats, error: Option<String> },
+    /// Turned away at accept (too many sessions, or socket setup failed).
+    Refused { peer: SocketAddr, reason: String },
+}
+
+pub type ServerCallback = Arc<dyn Fn(ServerEvent) + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("page server: cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("page server on {addr}: {what}: {source}")]
+    Io { addr: SocketAddr, what: &'static str, source: io::Error },
+    #[error("page server: {0}")]
+    Images(io::Error),
+}
+
+/// Totals over every session, returned when the server stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServeSummary {
+    pub sessions: u64,
+    pub failed_sessions: u64,
+    pub requests: u64,
+    pub pages: u64,
+}
+
+pub struct PageServer {
+    listener: TcpListener,
+    local: SocketAddr,
+    index: Arc<LazyIndex>,
+    config: PageServerConfig,
+    events: ServerCallback,
+    stop: Arc<AtomicBool>,
+}
+
+/// Stops a running server from another thread: no new sessions, live ones cut.
+#[derive(Clone)]
+pub struct ServerStopper(Arc<AtomicBool>);
+
+impl ServerStopper {
+    pub fn stop(&self) {
+        self.0.store(true, SeqCst);
+    }
+}
+
+impl PageServer {
+    /// Opens the pages files and listens. Nothing is served until `run`.
+    pub fn bind(dump: &Dump, config: PageServerConfig, events: ServerCallback) -> Result<PageServer, ServerError> {
+        let index = Arc::new(LazyIndex::build(dump).map_err(ServerError::Images)?);
+        let addr = SocketAddr::new(config.address, config.port);
+        // std sets SO_REUSEADDR on Unix, as CRIU does.
+        let listener = TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+        let local = listener.local_addr().map_err(|source| ServerError::Io { addr, what: "getsockname", source })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| ServerError::Io { addr: local, what: "setting the listener non-blocking", source })?;
+        Ok(PageServer { listener, local, index, config, events, stop: Arc::new(AtomicBool::new(false)) })
+    }
+
+    /// The bound address (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Pids the server can serve (live tasks with lazy data).
+    pub fn pids(&self) -> Vec<u32> {
+        self.index.pids()
+    }
+
+    pub fn stopper(&self) -> ServerStopper {
+        ServerStopper(self.stop.clone())
+    }
+
+    /// Serves until stopped, or, without `keep_serving`, until the first
+    /// session ends (the listener is closed as soon as it is accepted).
+    pub fn run(self) -> Result<ServeSummary, ServerError> {
+        let totals = Arc::new(Totals::default());
+        let live: Arc<Mutex<HashMap<u64, TcpStream>>> = Arc::default();
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        let mut next_id = 0u64;
+        let result = loop {
+            if self.stop.load(SeqCst) {
+                break Ok(());
+            }
+            let (stream, peer) = match self.listener.accept() {
+                Ok(conn) => conn,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+                    wait_readable(&self.listener, TICK);
+                    continue;
+                }
+                // Per-connection failures (ECONNABORTED, EMFILE...) must not stop a server.
+                Err(e) if self.config.keep_serving && is_transient(&e) => {
+                    std::thread::sleep(TICK);
+                    continue;
+                }
+                Err(source) => break Err(ServerError::Io { addr: self.local, what: "accept", source }),
+            };
+            threads.retain(|t| !t.is_finished());
+            if threads.len() >= self.config.max_sessions.max(1) {
+                (self.events)(ServerEvent::Refused { peer, reason: format!("{} sessions already running", threads.len()) });
+                continue;
+            }
+            if let Err(e) = self.prepare(&stream) {
+                (self.events)(ServerEvent::Refused { peer, reason: format!("socket setup failed: {e}") });
+                continue;
+            }
+            next_id += 1;
+            if let Ok(clone) = stream.try_clone() {
+                lock(&live).insert(next_id, clone);
+            }
+            let job = SessionJob {
+                id: next_id,
+                stream,
+                peer,
+                index: self.index.clone(),
+                config: self.config.clone(),
+                events: self.events.clone(),
+                totals: totals.clone(),
+                live: live.clone(),
+            };
+            match std::thread::Builder::new().name("lazy-ps-session".into()).spawn(move || job.run()) {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    (self.events)(ServerEvent::Refused { peer, reason: format!("cannot start a thread: {e}") });
+                    if let Some(s) = lock(&live).remove(&next_id) {
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                    }
+                    continue;
+                }
+            }
+            if !self.config.keep_serving {
+                // Like CRIU: one session, and nobody else may connect meanwhile.
+                break Ok(());
+            }
+        };
+        drop(self.listener);
+        wait_sessions(&self.stop, threads, &live);
+        result.map(|()| totals.summary())
+    }
+
+    fn prepare(&self, stream: &TcpStream) -> io::Result<()> {
+        stream.set_nonblocking(false)?;
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(self.config.send_timeout.max(Duration::from_millis(1))))
+    }
+}
+
+/// Waits for the session threads; once stopped, cuts the live sessions (an
+/// idle client would otherwise hold its thread, and this wait, forever).
+fn wait_sessions(stop: &AtomicBool, mut threads: Vec<JoinHandle<()>>, live: &Mutex<HashMap<u64, TcpStream>>) {
+    loop {
+        threads.retain(|t| !t.is_finished());
+        if threads.is_empty() {
+            return;
+        }
+        if stop.load(SeqCst) {
+            for stream in lock(live).values() {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+struct SessionJob {
+    id: u64,
+    stream: TcpStream,
+    peer: SocketAddr,
+    index: Arc<LazyIndex>,
+    config: PageServerConfig,
+    events: ServerCallback,
+    totals: Arc<Totals>,
+    live: Arc<Mutex<HashMap<u64, TcpStream>>>,
+}
+
+impl SessionJob {
+    fn run(self) {
+        (self.events)(ServerEvent::SessionStarted { peer: self.peer });
+        let mut stats = SessionStats::default();
+        let mut session = ServerSession {
+            stream: self.stream,
+            peer: self.peer,
+            index: &self.index,
+            version: self.config.version,
+            max_request_pages: self.config.max_request_pages,
+        };
+        let error = session.run(&mut stats).err().map(|e| e.to_string());
+        drop(session);
+        lock(&self.live).remove(&self.id);
+        self.totals.add(&stats, error.is_some());
+        (self.events)(ServerEvent::SessionEnded { peer: self.peer, stats, error });
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    sessions: AtomicU64,
+    failed: AtomicU64,
+    requests: AtomicU64,
+    pages: AtomicU64,
+}
+
+impl Totals {
+    fn add(&self, stats: &SessionStats, failed: bool) {
+        self.sessions.fetch_add(1, SeqCst);
+        self.failed.fetch_add(u64::from(failed), SeqCst);
+        self.requests.fetch_add(stats.requests, SeqCst);
+        self.pages.fetch_add(stats.pages, SeqCst);
+    }
+
+    fn summary(&self) -> ServeSummary {
+        ServeSummary {
+            sessions: self.sessions.load(SeqCst),
+            failed_sessions: self.failed.load(SeqCst),
+            requests: self.requests.load(SeqCst),
+            pages: self.pages.load(SeqCst),
+        }
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EPROTO))
+}
+
+/// Sleeps until the listener has a connection or `tick` passed.
+fn wait_readable(listener: &TcpListener, tick: Duration) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    let ms = u16::try_from(tick.as_millis()).unwrap_or(u16::MAX);
+    let _ = poll(&mut fds, PollTimeout::from(ms));
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,117 @@
+//! One lazy client connection on the server side: read a header, answer it
+//! completely, read the next (strictly sequential, like CRIU's server, so
+//! replies come back in request order). Any invalid request ends the session
+//! with no reply, which is what a real CRIU page server does too.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+
+use super::lazy_index::{Invalid, LazyIndex};
+use super::wire::{IovHeader, WireVersion, MAX_HEADER_LEN, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_GET};
+use super::zero_copy::{send_file_range, send_header};
+use crate::images::PAGE_SIZE;
+
+/// What one session did, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    pub requests: u64,
+    pub pages: u64,
+    /// Replies that carried fewer pages than asked (end of a run, or the cap).
+    pub clamped: u64,
+    /// The client sent CLOSE (else it just disconnected, also fine).
+    pub closed_by_request: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client {peer}: invalid request ({0}); closing the session", peer = .1)]
+    Invalid(Invalid, SocketAddr),
+    #[error("client {peer}: unsupported command {cmd:#x} (only PS_IOV_GET and CLOSE in lazy mode); closing the session")]
+    Unsupported { peer: SocketAddr, cmd: u32 },
+    #[error("client {peer}: {what}: {source}")]
+    Io {
+        peer: SocketAddr,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+pub(crate) struct ServerSession<'a> {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub index: &'a LazyIndex,
+    pub version: WireVersion,
+    pub max_request_pages: u64,
+}
+
+impl ServerSession<'_> {
+    /// Serves until the client closes or sends CLOSE (Ok), or misbehaves (Err).
+    /// `stats` is filled as it goes, so a failed session still reports progress.
+    pub fn run(&mut self, stats: &mut SessionStats) -> Result<(), SessionError> {
+        let mut buf = [0u8; MAX_HEADER_LEN];
+        let len = self.version.header_len();
+        loop {
+            if !self.read_header(&mut buf[..len])? {
+                return Ok(());
+            }
+            // Cannot fail: the slice has exactly the layout's length.
+            let Ok(header) = IovHeader::decode(self.version, &buf[..len]) else { return Ok(()) };
+            match header.cmd {
+                PS_IOV_GET => self.serve_get(&header, stats)?,
+                PS_IOV_CLOSE | PS_IOV_FORCE_CLOSE => {
+                    self.stream.write_all(&0i32.to_le_bytes()).map_err(|e| self.io("replying to CLOSE", e))?;
+                    stats.closed_by_request = true;
+                    return Ok(());
+                }
+                cmd => return Err(SessionError::Unsupported { peer: self.peer, cmd }),
+            }
+        }
+    }
+
+    fn serve_get(&mut self, header: &IovHeader, stats: &mut SessionStats) -> Result<(), SessionError> {
+        let span = self
+            .index
+            .locate(header.dst_id, header.vaddr, header.nr_pages, self.max_request_pages)
+            .map_err(|why| SessionError::Invalid(why, self.peer))?;
+        // Cannot fail: the count is clamped to max_request_pages (<= u32::MAX).
+        let reply = header.get_reply(span.pages).encode(self.version).map_err(|e| {
+            self.io("encoding the reply", io::Error::new(io::ErrorKind::InvalidData, e))
+        })?;
+        let sock = self.stream.as_fd();
+        let what = |what: &str| format!("{what} for task {} at {:#x} (+{} pages)", header.dst_id, header.vaddr, span.pages);
+        send_header(sock, reply.as_slice()).map_err(|e| self.io(&what("sending the reply header"), e))?;
+        send_file_range(sock, span.file.as_fd(), span.offset, span.pages * PAGE_SIZE).map_err(|e| {
+            self.io(&format!("{} from {} at offset {:#x}", what("sending pages"), span.path.display(), span.offset), e)
+        })?;
+        stats.requests += 1;
+        stats.pages += span.pages;
+        if span.pages < header.nr_pages {
+            stats.clamped += 1;
+        }
+        Ok(())
+    }
+
+    /// Ok(false) on a clean EOF before the first byte of a header.
+    fn read_header(&mut self, buf: &mut [u8]) -> Result<bool, SessionError> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.stream.read(&mut buf[got..]) {
+                Ok(0) if got == 0 => return Ok(false),
+                Ok(0) => {
+                    let e = io::Error::new(io::ErrorKind::UnexpectedEof, format!("after {got} of {} bytes", buf.len()));
+                    return Err(self.io("reading a request header", e));
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io("reading a request header", e)),
+            }
+        }
+        Ok(true)
+    }
+
+    fn io(&self, what: &str, source: io::Error) -> SessionError {
+        SessionError::Io { peer: self.peer, what: what.to_string(), source }
+    }
+}
