@@ -18,7 +18,9 @@ fi
 # bindgen (behind the userfaultfd crate) needs libclang at build time; only
 # install what is missing, never upgrade anything.
 missing=()
-ldconfig -p | grep -Eq 'libclang(-[0-9.]+)?\.so' || missing+=(libclang1-14 libclang-common-14-dev)
+# (not `ldconfig -p | grep -q`: grep exiting early fails the pipe under pipefail)
+libs=$(ldconfig -p)
+grep -Eq 'libclang(-[0-9.]+)?\.so' <<<"$libs" || missing+=(libclang1-14 libclang-common-14-dev)
 command -v make >/dev/null || missing+=(make)
 command -v gcc >/dev/null || missing+=(gcc)
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -136,3 +136,34 @@ fn children_forked_during_background_fill() {
         assert_eq!(summary.tasks.iter().map(|t| t.exists).sum::<u64>(), 0, "{summary:?}");
     }
 }
+
+#[test]
+fn child_that_exits_at_once_is_retired_with_its_pages_dropped() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pages = 256;
+    let layout = Arc::new(Layout::all(pages));
+    let region = Region::new(pages);
+    let rec = Recorder::default();
+    let engine = Engine::start(Arc::new(PatternSource::new(&layout)), EngineConfig::default(), rec.callback()).unwrap();
+    let parent_id = engine.add_task(3, region.uffd(), layout.ranges(region.addr)).unwrap();
+    // SAFETY: raw fork (see fork_checker); the child exits immediately.
+    let child = unsafe { libc::syscall(libc::SYS_fork) } as libc::pid_t;
+    if child == 0 {
+        // SAFETY: leaving the child without running any Rust code.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    engine.restore_finished();
+    assert!(engine.wait(WAIT), "{:?}", engine.stats());
+    let summary = engine.join().unwrap();
+    let kid = summary.tasks.iter().find(|t| t.parent == Some(parent_id)).expect("child task");
+    assert!(kid.exited && kid.done && kid.reconciles(), "{kid:?}");
+    assert_eq!(kid.total, pages as u64);
+    assert!(kid.dropped > 0, "{kid:?}");
+    let parent = &summary.tasks[parent_id as usize];
+    assert_eq!(parent.background, pages as u64);
+    assert!(rec.events().iter().any(|e| matches!(e, EngineEvent::TaskExited { task, .. } if *task == kid.task)));
+    assert_eq!(touch_pages(region.addr, layout, (0..pages).collect()).join().unwrap(), Vec::<String>::new());
+}
