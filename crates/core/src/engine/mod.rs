@@ -82,8 +82,17 @@ impl Engine {
     pub fn start(source: Arc<dyn PageSource>, config: EngineConfig, events: EventCallback) -> Result<Engine, EngineError> {
         let shared = Arc::new(Shared::new(source, config.normalized())?);
         let mut threads = Vec::new();
-        let spawn = |name: &'static str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new().name(format!("lazy-{name}")).spawn(f).map(|h| (name, h)).map_err(EngineError::Setup)
+        // A thread that panics must not leave faulting tasks waiting forever on a
+        // daemon that looks alive: it fails the engine, which stops and reports it.
+        let guarded = shared.clone();
+        let spawn = move |name: &'static str, f: Box<dyn FnOnce() + Send>| {
+            let shared = guarded.clone();
+            let body = move || {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+                    shared.fail(EngineError::ThreadPanicked(name));
+                }
+            };
+            std::thread::Builder::new().name(format!("lazy-{name}")).spawn(body).map(|h| (name, h)).map_err(EngineError::Setup)
         };
         let s = shared.clone();
         threads.push(spawn("faults", Box::new(move || FaultLoop::new(s).run()))?);
