@@ -109,6 +109,53 @@ export declare function readImages(dir: string): Promise<ImageSummary>
  */
 export declare function readPages(dir: string, pid: number, vaddr: bigint, pages: number): Promise<Buffer>
 
+/**
+ * Turn the full dump `dir` into an incremental dump on top of `parentDir`:
+ * pages identical to the parent's become PE_PARENT, and `dir/parent` links to it.
+ */
+export declare function rebaseDump(dir: string, parentDir: string): Promise<RebaseReport>
+
+export interface RebaseReport {
+  dir: string
+  parent: string
+  /** Target of the `parent` symlink written into `dir`. */
+  link: string
+  tasks: Array<RebaseTaskReport>
+  bytesSaved: number
+}
+
+export interface RebaseTaskReport {
+  pid: number
+  /** False if the parent dump has no memory images for this pid. */
+  inParentDump: boolean
+  presentBefore: number
+  presentAfter: number
+  movedToParent: number
+}
+
+/**
+ * Copy the dump `dir` to `out` without its lazy page data, as
+ * `criu dump --lazy-pages` would have written it.
+ */
+export declare function splitDump(dir: string, out: string): Promise<SplitReport>
+
+export interface SplitReport {
+  dir: string
+  out: string
+  tasks: Array<SplitTaskReport>
+  files: number
+  bytesIn: number
+  bytesOut: number
+}
+
+export interface SplitTaskReport {
+  pid: number
+  /** Pages whose bytes were left out (to be served by a page server). */
+  lazyPages: number
+  presentPages: number
+  lazyBytes: number
+}
+
 export interface TaskReport {
   /** Engine id of this uffd (forked children get their own). */
   task: number

@@ -840,3 +840,5 @@ module.exports.nativeVersion = nativeBinding.nativeVersion
 module.exports.prepareDaemon = nativeBinding.prepareDaemon
 module.exports.readImages = nativeBinding.readImages
 module.exports.readPages = nativeBinding.readPages
+module.exports.rebaseDump = nativeBinding.rebaseDump
+module.exports.splitDump = nativeBinding.splitDump

@@ -71,6 +71,28 @@ export function buildProgram(rawArgs: string[] = []): Command {
       process.stdout.write(opts.json ? JSON.stringify(report, null, 2) + '\n' : formatImagesTable(report) + '\n')
     })
 
+  program
+    .command('rebase')
+    .description('turn the full dump -D into an incremental dump on top of an earlier dump of the same processes (pages equal in --parent become parent holes, as a pre-dump chain)')
+    .requiredOption('-D, --images-dir <dir>', 'images directory of the later, full dump (rewritten in place)')
+    .requiredOption('--parent <dir>', 'images directory of the earlier dump of the same process tree')
+    .option('--json', 'print JSON (numbers as plain numbers)')
+    .action(async (opts: { imagesDir: string; parent: string; json?: boolean }) => {
+      const { runRebase } = await import('./transform')
+      await runRebase(opts)
+    })
+
+  program
+    .command('split')
+    .description('copy the dump -D to -o without its lazy page data, as `criu dump --lazy-pages` writes it (lazy pages then come from a page server)')
+    .requiredOption('-D, --images-dir <dir>', 'images directory to copy')
+    .requiredOption('-o, --out <dir>', 'new images directory (must not exist, or be empty)')
+    .option('--json', 'print JSON (numbers as plain numbers)')
+    .action(async (opts: { imagesDir: string; out: string; json?: boolean }) => {
+      const { runSplit } = await import('./transform')
+      await runSplit(opts)
+    })
+
   return program
 }
 

@@ -46,14 +46,18 @@ function table(header: string[], rows: string[][]): string[] {
 }
 
 export function formatRebase(r: RebaseReport): string {
-  const rows = r.tasks.map((t) =>
-    [t.pid, t.presentBefore, t.movedToParent, t.presentAfter, t.inParentDump ? '' : 'not in parent'].map(String),
-  )
+  // The note column only when needed: a process born between the two dumps.
+  const note = r.tasks.some((t) => !t.inParentDump)
+  const header = ['PID', 'PAGES', 'TO-PARENT', 'KEPT', ...(note ? ['NOTE'] : [])]
+  const rows = r.tasks.map((t) => {
+    const cells = [t.pid, t.presentBefore, t.movedToParent, t.presentAfter].map(String)
+    return note ? [...cells, t.inParentDump ? '' : 'not in parent'] : cells
+  })
   const before = r.tasks.reduce((n, t) => n + t.presentBefore, 0)
   const pct = before ? ((100 * r.bytesSaved) / (before * PAGE)).toFixed(1) : '0.0'
   return [
     `rebase: ${r.dir} on top of ${r.parent} (parent -> ${r.link})`,
-    ...table(['PID', 'PAGES', 'TO-PARENT', 'KEPT', ''], rows),
+    ...table(header, rows),
     `saved ${mib(r.bytesSaved)} (${pct}% of the pages now come from the parent)`,
   ].join('\n')
 }

@@ -3,6 +3,7 @@
 
 mod daemon;
 mod images;
+mod transform;
 
 use napi_derive::napi;
 
