@@ -24,6 +24,8 @@ export interface DaemonCliOptions {
   verbosity: number
   connectTimeout: number
   fillDelay: number
+  jobs: number
+  chunkPages: number
   prefetch: string
   statsJson?: string
   progress: boolean
@@ -68,6 +70,8 @@ async function serve(opts: DaemonCliOptions, imagesDir: string, workDir: string,
       connectTimeoutMs: opts.connectTimeout * 1000,
       handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
       fillDelayMs: opts.fillDelay,
+      jobs: opts.jobs,
+      chunkPages: opts.chunkPages,
     })
   } catch (err) {
     throw new UserError(oneLine(err))
