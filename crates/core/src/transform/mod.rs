@@ -12,7 +12,7 @@ mod split;
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::images::ImageError;
+use crate::images::{ImageError, PageRun, Pagemap, TaskMemory};
 
 pub use rebase::{rebase, RebaseReport, TaskRebase};
 pub use split::{split, SplitReport, TaskSplit};
@@ -73,4 +73,11 @@ mod tests {
         assert_eq!(rel("/d", "/d"), Path::new("."));
         assert_eq!(rel("/", "/A"), Path::new("A"));
     }
+}
+
+/// The bytes of a PE_PRESENT run of this dir's pagemap, or an error naming the entry.
+fn run_bytes<'a>(memory: &'a TaskMemory, pagemap: &Pagemap, run: &PageRun) -> Result<&'a [u8], ImageError> {
+    memory.pages_slice(run.vaddr, run.pages).ok_or_else(|| {
+        ImageError::at(&pagemap.path, run.entry_offset, format!("no bytes for entry {:#x}-{:#x}", run.vaddr, run.end()))
+    })
 }

@@ -15,7 +15,7 @@ use crate::images::{
     PE_PARENT,
 };
 
-use super::{canonical, relative_path};
+use super::{canonical, relative_path, run_bytes};
 
 /// What happened to one task's pages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,13 +194,7 @@ fn plan_task<'a>(
             continue;
         }
         plan.report.present_before = plan.report.present_before.saturating_add(run.pages);
-        let bytes = memory.pages_slice(run.vaddr, run.pages).ok_or_else(|| {
-            ImageError::at(
-                &pagemap.path,
-                run.entry_offset,
-                format!("no bytes for entry {:#x}-{:#x}", run.vaddr, run.end()),
-            )
-        })?;
+        let bytes = run_bytes(memory, pagemap, run)?;
         match base {
             Some(base) => plan.split_run(spec, bytes, base),
             None => plan.keep(spec, bytes),

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::images::writer::{stage_pagemap, stage_pages, RunSpec};
 use crate::images::{pagemap_file_name, Dump, ImageError, TaskMemory, PARENT_LINK, PE_PRESENT};
 
-use super::{canonical, canonical_new, relative_path};
+use super::{canonical, canonical_new, relative_path, run_bytes};
 
 /// Left out of the copy: the daemon's socket and CRIU's logs are per run,
 /// not part of the dump.
@@ -131,13 +131,7 @@ fn split_task(
             }
             spec.flags = run.flags & !PE_PRESENT;
         } else if run.is_present() {
-            let bytes = memory.pages_slice(run.vaddr, run.pages).ok_or_else(|| {
-                ImageError::at(
-                    &pagemap.path,
-                    run.entry_offset,
-                    format!("no bytes for entry {:#x}-{:#x}", run.vaddr, run.end()),
-                )
-            })?;
+            let bytes = run_bytes(memory, pagemap, run)?;
             data.push(bytes);
             task.present_pages = task.present_pages.saturating_add(run.pages);
         }
