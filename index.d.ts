@@ -27,6 +27,17 @@ export declare class LazyDaemon {
   abort(): void
 }
 
+export declare class LazyPageServer {
+  get address(): string
+  get port(): number
+  /** "4.1" or "4.2": the wire format spoken. */
+  get criuVersion(): string
+  /** Serve until stopped (or after one session without keepServing). */
+  serve(onEvent: (event: PageServerEvent) => void): Promise<PageServerSummary>
+  /** Stop accepting and cut live sessions. */
+  stop(): void
+}
+
 /** One event of a running daemon. `kind` says which fields are set. */
 export interface DaemonEvent {
   /** connected | rejected | task | zombie | restore-finished | fault | forked | exited | task-done | progress | error | finished */
@@ -57,6 +68,10 @@ export interface DaemonOptions {
   chunkPages?: number
   /** Pages copied per fault (the faulting one plus pending pages after it). */
   faultPages?: number
+  /** "host:port" of a lazy page server; absent: pages from the local images. */
+  pageServer?: string
+  /** "4.1" or "4.2": the page server's wire format (absent: from the images). */
+  criuVersion?: string
 }
 
 export interface DaemonStats {
@@ -97,8 +112,38 @@ export interface ImageTaskSummary {
 /** Version of the native addon; the CLI checks it matches package.json. */
 export declare function nativeVersion(): string
 
+export interface PageServerEvent {
+  /** session-started | session-ended | refused */
+  kind: string
+  peer: string
+  requests?: number
+  pages?: number
+  error?: string
+}
+
+export interface PageServerOptions {
+  imagesDir: string
+  /** Numeric address to bind (default 0.0.0.0, like CRIU). */
+  address?: string
+  /** 0: an ephemeral port (see `port`). */
+  port: number
+  keepServing: boolean
+  criuVersion?: string
+  maxRequestPages?: number
+}
+
+export interface PageServerSummary {
+  sessions: number
+  failedSessions: number
+  requests: number
+  pages: number
+}
+
 /** Read and check the dump in `imagesDir`, then listen on `workDir/lazy-pages.socket`. */
 export declare function prepareDaemon(options: DaemonOptions): Promise<LazyDaemon>
+
+/** Read the dump and listen; nothing is served until `serve`. */
+export declare function preparePageServer(options: PageServerOptions): Promise<LazyPageServer>
 
 /** Read and validate every image of a dump (pstree, mm, pagemaps, parent chain). */
 export declare function readImages(dir: string): Promise<ImageSummary>

@@ -836,8 +836,10 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.LazyDaemon = nativeBinding.LazyDaemon
+module.exports.LazyPageServer = nativeBinding.LazyPageServer
 module.exports.nativeVersion = nativeBinding.nativeVersion
 module.exports.prepareDaemon = nativeBinding.prepareDaemon
+module.exports.preparePageServer = nativeBinding.preparePageServer
 module.exports.readImages = nativeBinding.readImages
 module.exports.readPages = nativeBinding.readPages
 module.exports.rebaseDump = nativeBinding.rebaseDump

@@ -22,7 +22,9 @@ test('--help lists the CRIU spellings and the images command', async (t) => {
 
 test('CRIU verbosity spellings fold into one level', (t) => {
   t.deepEqual(normalizeVerbosity(['-v']), ['--verbosity=3'])
-  t.deepEqual(normalizeVerbosity(['-vvv', '-D', 'x']), ['-D', 'x', '--verbosity=5'])
+  t.deepEqual(normalizeVerbosity(['-vvv', '-D', 'x']), ['--verbosity=5', '-D', 'x'])
+  t.deepEqual(normalizeVerbosity(['images', '-D', 'x', '-v4']), ['images', '-D', 'x', '--verbosity=4'])
+  t.deepEqual(normalizeVerbosity(['-D', 'x', '-v', '-v']), ['-D', 'x', '--verbosity=4'])
   t.deepEqual(normalizeVerbosity(['-v4']), ['--verbosity=4'])
   t.deepEqual(normalizeVerbosity(['--verbosity=1']), ['--verbosity=1'])
   t.deepEqual(normalizeVerbosity(['--verbosity', '0']), ['--verbosity=0'])

@@ -9,6 +9,9 @@ export const DEFAULT_VERBOSITY = 2
 export function normalizeVerbosity(argv: readonly string[]): string[] {
   const out: string[] = []
   let level: number | undefined
+  // Where the first verbosity flag stood: the folded flag goes there, so it
+  // belongs to the same command (program or subcommand) as the original.
+  let at = -1
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]
     if (arg === '--') {
@@ -17,11 +20,13 @@ export function normalizeVerbosity(argv: readonly string[]): string[] {
     }
     const counted = /^-(v+)$/.exec(arg)
     if (counted) {
+      if (at < 0) at = out.length
       level = (level ?? DEFAULT_VERBOSITY) + counted[1].length
       continue
     }
     const numbered = /^-v(\d+)$/.exec(arg)
     if (numbered) {
+      if (at < 0) at = out.length
       level = Number(numbered[1])
       continue
     }
@@ -32,11 +37,12 @@ export function normalizeVerbosity(argv: readonly string[]): string[] {
         out.push('--verbosity', value ?? '') // let commander report the bad value
         continue
       }
+      if (at < 0) at = out.length
       level = Number(value)
       continue
     }
     out.push(arg)
   }
-  if (level !== undefined) out.push(`--verbosity=${level}`)
+  if (level !== undefined) out.splice(at, 0, `--verbosity=${level}`)
   return out
 }

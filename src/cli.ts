@@ -46,6 +46,10 @@ export function buildProgram(rawArgs: string[] = []): Command {
     .option('--status-fd <fd>', 'write one zero byte to this fd and close it when ready', nonNegativeInt('--status-fd'))
     .option('-o, --log-file <file>', 'log here instead of stderr (relative to the work dir; "-" = stdout)')
     .addOption(verbosityOption())
+    .option('--page-server', 'fetch lazy pages from a page server (--address, --port) instead of the local pages images')
+    .option('--address <host>', 'with --page-server: the page server host')
+    .option('--port <port>', 'with --page-server: the page server port', positiveInt('--port'))
+    .addOption(new Option('--criu-version <version>', "the page server's CRIU wire format (default: from the images)").choices(['4.1', '4.2']))
     .option('--connect-timeout <seconds>', 'fail if no restore connects within this time (0 = wait forever)', nonNegativeInt('--connect-timeout'), 300)
     .option('--jobs <n>', 'background fill threads', positiveInt('--jobs'), 1)
     .option('--chunk-pages <n>', 'pages per background copy (bounds how long a fault can wait behind one)', positiveInt('--chunk-pages'), 64)
@@ -67,6 +71,7 @@ export function buildProgram(rawArgs: string[] = []): Command {
     .description('validate a dump and print, per task, its VMAs and pages (total, lazy, in parent, present, bytes)')
     .option('-D, --images-dir <dir>', 'images directory', '.')
     .option('--json', 'print JSON (numbers as plain numbers)')
+    .addOption(verbosityOption())
     .action(async (opts: { imagesDir: string; json?: boolean }) => {
       const { readImagesReport, formatImagesTable } = await import('./images')
       const report = await readImagesReport(opts.imagesDir)
@@ -93,6 +98,26 @@ export function buildProgram(rawArgs: string[] = []): Command {
     .action(async (opts: { imagesDir: string; out: string; json?: boolean }) => {
       const { runSplit } = await import('./transform')
       await runSplit(opts)
+    })
+
+  program
+    .command('page-server')
+    .description('serve the lazy pages of a dump over CRIU\'s page-server protocol, to lazy-pages --page-server or criu lazy-pages --page-server')
+    .option('-D, --images-dir <dir>', 'images directory of a normal dump', '.')
+    .option('--address <addr>', 'numeric address to listen on (default: all IPv4)')
+    .option('--port <port>', 'port to listen on (0 or absent: an ephemeral port, printed)', nonNegativeInt('--port'), 0)
+    .option('--keep-serving', 'serve any number of restores, concurrently (default: exit after one session, as CRIU)')
+    .option('--lazy-pages', 'accepted for `criu page-server --lazy-pages` compatibility (always on)')
+    .addOption(new Option('--criu-version <version>', 'wire format to speak (default: from the images)').choices(['4.1', '4.2']))
+    .option('-W, --work-dir <dir>', 'work directory for relative -o and --pidfile (default: the images dir)')
+    .option('-d, --daemon', 'detach once listening')
+    .option('--pidfile <file>', 'with --daemon: write the server pid here')
+    .option('--status-fd <fd>', 'write one zero byte to this fd and close it when listening', nonNegativeInt('--status-fd'))
+    .option('-o, --log-file <file>', 'log here instead of stderr')
+    .addOption(verbosityOption())
+    .action(async (opts) => {
+      const { runPageServer } = await import('./page-server')
+      process.exitCode = await runPageServer(opts, rawArgs)
     })
 
   return program

@@ -25,6 +25,10 @@ export interface DaemonCliOptions {
   connectTimeout: number
   fillDelay: number
   jobs: number
+  pageServer?: boolean
+  address?: string
+  port?: number
+  criuVersion?: string
   chunkPages: number
   prefetch: string
   statsJson?: string
@@ -62,6 +66,8 @@ export async function runDaemon(opts: DaemonCliOptions, rawArgs: string[]): Prom
 }
 
 async function serve(opts: DaemonCliOptions, imagesDir: string, workDir: string, inWorkDir: (p: string) => string, log: Logger): Promise<number> {
+  if (opts.pageServer && (!opts.address || !opts.port)) throw new UserError('--page-server needs --address and --port')
+  if (!opts.pageServer && (opts.address || opts.port)) throw new UserError('--address and --port need --page-server')
   let daemon: LazyDaemon
   try {
     daemon = await native.prepareDaemon({
@@ -72,6 +78,8 @@ async function serve(opts: DaemonCliOptions, imagesDir: string, workDir: string,
       fillDelayMs: opts.fillDelay,
       jobs: opts.jobs,
       chunkPages: opts.chunkPages,
+      pageServer: opts.pageServer ? hostPort(opts.address!, opts.port!) : undefined,
+      criuVersion: opts.criuVersion,
     })
   } catch (err) {
     throw new UserError(oneLine(err))
@@ -150,4 +158,8 @@ function logEvent(log: Logger, e: DaemonEvent): void {
       log.error(e.message ?? 'engine error')
       break
   }
+}
+
+function hostPort(host: string, port: number): string {
+  return host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`
 }

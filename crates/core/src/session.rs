@@ -111,22 +111,45 @@ impl SessionHandle {
     }
 }
 
+/// Where the lazy pages come from.
+pub enum PageOrigin {
+    /// The pages images next to the metadata (a normal dump).
+    Local,
+    /// A lazy page server ("host:port"): `criu dump --lazy-pages --port`,
+    /// `criu page-server --lazy-pages`, or `lazy-pages page-server`.
+    Remote { addr: String, config: crate::remote::RemoteConfig },
+}
+
 /// A dump validated and a socket listening: `criu restore --lazy-pages` may start.
 pub struct Session {
     dump: Arc<Dump>,
     source: Arc<dyn PageSource>,
+    /// Kept to say goodbye (PS_IOV_CLOSE) so the serving side ends cleanly.
+    remote: Option<Arc<crate::remote::RemotePages>>,
     listener: RestoreListener,
 }
 
 impl Session {
     /// Reads and checks every image before binding, so bad images fail before any
     /// restore can connect.
-    pub fn prepare(images_dir: &Path, work_dir: &Path) -> Result<Session, SessionError> {
+    pub fn prepare(images_dir: &Path, work_dir: &Path, origin: PageOrigin) -> Result<Session, SessionError> {
         let dump = Arc::new(Dump::open(images_dir)?);
-        let source = crate::local_pages::LocalPages::new(dump.clone()).map_err(SessionError::Source)?;
+        let (source, remote): (Arc<dyn PageSource>, _) = match origin {
+            PageOrigin::Local => {
+                (Arc::new(crate::local_pages::LocalPages::new(dump.clone()).map_err(SessionError::Source)?), None)
+            }
+            // Connect before listening: a page server that is not there fails the
+            // daemon before any restore depends on it.
+            PageOrigin::Remote { addr, config } => {
+                let remote = Arc::new(
+                    crate::remote::RemotePages::connect(&addr, config).map_err(|e| SessionError::Source(e.to_string()))?,
+                );
+                (remote.clone(), Some(remote))
+            }
+        };
         let listener = RestoreListener::bind(work_dir)
             .map_err(|source| SessionError::Listen { path: work_dir.join(crate::restore_socket::SOCKET_NAME), source })?;
-        Ok(Session { dump, source: Arc::new(source), listener })
+        Ok(Session { dump, source, remote, listener })
     }
 
     pub fn socket_path(&self) -> &Path {
@@ -160,7 +183,11 @@ impl Session {
         handle.engine.lock().map_err(|_| SessionError::Aborted)?.take();
         let engine = wait_unique(engine);
         result?;
-        Ok(engine.join()?)
+        let summary = engine.join()?;
+        if let Some(remote) = &self.remote {
+            remote.close().map_err(|e| SessionError::Source(e.to_string()))?;
+        }
+        Ok(summary)
     }
 
     fn accept(&self, config: &SessionConfig, handle: &SessionHandle, events: &SessionCallback) -> Result<RestoreConn, SessionError> {

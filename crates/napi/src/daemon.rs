@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lazy_pages_core::engine::{EngineConfig, EngineEvent, EngineStats, TaskStats};
-use lazy_pages_core::session::{Session, SessionConfig, SessionEvent, SessionHandle};
+use lazy_pages_core::remote::RemoteConfig;
+use lazy_pages_core::session::{PageOrigin, Session, SessionConfig, SessionEvent, SessionHandle};
 use napi::bindgen_prelude::{AsyncTask, Object};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Error, Status, Task};
@@ -28,6 +29,10 @@ pub struct DaemonOptions {
     pub chunk_pages: Option<u32>,
     /// Pages copied per fault (the faulting one plus pending pages after it).
     pub fault_pages: Option<u32>,
+    /// "host:port" of a lazy page server; absent: pages from the local images.
+    pub page_server: Option<String>,
+    /// "4.1" or "4.2": the page server's wire format (absent: from the images).
+    pub criu_version: Option<String>,
 }
 
 #[napi(object)]
@@ -174,7 +179,7 @@ fn to_js_event(event: SessionEvent) -> DaemonEvent {
     }
 }
 
-fn err(e: impl std::fmt::Display) -> Error {
+pub(crate) fn err(e: impl std::fmt::Display) -> Error {
     Error::new(Status::GenericFailure, e.to_string())
 }
 
@@ -200,7 +205,14 @@ impl Task for Prepare {
 
     fn compute(&mut self) -> napi::Result<LazyDaemon> {
         let o = self.options.take().ok_or_else(|| err("prepare ran twice"))?;
-        let session = Session::prepare(&PathBuf::from(&o.images_dir), &PathBuf::from(&o.work_dir)).map_err(err)?;
+        let origin = match &o.page_server {
+            None => PageOrigin::Local,
+            Some(addr) => {
+                let version = crate::page_server::wire_version(o.criu_version.as_deref(), &o.images_dir)?;
+                PageOrigin::Remote { addr: addr.clone(), config: RemoteConfig { version, ..RemoteConfig::default() } }
+            }
+        };
+        let session = Session::prepare(&PathBuf::from(&o.images_dir), &PathBuf::from(&o.work_dir), origin).map_err(err)?;
         let ms = |v: Option<u32>| v.filter(|&v| v > 0).map(|v| Duration::from_millis(v.into()));
         let defaults = EngineConfig::default();
         let config = SessionConfig {

@@ -3,6 +3,7 @@
 
 mod daemon;
 mod images;
+mod page_server;
 mod transform;
 
 use napi_derive::napi;

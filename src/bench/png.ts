@@ -1,0 +1,111 @@
+// latest.png: fault-latency CDFs (left) and fill-throughput bars (right).
+import { Canvas, textWidth, type Rgb } from './canvas'
+import type { BenchResult } from './report'
+
+const W = 1400
+const H = 620
+const COLORS: Rgb[] = [
+  [120, 120, 120], // raw / criu: grey family is "reference"
+  [31, 119, 180],
+  [44, 160, 44],
+  [214, 39, 40],
+  [148, 103, 189],
+]
+const GRID: Rgb = [225, 225, 225]
+
+interface Box {
+  x: number
+  y: number
+  w: number
+  h: number
+}
+
+function axes(c: Canvas, b: Box, title: string, xLabel: string, yLabel: string): void {
+  c.text(b.x, b.y - 44, title, [0, 0, 0], 2)
+  c.line(b.x, b.y + b.h, b.x + b.w, b.y + b.h, [0, 0, 0], 2)
+  c.line(b.x, b.y, b.x, b.y + b.h, [0, 0, 0], 2)
+  c.text(b.x + b.w / 2 - textWidth(xLabel) / 2, b.y + b.h + 34, xLabel)
+  c.text(b.x, b.y - 18, yLabel, [60, 60, 60], 2)
+}
+
+function legend(c: Canvas, x: number, y: number, items: Array<[string, Rgb]>): void {
+  for (const [k, [label, color]] of items.entries()) {
+    c.rect(x, y + k * 22 + 2, 16, 12, color)
+    c.text(x + 24, y + k * 22, label)
+  }
+}
+
+function cdf(c: Canvas, r: BenchResult, b: Box): void {
+  const l = r.latency
+  axes(c, b, l ? `FAULT LATENCY CDF (${l.mib} MIB, ${l.touches} RANDOM TOUCHES)` : 'FAULT LATENCY: NOT RUN', 'FIRST-TOUCH LATENCY, US (LOG)', 'FRACTION OF FAULTS')
+  if (!l) return
+  const all = l.cases.flatMap((k) => k.us).filter((v) => v > 0)
+  const lo = Math.floor(Math.log10(Math.max(0.1, Math.min(...all))))
+  const hi = Math.ceil(Math.log10(Math.max(...all)))
+  const X = (us: number) => b.x + ((Math.log10(Math.max(us, 10 ** lo)) - lo) / (hi - lo)) * b.w
+  const Y = (f: number) => b.y + b.h - f * b.h
+  for (let d = lo; d <= hi; d++) {
+    c.line(X(10 ** d), b.y, X(10 ** d), b.y + b.h - 2, GRID, 1)
+    const label = String(10 ** d)
+    c.text(X(10 ** d) - textWidth(label) / 2, b.y + b.h + 8, label)
+  }
+  // 1.0 gets a grid line but no label: it would sit on top of P99.
+  for (const [f, label] of [[0.5, 'P50'], [0.99, 'P99'], [1, '']] as const) {
+    c.line(b.x + 2, Y(f), b.x + b.w, Y(f), GRID, 1)
+    c.text(b.x - textWidth(label) - 6, Y(f) - 7, label)
+  }
+  c.text(b.x - 16, Y(0) - 7, '0')
+  for (const [k, cs] of l.cases.entries()) {
+    const s = [...cs.us].sort((a, z) => a - z)
+    if (!s.length) continue
+    const step = Math.max(1, Math.floor(s.length / 800))
+    let px = X(s[0])
+    let py = Y(0)
+    for (let i = 0; i < s.length; i += step) {
+      const nx = X(s[i])
+      const ny = Y((i + 1) / s.length)
+      c.line(px, py, nx, ny, COLORS[k % COLORS.length], 2)
+      ;[px, py] = [nx, ny]
+    }
+    c.line(px, py, X(s[s.length - 1]), Y(1), COLORS[k % COLORS.length], 2)
+  }
+  legend(
+    c,
+    b.x + b.w - 360,
+    b.y + b.h - 22 * l.cases.length - 10,
+    l.cases.map((k, i) => [k.samples ? `${k.name} P99 ${k.p99Us.toFixed(0)}` : `${k.name}: NO FAULTS`, COLORS[i % COLORS.length]]),
+  )
+}
+
+function bars(c: Canvas, r: BenchResult, b: Box): void {
+  axes(c, b, 'FILL THROUGHPUT (RESTORE START TO ALL PAGES IN)', 'PROCESS SIZE', 'GB/S')
+  const names = ['CRIU LAZY-PAGES', 'OURS --JOBS 1', 'OURS --JOBS 2', 'RAW PROBE 1 THREAD', 'RAW PROBE 2 THREADS']
+  const groups = r.fill.map((f) => ({ label: `${f.mib} MIB`, values: [...f.servers.map((s) => s.gbps), ...f.raw.map((p) => p.gbps)] }))
+  // Headroom above the tallest bar keeps the legend clear of the bars.
+  const max = Math.max(...groups.flatMap((g) => g.values)) * 1.5
+  const Y = (v: number) => b.y + b.h - (v / max) * b.h
+  for (let v = 0; v <= max; v += max > 8 ? 2 : 1) {
+    c.line(b.x + 2, Y(v), b.x + b.w, Y(v), GRID, 1)
+    c.text(b.x - textWidth(String(v)) - 6, Y(v) - 7, String(v))
+  }
+  const gw = b.w / groups.length
+  const bw = (gw - 40) / names.length
+  for (const [g, group] of groups.entries()) {
+    const x0 = b.x + g * gw + 20
+    for (const [k, v] of group.values.entries()) {
+      c.rect(x0 + k * bw + 3, Y(v), bw - 6, b.y + b.h - Y(v), COLORS[k])
+      const label = v.toFixed(2)
+      c.text(x0 + k * bw + bw / 2 - textWidth(label, 1.5) / 2, Y(v) - 14, label, [0, 0, 0], 1.5)
+    }
+    c.text(x0 + (gw - 40) / 2 - textWidth(group.label) / 2, b.y + b.h + 8, group.label)
+  }
+  legend(c, b.x + 16, b.y + 8, names.map((n, k) => [n, COLORS[k]]))
+}
+
+export function drawPng(r: BenchResult): Buffer {
+  const c = new Canvas(W, H)
+  c.text(20, 14, `LAZY-PAGES BENCH ${r.quick ? '(QUICK) ' : ''}${r.date.slice(0, 16).replace('T', ' ')} - ${r.host.cpus} CPUS`, [0, 0, 0], 3)
+  cdf(c, r, { x: 80, y: 110, w: 560, h: 430 })
+  bars(c, r, { x: 780, y: 110, w: 580, h: 430 })
+  return c.encode()
+}

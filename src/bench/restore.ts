@@ -1,0 +1,56 @@
+// One lazy restore of a dump: a page server (ours or `criu lazy-pages`) started with
+// --status-fd 3, then `criu restore --lazy-pages -d`; timed from the restore's start
+// to the page server's exit, which both servers do once every page is in.
+import { spawn } from 'node:child_process'
+import { performance } from 'node:perf_hooks'
+import type { Readable } from 'node:stream'
+
+import { CLI, CRIU } from './paths'
+import { run } from './proc'
+
+export type Server = { kind: 'criu' } | { kind: 'ours'; args: string[] }
+
+export interface Timing {
+  /** restore start → server exit: every page present. */
+  secs: number
+  /** restore start → `criu restore -d` returned (the tree runs). */
+  restoreSecs: number
+}
+
+export const serverName = (s: Server) => (s.kind === 'criu' ? 'criu lazy-pages' : `ours ${s.args.join(' ')}`.trim())
+
+function startServer(server: Server, images: string) {
+  const argv =
+    server.kind === 'criu'
+      ? [CRIU, 'lazy-pages', '-D', images, '--status-fd', '3', '-o', 'lazy-criu.log']
+      : [process.execPath, CLI, '-D', images, '--status-fd', '3', '-o', 'lazy-ours.log', '--no-progress', ...server.args]
+  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe', 'pipe'] })
+  let out = ''
+  child.stdout!.on('data', (d) => (out += d))
+  child.stderr!.on('data', (d) => (out += d))
+  const exit = new Promise<{ code: number | null; at: number }>((resolve) => child.on('exit', (code) => resolve({ code, at: performance.now() })))
+  // Readiness is the one byte on fd 3, exactly as `criu lazy-pages` signals it.
+  const ready = new Promise<void>((resolve, reject) => {
+    ;(child.stdio[3] as Readable).once('data', () => resolve())
+    exit.then(({ code }) => reject(new Error(`${serverName(server)} exited (${code}) before ready: ${out}`)))
+  })
+  return { child, ready, exit, output: () => out }
+}
+
+/** `afterRestore` runs as soon as `criu restore -d` returns, while pages may still be arriving. */
+export async function lazyRestore(server: Server, images: string, afterRestore?: () => void): Promise<Timing> {
+  const s = startServer(server, images)
+  await s.ready
+  const start = performance.now()
+  const restore = run(CRIU, ['restore', '-D', images, '--lazy-pages', '-d', '-o', 'restore.log'])
+  const r = await restore
+  const restored = performance.now()
+  if (r.code !== 0) {
+    s.child.kill('SIGKILL')
+    throw new Error(`criu restore --lazy-pages with ${serverName(server)} failed (${r.code}): see ${images}/restore.log`)
+  }
+  afterRestore?.()
+  const exit = await s.exit
+  if (exit.code !== 0) throw new Error(`${serverName(server)} exited ${exit.code}: ${s.output().slice(-2000)}`)
+  return { secs: (exit.at - start) / 1000, restoreSecs: (restored - start) / 1000 }
+}
