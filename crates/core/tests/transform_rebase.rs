@@ -258,7 +258,7 @@ fn tasks_missing_from_parent_and_zombies() {
 }
 
 #[test]
-fn old_count_field_is_read_and_both_written() {
+fn a_4_1_1_style_pagemap_stays_4_1_1_style() {
     let root = tempfile::tempdir().unwrap();
     let a = dump_dir(root.path(), "A", &[(1, 0)]);
     let b = dump_dir(root.path(), "B", &[(1, 0)]);
@@ -277,20 +277,12 @@ fn old_count_field_is_read_and_both_written() {
     let expected = pagemap_bytes(
         1,
         &[
-            counts(page(0), 1, PE_PARENT),
-            counts(page(1), 1, LP),
-            counts(page(2), 1, PE_PARENT),
+            entry_411(page(0), 1, PE_PARENT),
+            entry_411(page(1), 1, LP),
+            entry_411(page(2), 1, PE_PARENT),
         ],
     );
     assert_eq!(bytes, expected);
-}
-
-/// An entry with both page-count fields, as the writer emits them.
-fn counts(vaddr: u64, pages: u32, flags: u32) -> PagemapEntry {
-    PagemapEntry {
-        nr_pages: Some(u64::from(pages)),
-        ..entry_411(vaddr, pages, flags)
-    }
 }
 
 #[test]

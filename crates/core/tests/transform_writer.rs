@@ -6,7 +6,7 @@ use images_support::*;
 use lazy_pages_core::images::framing::HeadMagic;
 use lazy_pages_core::images::proto::{PagemapEntry, PagemapHead};
 use lazy_pages_core::images::writer::{encode_pagemap, stage_pagemap, stage_pages, RunSpec};
-use lazy_pages_core::images::{Dump, PE_LAZY, PE_PARENT, PE_PRESENT};
+use lazy_pages_core::images::{Dump, PagemapWriter, PE_LAZY, PE_PARENT, PE_PRESENT};
 use prost::Message;
 
 fn spec(vaddr: u64, pages: u64, flags: u32) -> RunSpec {
@@ -19,7 +19,7 @@ fn spec(vaddr: u64, pages: u64, flags: u32) -> RunSpec {
 
 #[test]
 fn worked_example_with_both_counts() {
-    let bytes = encode_pagemap(HeadMagic::Present, 1, &[spec(0x7f00_0000_1000, 3, 6)]).unwrap();
+    let bytes = encode_pagemap(HeadMagic::Present, PagemapWriter::Either, 1, &[spec(0x7f00_0000_1000, 3, 6)]).unwrap();
     // Same as the v4.2 example of the facts sheet, except field 2 holds the
     // count (10 03) instead of 0, so CRIU 4.1.1 reads it too. The entry body
     // is 14 bytes (the sheet's length word 0x0f miscounts it).
@@ -35,7 +35,7 @@ fn worked_example_with_both_counts() {
     .concat();
     assert_eq!(bytes, expected);
 
-    let no_head = encode_pagemap(HeadMagic::Absent, 1, &[]).unwrap();
+    let no_head = encode_pagemap(HeadMagic::Absent, PagemapWriter::Either, 1, &[]).unwrap();
     assert_eq!(no_head[..4], [0x25, 0x40, 0x08, 0x56]);
     assert_eq!(
         PagemapHead::decode(&no_head[8..]).unwrap().pages_id,
@@ -45,7 +45,7 @@ fn worked_example_with_both_counts() {
 
 #[test]
 fn large_counts_and_bad_runs_are_refused() {
-    let too_many = encode_pagemap(HeadMagic::Present, 1, &[spec(0, 1 << 32, PE_LAZY)]).unwrap_err();
+    let too_many = encode_pagemap(HeadMagic::Present, PagemapWriter::Either, 1, &[spec(0, 1 << 32, PE_LAZY)]).unwrap_err();
     assert!(too_many.contains("u32"), "{too_many}");
     let cases = [
         vec![spec(0x1000, 2, 4), spec(0x2000, 1, 4)],
@@ -58,7 +58,7 @@ fn large_counts_and_bad_runs_are_refused() {
     ];
     for runs in cases {
         assert!(
-            encode_pagemap(HeadMagic::Present, 1, &runs).is_err(),
+            encode_pagemap(HeadMagic::Present, PagemapWriter::Either, 1, &runs).is_err(),
             "{runs:?}"
         );
     }
@@ -72,6 +72,7 @@ fn staged_files_appear_only_on_commit() {
     let staged = stage_pagemap(
         &dest,
         HeadMagic::Present,
+        PagemapWriter::Either,
         1,
         &[spec(0x10000, 1, PE_PRESENT)],
     )
@@ -88,6 +89,7 @@ fn staged_files_appear_only_on_commit() {
     let staged = stage_pagemap(
         &dest,
         HeadMagic::Present,
+        PagemapWriter::Either,
         1,
         &[spec(0x10000, 1, PE_PRESENT)],
     )

@@ -37,6 +37,19 @@ impl InFlightSet {
         self.claims.iter().find(|c| c.id == id).map(|c| c.pieces.iter().collect())
     }
 
+    /// Narrows claim `id` to `rest` (the part its copier has not handled yet); false if
+    /// the claim is gone (task exited). Only for the claim's own copier, under the shared
+    /// gate: nothing else changes a claim's pieces then except dropping them all.
+    pub fn narrow(&mut self, id: u64, rest: &[LazyRange]) -> bool {
+        let Some(c) = self.claims.iter_mut().find(|c| c.id == id) else { return false };
+        let mut pieces = LazyRanges::new();
+        for &r in rest {
+            pieces.insert(r);
+        }
+        c.pieces = pieces;
+        true
+    }
+
     /// Forgets claim `id`, returning what was left of it.
     pub fn finish(&mut self, id: u64) -> Vec<LazyRange> {
         match self.claims.iter().position(|c| c.id == id) {

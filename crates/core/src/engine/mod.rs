@@ -45,6 +45,7 @@ mod config;
 mod drain;
 mod error;
 mod fault_loop;
+mod gate;
 mod inflight;
 mod notify;
 mod serve;

@@ -1,12 +1,13 @@
 //! One uffd's worth of state: the pages still owed to one (possibly forked) task.
 
-use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLockReadGuard};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crate::ranges::{LazyRange, LazyRanges};
 use crate::uffd::Uffd;
 
+use super::gate::{Gate, GateWriteGuard};
 use super::inflight::InFlightSet;
 use super::notify::lock;
 use super::stats::{TaskCounters, TaskStats};
@@ -19,8 +20,9 @@ pub(crate) struct Task {
     /// The uffd, behind the lock that orders fills against address-space events (see
     /// the engine docs, invariant 2): fills hold it shared from reading their claim's
     /// pieces until the ioctl returned; the fault thread holds it exclusively while it
-    /// reads messages and applies REMOVE/UNMAP/REMAP/FORK. `None` once retired.
-    pub gate: RwLock<Option<Uffd>>,
+    /// reads messages and applies REMOVE/UNMAP/REMAP/FORK. `None` once retired. A
+    /// waiting writer goes before new readers (`gate.rs`).
+    pub gate: Gate<Option<Uffd>>,
     pub state: Mutex<TaskState>,
     pub counters: TaskCounters,
 }
@@ -61,7 +63,7 @@ impl Task {
             id,
             pid,
             parent,
-            gate: RwLock::new(Some(uffd)),
+            gate: Gate::new(Some(uffd)),
             state: Mutex::new(TaskState { pending, ..TaskState::default() }),
             counters,
         }
@@ -72,11 +74,11 @@ impl Task {
     }
 
     pub fn gate_shared(&self) -> RwLockReadGuard<'_, Option<Uffd>> {
-        self.gate.read().unwrap_or_else(|e| e.into_inner())
+        self.gate.read()
     }
 
-    pub fn gate_exclusive(&self) -> RwLockWriteGuard<'_, Option<Uffd>> {
-        self.gate.write().unwrap_or_else(|e| e.into_inner())
+    pub fn gate_exclusive(&self) -> GateWriteGuard<'_, Option<Uffd>> {
+        self.gate.write()
     }
 
     /// Marks the task exited and drops what it still owed; false if already exited.

@@ -41,73 +41,144 @@ impl FillReport {
     }
 }
 
+/// Longest background UFFDIO_COPY/ZEROPAGE, in pages. The fault thread needs the gate
+/// exclusively to read messages, and an ioctl cannot be interrupted, so this bounds how
+/// long a fault can wait behind background fill (16 pages: ~20 µs here); between
+/// slices a background copier lets a waiting fault thread in.
+pub(crate) const SLICE_PAGES: u64 = 16;
+
 /// Fills claim `id` of `task` and settles its bookkeeping: filled pages are counted,
 /// leftovers go back to pending (or count as dropped if the task is gone).
 /// None when the claim no longer exists (the task exited meanwhile).
 pub(crate) fn fill_claim(shared: &Shared, task: &Task, id: u64, fill: Fill<'_>, who: Copier) -> Option<FillReport> {
-    // Invariant 2: hold the gate shared from reading the pieces until the ioctls are
-    // done, so no REMOVE can be read (and its span zapped) in between.
-    let gate = task.gate_shared();
-    let Some(uffd) = gate.as_ref() else {
-        task.state().inflight.finish(id);
-        return None;
-    };
-    let pieces = task.state().inflight.pieces(id)?;
-    let report = fill_pieces(uffd, &pieces, fill);
+    let mut total = FillReport::default();
+    let mut first = true;
+    loop {
+        // Invariant 2: hold the gate shared from reading the pieces until the ioctls are
+        // done, so no REMOVE can be read (and its span zapped) in between. When handing
+        // the gate over between slices, the pieces are read again afterwards.
+        let gate = task.gate_shared();
+        let Some(uffd) = gate.as_ref() else {
+            task.state().inflight.finish(id);
+            return (!first).then_some(total);
+        };
+        let Some(pieces) = task.state().inflight.pieces(id) else {
+            return (!first).then_some(total);
+        };
+        first = false;
+        // Only background fill yields: the fault thread is the gate's one writer.
+        let yield_now = || who == Copier::Background && task.gate.writer_waiting();
+        let (report, unfinished) = fill_pieces(uffd, &pieces, fill, &yield_now);
 
-    let mut st = task.state();
-    st.inflight.finish(id);
-    let c = &task.counters;
-    TaskCounters::add(if who == Copier::Fault { &c.faulted } else { &c.background }, report.filled);
-    TaskCounters::add(&c.zero, report.zeroed);
-    TaskCounters::add(&c.exists, report.exists);
-    TaskCounters::add(&c.dropped, report.dropped);
-    if report.gone {
-        let leftover: u64 = report.leftover.iter().map(LazyRange::pages).sum();
-        TaskCounters::add(&c.dropped, leftover);
-        if task.mark_exited(&mut st) {
-            shared.task_exited(task);
+        let mut st = task.state();
+        let c = &task.counters;
+        TaskCounters::add(if who == Copier::Fault { &c.faulted } else { &c.background }, report.filled);
+        TaskCounters::add(&c.zero, report.zeroed);
+        TaskCounters::add(&c.exists, report.exists);
+        TaskCounters::add(&c.dropped, report.dropped);
+        if let Some(rest) = unfinished {
+            // Still under the shared gate: the claim now holds exactly what is left.
+            let alive = st.inflight.narrow(id, &rest);
+            total.absorb(report);
+            drop(st);
+            drop(gate);
+            if !alive {
+                return Some(total);
+            }
+            continue;
         }
-    } else {
-        // Still under the shared gate: the event that caused EAGAIN is applied to these
-        // pieces after they are back in pending, never before.
-        st.put_back(report.leftover.iter().copied());
+        st.inflight.finish(id);
+        if report.gone {
+            let leftover: u64 = report.leftover.iter().map(LazyRange::pages).sum();
+            TaskCounters::add(&c.dropped, leftover);
+            if task.mark_exited(&mut st) {
+                shared.task_exited(task);
+            }
+        } else {
+            // Still under the shared gate: the event that caused EAGAIN is applied to
+            // these pieces after they are back in pending, never before.
+            st.put_back(report.leftover.iter().copied());
+        }
+        drop(st);
+        drop(gate);
+        if let Some(e) = &report.error {
+            shared.fail(EngineError::Uffd { pid: task.pid, source: e.clone() });
+        }
+        total.absorb(report);
+        return Some(total);
     }
-    drop(st);
-    drop(gate);
-    if let Some(e) = &report.error {
-        shared.fail(EngineError::Uffd { pid: task.pid, source: e.clone() });
-    }
-    Some(report)
 }
 
-/// Issues COPY/ZEROPAGE over `pieces` until done or the kernel says stop.
-pub(crate) fn fill_pieces(uffd: &Uffd, pieces: &[LazyRange], fill: Fill<'_>) -> FillReport {
+impl FillReport {
+    fn absorb(&mut self, r: FillReport) {
+        self.filled += r.filled;
+        self.zeroed += r.zeroed;
+        self.exists += r.exists;
+        self.dropped += r.dropped;
+        self.leftover.extend(r.leftover);
+        self.gone |= r.gone;
+        if self.error.is_none() {
+            self.error = r.error;
+        }
+    }
+}
+
+/// Why `fill_piece` stopped early.
+enum Stop {
+    /// Changing, gone, or error at this address: the rest is leftover.
+    Halted(u64),
+    /// `yield_now` asked to let go of the gate; the rest is still to do.
+    Yield(u64),
+}
+
+/// Issues COPY/ZEROPAGE over `pieces` until done or the kernel says stop. Checks
+/// `yield_now` after each ioctl that leaves work; if it says so, returns the unhandled
+/// rest as the second value (then the report has no leftover).
+pub(crate) fn fill_pieces(
+    uffd: &Uffd,
+    pieces: &[LazyRange],
+    fill: Fill<'_>,
+    yield_now: &dyn Fn() -> bool,
+) -> (FillReport, Option<Vec<LazyRange>>) {
     let mut report = FillReport::default();
     for (i, piece) in pieces.iter().enumerate() {
-        if let Err(at) = fill_piece(uffd, piece, fill, &mut report) {
-            report.leftover.extend(piece.clip(at, piece.end));
-            report.leftover.extend(pieces[i + 1..].iter().copied());
-            break;
+        let more_after = i + 1 < pieces.len();
+        match fill_piece(uffd, piece, fill, &mut report, &|| yield_now()) {
+            Ok(()) => {
+                if more_after && yield_now() {
+                    return (report, Some(pieces[i + 1..].to_vec()));
+                }
+            }
+            Err(Stop::Yield(at)) => {
+                let mut rest: Vec<LazyRange> = piece.clip(at, piece.end).into_iter().collect();
+                rest.extend(pieces[i + 1..].iter().copied());
+                return (report, Some(rest));
+            }
+            Err(Stop::Halted(at)) => {
+                report.leftover.extend(piece.clip(at, piece.end));
+                report.leftover.extend(pieces[i + 1..].iter().copied());
+                break;
+            }
         }
     }
-    report
+    (report, None)
 }
 
-/// Fills one piece; Err(addr) = stopped at `addr` (changing, gone, or error).
-fn fill_piece(uffd: &Uffd, piece: &LazyRange, fill: Fill<'_>, report: &mut FillReport) -> Result<(), u64> {
+/// Fills one piece, at most `SLICE_PAGES` per ioctl.
+fn fill_piece(uffd: &Uffd, piece: &LazyRange, fill: Fill<'_>, report: &mut FillReport, yield_now: &dyn Fn() -> bool) -> Result<(), Stop> {
     let mut cur = piece.start;
     // Shrinks when a span turns out to cross a VMA boundary (ENOENT for the whole call).
     let mut step = piece.len();
+    let slice = SLICE_PAGES * PAGE_SIZE;
     while cur < piece.end {
-        let len = step.min(piece.end - cur);
+        let len = step.min(slice).min(piece.end - cur);
         let result = match fill {
             Fill::Bytes { img_start, data } => {
                 let off = (piece.img_addr(cur) - img_start) as usize;
                 match data.get(off..off + len as usize) {
                     Some(src) => uffd::copy(uffd, cur, src),
                     // Callers check the length; never index past the data.
-                    None => return Err(cur),
+                    None => return Err(Stop::Halted(cur)),
                 }
             }
             Fill::Zero => uffd::zeropage(uffd, cur, len),
@@ -116,7 +187,7 @@ fn fill_piece(uffd: &Uffd, piece: &LazyRange, fill: Fill<'_>, report: &mut FillR
             Ok(outcome) => outcome,
             Err(e) => {
                 report.error = Some(e);
-                return Err(cur);
+                return Err(Stop::Halted(cur));
             }
         };
         match outcome {
@@ -128,7 +199,7 @@ fn fill_piece(uffd: &Uffd, piece: &LazyRange, fill: Fill<'_>, report: &mut FillR
             FillOutcome::Partial(bytes) => {
                 let bytes = page_floor(bytes).min(len);
                 if bytes == 0 {
-                    return Err(cur);
+                    return Err(Stop::Halted(cur));
                 }
                 count_filled(report, fill, bytes);
                 cur += bytes;
@@ -146,11 +217,14 @@ fn fill_piece(uffd: &Uffd, piece: &LazyRange, fill: Fill<'_>, report: &mut FillR
                 report.dropped += 1;
                 cur += PAGE_SIZE;
             }
-            FillOutcome::Changing => return Err(cur),
+            FillOutcome::Changing => return Err(Stop::Halted(cur)),
             FillOutcome::Gone => {
                 report.gone = true;
-                return Err(cur);
+                return Err(Stop::Halted(cur));
             }
+        }
+        if cur < piece.end && yield_now() {
+            return Err(Stop::Yield(cur));
         }
     }
     Ok(())

@@ -12,6 +12,7 @@ mod pagemap;
 mod pages;
 pub mod proto;
 mod pstree;
+mod style;
 pub mod writer;
 
 /// CRIU uses the runtime page size; x86_64 is the only target.
@@ -19,6 +20,7 @@ pub const PAGE_SIZE: u64 = 4096;
 
 pub use chain::{parent_dir, PARENT_LINK};
 pub use dump::Dump;
+pub use style::{classify, pagemap_writer_of, PagemapWriter};
 pub use error::ImageError;
 pub use framing::HeadMagic;
 pub use inventory::{Inventory, INVENTORY_FILE};

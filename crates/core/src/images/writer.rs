@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prost::Message;
 
+use super::PagemapWriter;
 use super::error::ImageError;
 use super::framing::{HeadMagic, HEAD_MAGIC, PAGEMAP_MAGIC};
 use super::pagemap::{PE_LAZY, PE_PARENT, PE_PRESENT};
@@ -92,19 +93,22 @@ where
 pub fn stage_pagemap(
     dest: &Path,
     head: HeadMagic,
+    style: PagemapWriter,
     pages_id: u32,
     runs: &[RunSpec],
 ) -> Result<Staged, ImageError> {
-    let bytes = encode_pagemap(head, pages_id, runs).map_err(|msg| ImageError::new(dest, msg))?;
+    let bytes = encode_pagemap(head, style, pages_id, runs).map_err(|msg| ImageError::new(dest, msg))?;
     stage_bytes(dest, &bytes)
 }
 
 /// The bytes of a pagemap image. Runs are checked the way the reader checks
 /// them, so we never write an image we (or CRIU) would refuse.
 ///
-/// Each entry carries the page count twice: field 2 (u32) for CRIU 4.1.1,
-/// which knows nothing else, and field 5 (u64) which CRIU 4.2 prefers.
-pub fn encode_pagemap(head: HeadMagic, pages_id: u32, runs: &[RunSpec]) -> Result<Vec<u8>, String> {
+/// `style` says how each entry carries its page count: as the CRIU that wrote
+/// the input did (4.1.1: field 2 only; 4.2: field 2 = 0 and field 5), so the
+/// output still tells which page-server wire format goes with it; `Either`
+/// writes both, for a reader of either version.
+pub fn encode_pagemap(head: HeadMagic, style: PagemapWriter, pages_id: u32, runs: &[RunSpec]) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(16 + runs.len() * 24);
     if head == HeadMagic::Present {
         out.extend_from_slice(&HEAD_MAGIC.to_le_bytes());
@@ -124,13 +128,12 @@ pub fn encode_pagemap(head: HeadMagic, pages_id: u32, runs: &[RunSpec]) -> Resul
                 run.vaddr, run.pages
             )
         })?;
-        let entry = PagemapEntry {
-            vaddr: Some(run.vaddr),
-            compat_nr_pages: Some(compat),
-            in_parent: None,
-            flags: Some(run.flags),
-            nr_pages: Some(run.pages),
+        let (compat_nr_pages, nr_pages) = match style {
+            PagemapWriter::Criu411 => (Some(compat), None),
+            PagemapWriter::Criu42 => (Some(0), Some(run.pages)),
+            PagemapWriter::Either => (Some(compat), Some(run.pages)),
         };
+        let entry = PagemapEntry { vaddr: Some(run.vaddr), compat_nr_pages, in_parent: None, flags: Some(run.flags), nr_pages };
         push_entry(&mut out, &entry.encode_to_vec())?;
     }
     Ok(out)

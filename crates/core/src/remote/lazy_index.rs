@@ -81,9 +81,8 @@ impl LazyIndex {
             let file = match files.get(path) {
                 Some(file) => file.clone(),
                 None => {
-                    let file = File::open(path).map_err(|e| {
-                        std::io::Error::new(e.kind(), format!("{}: cannot open pages file: {e}", path.display()))
-                    })?;
+                    let file = File::open(path)
+                        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: cannot open pages file: {e}", path.display())))?;
                     let file = Arc::new(file);
                     files.insert(path.to_path_buf(), file.clone());
                     file
@@ -108,9 +107,7 @@ impl LazyIndex {
         if nr_pages == 0 {
             return Err(Invalid::NoPages { pid: dst_id, vaddr });
         }
-        let task = u32::try_from(dst_id)
-            .ok()
-            .and_then(|pid| Some((pid, self.tasks.get(&pid)?)));
+        let task = u32::try_from(dst_id).ok().and_then(|pid| Some((pid, self.tasks.get(&pid)?)));
         let Some((pid, task)) = task else {
             return Err(Invalid::UnknownTask { pid: dst_id });
         };

@@ -2,6 +2,9 @@
 //! pages of a normal dump, and a `PageSource` that fetches from any lazy page
 //! server (ours, `criu page-server --lazy-pages`, `criu dump --lazy-pages`).
 
+mod client;
+mod client_book;
+mod client_reader;
 mod lazy_index;
 mod server;
 mod server_session;
@@ -9,6 +12,7 @@ mod version;
 pub mod wire;
 mod zero_copy;
 
+pub use client::{ConnectError, Priority, RemoteConfig, RemotePages};
 pub use lazy_index::Invalid;
 pub use server::{PageServer, PageServerConfig, ServeSummary, ServerCallback, ServerError, ServerEvent, ServerStopper};
 pub use server_session::SessionStats;

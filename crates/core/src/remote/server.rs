@@ -60,11 +60,20 @@ impl Default for PageServerConfig {
 
 #[derive(Debug, Clone)]
 pub enum ServerEvent {
-    SessionStarted { peer: SocketAddr },
+    SessionStarted {
+        peer: SocketAddr,
+    },
     /// `error` is None for a clean end (CLOSE or EOF).
-    SessionEnded { peer: SocketAddr, stats: SessionStats, error: Option<String> },
+    SessionEnded {
+        peer: SocketAddr,
+        stats: SessionStats,
+        error: Option<String>,
+    },
     /// Turned away at accept (too many sessions, or socket setup failed).
-    Refused { peer: SocketAddr, reason: String },
+    Refused {
+        peer: SocketAddr,
+        reason: String,
+    },
 }
 
 pub type ServerCallback = Arc<dyn Fn(ServerEvent) + Send + Sync>;
@@ -115,9 +124,11 @@ impl PageServer {
         // std sets SO_REUSEADDR on Unix, as CRIU does.
         let listener = TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
         let local = listener.local_addr().map_err(|source| ServerError::Io { addr, what: "getsockname", source })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| ServerError::Io { addr: local, what: "setting the listener non-blocking", source })?;
+        listener.set_nonblocking(true).map_err(|source| ServerError::Io {
+            addr: local,
+            what: "setting the listener non-blocking",
+            source,
+        })?;
         Ok(PageServer { listener, local, index, config, events, stop: Arc::new(AtomicBool::new(false)) })
     }
 

@@ -76,15 +76,15 @@ impl ServerSession<'_> {
             .locate(header.dst_id, header.vaddr, header.nr_pages, self.max_request_pages)
             .map_err(|why| SessionError::Invalid(why, self.peer))?;
         // Cannot fail: the count is clamped to max_request_pages (<= u32::MAX).
-        let reply = header.get_reply(span.pages).encode(self.version).map_err(|e| {
-            self.io("encoding the reply", io::Error::new(io::ErrorKind::InvalidData, e))
-        })?;
+        let reply = header
+            .get_reply(span.pages)
+            .encode(self.version)
+            .map_err(|e| self.io("encoding the reply", io::Error::new(io::ErrorKind::InvalidData, e)))?;
         let sock = self.stream.as_fd();
         let what = |what: &str| format!("{what} for task {} at {:#x} (+{} pages)", header.dst_id, header.vaddr, span.pages);
         send_header(sock, reply.as_slice()).map_err(|e| self.io(&what("sending the reply header"), e))?;
-        send_file_range(sock, span.file.as_fd(), span.offset, span.pages * PAGE_SIZE).map_err(|e| {
-            self.io(&format!("{} from {} at offset {:#x}", what("sending pages"), span.path.display(), span.offset), e)
-        })?;
+        send_file_range(sock, span.file.as_fd(), span.offset, span.pages * PAGE_SIZE)
+            .map_err(|e| self.io(&format!("{} from {} at offset {:#x}", what("sending pages"), span.path.display(), span.offset), e))?;
         stats.requests += 1;
         stats.pages += span.pages;
         if span.pages < header.nr_pages {

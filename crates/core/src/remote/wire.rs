@@ -123,8 +123,7 @@ impl IovHeader {
         bytes[0..4].copy_from_slice(&self.cmd.to_le_bytes());
         match version {
             WireVersion::V411 => {
-                let nr = u32::try_from(self.nr_pages)
-                    .map_err(|_| WireError::TooManyPages { nr_pages: self.nr_pages, version })?;
+                let nr = u32::try_from(self.nr_pages).map_err(|_| WireError::TooManyPages { nr_pages: self.nr_pages, version })?;
                 bytes[4..8].copy_from_slice(&nr.to_le_bytes());
                 bytes[8..16].copy_from_slice(&self.vaddr.to_le_bytes());
                 bytes[16..24].copy_from_slice(&self.dst_id.to_le_bytes());
@@ -146,20 +145,8 @@ impl IovHeader {
         let u32_at = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         let u64_at = |at: usize| u64::from(u32_at(at)) | (u64::from(u32_at(at + 4)) << 32);
         Ok(match version {
-            WireVersion::V411 => IovHeader {
-                cmd: u32_at(0),
-                pad: 0,
-                nr_pages: u64::from(u32_at(4)),
-                vaddr: u64_at(8),
-                dst_id: u64_at(16),
-            },
-            WireVersion::V42 => IovHeader {
-                cmd: u32_at(0),
-                pad: u32_at(4),
-                nr_pages: u64_at(8),
-                vaddr: u64_at(16),
-                dst_id: u64_at(24),
-            },
+            WireVersion::V411 => IovHeader { cmd: u32_at(0), pad: 0, nr_pages: u64::from(u32_at(4)), vaddr: u64_at(8), dst_id: u64_at(16) },
+            WireVersion::V42 => IovHeader { cmd: u32_at(0), pad: u32_at(4), nr_pages: u64_at(8), vaddr: u64_at(16), dst_id: u64_at(24) },
         })
     }
 }

@@ -23,9 +23,7 @@ pub fn send_header(sock: BorrowedFd<'_>, header: &[u8]) -> io::Result<()> {
         // SAFETY: `rest` is a live slice for the duration of the call and the
         // kernel only reads `rest.len()` bytes from it; `sock` is a valid fd
         // borrowed for this call.
-        let n = unsafe {
-            libc::send(sock.as_raw_fd(), rest.as_ptr().cast(), rest.len(), libc::MSG_MORE | libc::MSG_NOSIGNAL)
-        };
+        let n = unsafe { libc::send(sock.as_raw_fd(), rest.as_ptr().cast(), rest.len(), libc::MSG_MORE | libc::MSG_NOSIGNAL) };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -60,10 +58,7 @@ pub fn send_file_range(sock: BorrowedFd<'_>, file: BorrowedFd<'_>, offset: u64, 
             return Err(would_block_is_timeout(err));
         }
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("pages file ends at {off:#x}, {left} bytes short"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("pages file ends at {off:#x}, {left} bytes short")));
         }
         left -= n as u64;
     }

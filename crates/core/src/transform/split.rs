@@ -140,7 +140,9 @@ fn split_task(
     let pagemap_name = pagemap_file_name(memory.pid);
     let pages_name = pagemap.pages_file_name();
     let head = dump.inventory().head;
-    let staged = stage_pagemap(&tmp.join(&pagemap_name), head, pagemap.pages_id, &runs)?;
+    // Keep the input's page-count encoding: it tells which CRIU goes with it.
+    let style = crate::images::pagemap_writer_of(dump).unwrap_or(crate::images::PagemapWriter::Either);
+    let staged = stage_pagemap(&tmp.join(&pagemap_name), head, style, pagemap.pages_id, &runs)?;
     staged.commit()?;
     let (staged, len) = stage_pages(&tmp.join(&pages_name), data)?;
     staged.commit()?;

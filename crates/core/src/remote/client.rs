@@ -1,0 +1,302 @@
+//! `RemotePages`: a `PageSource` fetching from a lazy page server over TCP
+//! (ours, `criu page-server --lazy-pages`, or `criu dump --lazy-pages`).
+//!
+//! One connection; GETs are pipelined, replies arrive in request order and a
+//! reader thread lands them in per-request buffers. `pages()` asks for a span
+//! (unless it is already asked for or arrived), waits a bounded time, and says
+//! `Retry` if the bytes are not there yet; the engine asks again later.
+//!
+//! Faults first on the wire: a CRIU server answers strictly in order, so a
+//! fault's GET waits behind every byte already requested. Background GETs are
+//! therefore kept to `background_budget` bytes on the wire; fault GETs are
+//! sent at once. The engine does not say which calls are faults: `pages()`
+//! treats spans of at most `fault_span_pages` pages as faults, and
+//! `fetch(.., Priority)` lets a caller say so explicitly.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use super::client_book::Priority;
+use super::client_book::{Book, Limits, Sent};
+use super::client_reader::{self, READ_TICK};
+use super::wire::{IovHeader, WireVersion};
+use crate::engine::{PageData, PageSource, SourceError};
+use crate::images::PAGE_SIZE;
+
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    /// Must match the server's CRIU version (no negotiation on this socket).
+    pub version: WireVersion,
+    pub connect_timeout: Duration,
+    /// How long a fault call waits for its bytes before saying Retry (it blocks
+    /// the engine's fault thread, so keep it short).
+    pub fault_wait: Duration,
+    /// How long a background call waits for room and for its bytes.
+    pub background_wait: Duration,
+    /// Background bytes on the wire at once: the most a fault queues behind.
+    pub background_budget: u64,
+    /// Pages per GET (CRIU's own client asks at most 1024).
+    pub max_request_pages: u64,
+    /// Bytes of arrived data kept for later calls (and of buffers in total).
+    pub cache_bytes: u64,
+    /// Outstanding requests with no byte from the server for this long: fatal.
+    pub stall_timeout: Duration,
+    /// `pages()` calls of at most this many pages count as faults.
+    pub fault_span_pages: u64,
+    /// A CLOSE not answered within this is given up on.
+    pub close_timeout: Duration,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        RemoteConfig {
+            version: WireVersion::V42,
+            connect_timeout: Duration::from_secs(10),
+            fault_wait: Duration::from_millis(5),
+            background_wait: Duration::from_secs(2),
+            background_budget: 256 * 1024,
+            max_request_pages: 1024,
+            cache_bytes: 16 << 20,
+            stall_timeout: Duration::from_secs(60),
+            fault_span_pages: 1,
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("page server {addr}: cannot resolve: {source}")]
+    Resolve { addr: String, source: std::io::Error },
+    #[error("page server {addr}: cannot connect: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("page server {addr}: {what}: {source}")]
+    Setup { addr: SocketAddr, what: &'static str, source: std::io::Error },
+}
+
+/// State shared by callers and the reader thread.
+pub(crate) struct Shared {
+    pub peer: SocketAddr,
+    pub config: RemoteConfig,
+    book: Mutex<Book>,
+    pub cond: Condvar,
+    /// Serialises "record on the wire" + "write": wire order = queue order.
+    writer: Mutex<TcpStream>,
+    pub shutdown: AtomicBool,
+}
+
+pub struct RemotePages {
+    shared: Arc<Shared>,
+    reader: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RemotePages {
+    /// Connects to `addr` ("host:port"; every resolved address is tried, as CRIU does).
+    pub fn connect(addr: &str, config: RemoteConfig) -> Result<RemotePages, ConnectError> {
+        let addrs: Vec<SocketAddr> =
+            addr.to_socket_addrs().map_err(|source| ConnectError::Resolve { addr: addr.to_string(), source })?.collect();
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, config.connect_timeout) {
+                Ok(stream) => return RemotePages::from_stream(stream, config),
+                Err(e) => last = e,
+            }
+        }
+        Err(ConnectError::Connect { addr: addr.to_string(), source: last })
+    }
+
+    /// Uses an already connected socket (like CRIU's `--ps-socket`).
+    pub fn from_stream(stream: TcpStream, config: RemoteConfig) -> Result<RemotePages, ConnectError> {
+        let peer = stream.peer_addr().map_err(|source| ConnectError::Setup {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            what: "getpeername",
+            source,
+        })?;
+        let setup = |what, r: std::io::Result<()>| r.map_err(|source| ConnectError::Setup { addr: peer, what, source });
+        setup("TCP_NODELAY", stream.set_nodelay(true))?;
+        setup("read timeout", stream.set_read_timeout(Some(READ_TICK)))?;
+        setup("write timeout", stream.set_write_timeout(Some(config.stall_timeout.max(Duration::from_millis(1)))))?;
+        let reader_stream = stream.try_clone().map_err(|source| ConnectError::Setup { addr: peer, what: "dup", source })?;
+        let limits = Limits {
+            background_budget: config.background_budget.max(PAGE_SIZE),
+            max_request_pages: config.max_request_pages.clamp(1, config.version.max_nr_pages()),
+            cache_bytes: config.cache_bytes,
+            max_fault_requests: 64,
+        };
+        let shared = Arc::new(Shared {
+            peer,
+            config,
+            book: Mutex::new(Book::new(limits)),
+            cond: Condvar::new(),
+            writer: Mutex::new(stream),
+            shutdown: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        let reader = std::thread::Builder::new()
+            .name("lazy-ps-reader".into())
+            .spawn(move || client_reader::run(&s, reader_stream))
+            .map_err(|source| ConnectError::Setup { addr: peer, what: "starting the reader thread", source })?;
+        Ok(RemotePages { shared, reader: Mutex::new(Some(reader)) })
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    /// `pages()` with the caller saying whether a thread is blocked on the span.
+    pub fn fetch<'a>(
+        &'a self,
+        pid: u32,
+        img_addr: u64,
+        len: usize,
+        scratch: &'a mut Vec<u8>,
+        priority: Priority,
+    ) -> Result<PageData<'a>, SourceError> {
+        let len64 = len as u64;
+        if len == 0 || len64 % PAGE_SIZE != 0 || img_addr % PAGE_SIZE != 0 {
+            return Err(SourceError::Other { pid, img_addr, message: format!("bad span length {len:#x}") });
+        }
+        let s = &self.shared;
+        let wait = match priority {
+            Priority::Fault => s.config.fault_wait,
+            Priority::Background => s.config.background_wait,
+        };
+        let deadline = Instant::now() + wait;
+        let mut book = s.lock();
+        // Find or make the request, waiting (bounded) for room if need be.
+        let id = loop {
+            s.check(&book, pid, img_addr)?;
+            if let Some(id) = book.covering(pid, img_addr, len64) {
+                break id;
+            }
+            if let Some(id) = book.admit(pid, img_addr, len64, priority) {
+                drop(book);
+                s.pump();
+                book = s.lock();
+                break id;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return Ok(PageData::Retry) };
+            book = s.cond.wait_timeout(book, left).unwrap_or_else(PoisonError::into_inner).0;
+        };
+        loop {
+            s.check(&book, pid, img_addr)?;
+            match book.request(id) {
+                None => return Ok(PageData::Retry),
+                Some(r) if r.done() => {
+                    return Ok(if book.copy_out(id, img_addr, len64, scratch) {
+                        PageData::Bytes(scratch.as_slice())
+                    } else {
+                        PageData::Retry
+                    });
+                }
+                Some(_) => {}
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return Ok(PageData::Retry) };
+            book = s.cond.wait_timeout(book, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
+    }
+
+    /// Ends the session the way CRIU's daemon does: CLOSE, then wait for its
+    /// i32 0 (after every outstanding reply). Further `pages()` calls fail.
+    pub fn close(&self) -> Result<(), SourceError> {
+        let s = &self.shared;
+        {
+            let mut w = s.write_lock();
+            let mut book = s.lock();
+            if let Some(message) = &book.fatal {
+                return Err(SourceError::Other { pid: 0, img_addr: 0, message: message.clone() });
+            }
+            if book.closed || book.wire.contains(&Sent::Close) {
+                return Ok(());
+            }
+            book.wire.push_back(Sent::Close);
+            drop(book);
+            let header = IovHeader::close().encode(s.config.version).map_err(|e| s.fail(e.to_string()))?;
+            w.write_all(header.as_slice()).map_err(|e| s.fail(format!("page server {}: sending CLOSE: {e}", s.peer)))?;
+        }
+        let deadline = Instant::now() + s.config.close_timeout;
+        let mut book = s.lock();
+        while !book.closed && book.fatal.is_none() {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return Err(s.fail(format!("page server {} did not answer CLOSE within {:?}", s.peer, s.config.close_timeout)));
+            };
+            book = s.cond.wait_timeout(book, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        match &book.fatal {
+            Some(message) => Err(SourceError::Other { pid: 0, img_addr: 0, message: message.clone() }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl PageSource for RemotePages {
+    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>) -> Result<PageData<'a>, SourceError> {
+        let fault = (len as u64) <= self.shared.config.fault_span_pages.saturating_mul(PAGE_SIZE);
+        let priority = if fault { Priority::Fault } else { Priority::Background };
+        self.fetch(pid, img_addr, len, scratch, priority)
+    }
+}
+
+impl Drop for RemotePages {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, SeqCst);
+        let _ = self.shared.write_lock().shutdown(std::net::Shutdown::Both);
+        self.shared.cond.notify_all();
+        if let Some(reader) = self.reader.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_lock(&self) -> MutexGuard<'_, TcpStream> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends whatever the book allows now, in the order it recorded it.
+    pub fn pump(&self) {
+        let mut w = self.write_lock();
+        let segs = self.lock().plan_sends();
+        if segs.is_empty() {
+            return;
+        }
+        let mut bytes = Vec::with_capacity(segs.len() * self.config.version.header_len());
+        for seg in &segs {
+            match seg.header().encode(self.config.version) {
+                Ok(h) => bytes.extend_from_slice(h.as_slice()),
+                // Cannot happen: segments are capped to the layout's maximum.
+                Err(e) => return drop(self.fail(format!("page server {}: {e}", self.peer))),
+            }
+        }
+        if let Err(e) = w.write_all(&bytes) {
+            drop(self.fail(format!("page server {}: sending {} requests: {e}", self.peer, segs.len())));
+        }
+    }
+
+    /// Records a fatal error (the first one wins) and wakes every waiter.
+    fn fail(&self, message: String) -> SourceError {
+        let mut book = self.lock();
+        let message = book.fatal.get_or_insert(message).clone();
+        drop(book);
+        self.cond.notify_all();
+        SourceError::Other { pid: 0, img_addr: 0, message }
+    }
+
+    fn check(&self, book: &Book, pid: u32, img_addr: u64) -> Result<(), SourceError> {
+        if let Some(message) = &book.fatal {
+            return Err(SourceError::Other { pid, img_addr, message: message.clone() });
+        }
+        if book.closed {
+            return Err(SourceError::Other { pid, img_addr, message: format!("the session with page server {} is closed", self.peer) });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,136 @@
+//! The client's reader thread: takes replies off the socket in wire order and
+//! lands their data straight in the waiting request's buffer (one copy, kernel
+//! to buffer). Anything out of step, a silent peer, or a close is fatal: the
+//! message is recorded for every later `pages()` call.
+
+use std::io::{self, Read};
+use std::net::TcpStream;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
+
+use super::client::Shared;
+use super::client_book::Sent;
+use super::wire::{IovHeader, CLOSE_REPLY_LEN, MAX_HEADER_LEN};
+use crate::images::PAGE_SIZE;
+
+/// Why a read stopped short.
+enum Stop {
+    /// EOF; `got` bytes of the item had arrived.
+    Eof {
+        got: usize,
+    },
+    /// `shutdown` was set (our own close or drop).
+    Shutdown,
+    Failed(String),
+}
+
+pub(crate) fn run(shared: &Shared, mut stream: TcpStream) {
+    let outcome = read_replies(shared, &mut stream);
+    let mut book = shared.lock();
+    match outcome {
+        Ok(()) => book.closed = true,
+        Err(message) => {
+            if book.fatal.is_none() {
+                book.fatal = Some(message);
+            }
+        }
+    }
+    drop(book);
+    shared.cond.notify_all();
+}
+
+fn read_replies(shared: &Shared, stream: &mut TcpStream) -> Result<(), String> {
+    let peer = shared.peer;
+    let hlen = shared.config.version.header_len();
+    let mut head = [0u8; MAX_HEADER_LEN];
+    loop {
+        // The first 4 bytes are either a header's cmd or the i32 CLOSE reply;
+        // which one is due is known only once they arrive (CLOSE may be sent
+        // while this read is already waiting).
+        read_full(shared, stream, &mut head[..CLOSE_REPLY_LEN]).map_err(|s| describe(shared, s, "a reply header"))?;
+        if shared.lock().wire.front() == Some(&Sent::Close) {
+            let code = i32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            shared.lock().wire.pop_front();
+            return match code {
+                0 => Ok(()),
+                _ => Err(format!("page server {peer} answered CLOSE with {code}")),
+            };
+        }
+        read_full(shared, stream, &mut head[CLOSE_REPLY_LEN..hlen]).map_err(|s| describe(shared, s, "a reply header"))?;
+        let reply = IovHeader::decode(shared.config.version, &head[..hlen]).map_err(|e| format!("page server {peer}: {e}"))?;
+        let mut landing = shared.lock().land(&reply).map_err(|why| format!("page server {peer} {why}"))?;
+        let bytes = (landing.pages * PAGE_SIZE) as usize;
+        let start = landing.offset as usize;
+        let what = format!("{} pages of task {} at {:#x}", landing.pages, landing.seg.pid, landing.seg.vaddr);
+        let read = match landing.buf.as_mut().and_then(|b| b.get_mut(start..start + bytes)) {
+            Some(dst) => read_full(shared, stream, dst),
+            None => discard(shared, stream, bytes),
+        };
+        // Give the buffer back before reporting, so the book stays consistent.
+        let mut book = shared.lock();
+        book.landed(landing);
+        drop(book);
+        read.map_err(|s| describe(shared, s, &what))?;
+        shared.cond.notify_all();
+        shared.pump();
+    }
+}
+
+/// Fills `buf`, waking every socket timeout tick to notice shutdown and a
+/// peer that went silent with requests outstanding.
+fn read_full(shared: &Shared, stream: &mut TcpStream, buf: &mut [u8]) -> Result<(), Stop> {
+    let mut got = 0;
+    let mut last_byte = Instant::now();
+    while got < buf.len() {
+        if shared.shutdown.load(SeqCst) {
+            return Err(Stop::Shutdown);
+        }
+        match stream.read(&mut buf[got..]) {
+            Ok(0) => return Err(Stop::Eof { got }),
+            Ok(n) => {
+                got += n;
+                last_byte = Instant::now();
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                let waiting = got > 0 || shared.lock().on_wire() > 0;
+                if waiting && last_byte.elapsed() >= shared.config.stall_timeout {
+                    return Err(Stop::Failed(format!("sent nothing for {:?}", shared.config.stall_timeout)));
+                }
+                if !waiting {
+                    last_byte = Instant::now();
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Stop::Failed(e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+/// Reads and drops `len` bytes (data for a request that no longer exists).
+fn discard(shared: &Shared, stream: &mut TcpStream, len: usize) -> Result<(), Stop> {
+    let mut sink = [0u8; 16 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(sink.len());
+        read_full(shared, stream, &mut sink[..n])?;
+        left -= n;
+    }
+    Ok(())
+}
+
+fn describe(shared: &Shared, stop: Stop, what: &str) -> String {
+    let peer = shared.peer;
+    let outstanding = shared.lock().on_wire();
+    match stop {
+        Stop::Eof { got: 0 } if what == "a reply header" => {
+            format!("page server {peer} closed the connection ({outstanding} requests unanswered)")
+        }
+        Stop::Eof { got } => format!("page server {peer} closed the connection in the middle of {what} ({got} bytes in)"),
+        Stop::Shutdown => format!("connection to page server {peer} was shut down"),
+        Stop::Failed(why) => format!("page server {peer}: reading {what}: {why} ({outstanding} requests unanswered)"),
+    }
+}
+
+/// Socket read timeout: how often a blocked read looks at the flags.
+pub(crate) const READ_TICK: Duration = Duration::from_millis(200);

@@ -1,0 +1,271 @@
+//! Our RemotePages against our PageServer over loopback, plus raw-socket checks
+//! of what the server does with bad requests and of the client's wire order.
+
+mod remote_support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use lazy_pages_core::engine::{PageData, PageSource};
+use lazy_pages_core::images::Dump;
+use lazy_pages_core::remote::wire::{GET_REPLY_CMD, PS_IOV_ADD_F};
+use lazy_pages_core::remote::{IovHeader, PageServerConfig, Priority, RemoteConfig, RemotePages, WireVersion};
+use remote_support::*;
+
+fn cfg(version: WireVersion, keep_serving: bool) -> PageServerConfig {
+    PageServerConfig { address: "127.0.0.1".parse().unwrap(), version, keep_serving, ..PageServerConfig::default() }
+}
+
+fn client(target: &str, version: WireVersion) -> RemotePages {
+    RemotePages::connect(target, RemoteConfig { version, ..RemoteConfig::default() }).unwrap()
+}
+
+#[test]
+fn every_lazy_page_arrives_intact_in_both_layouts() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    for version in [WireVersion::V411, WireVersion::V42] {
+        let server = serve(&dump, cfg(version, false));
+        let c = client(&server.target(), version);
+        // Odd chunk sizes: spans that cross run ends get clamped and re-asked.
+        for (chunk, priority) in [(1, Priority::Fault), (7, Priority::Background), (300, Priority::Background)] {
+            let pages = fetch_and_compare_all(&c, &dump, chunk, priority);
+            assert_eq!(pages, 2 * (2000 + 3 + 5 + 1), "{version:?} chunk {chunk}");
+        }
+        c.close().unwrap();
+        drop(c);
+        let summary = server.join().unwrap();
+        assert_eq!((summary.sessions, summary.failed_sessions), (1, 0), "{version:?}");
+    }
+}
+
+#[test]
+fn server_clamps_at_run_end_and_cap_and_client_asks_for_the_rest() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    let server = serve(&dump, PageServerConfig { max_request_pages: 100, ..cfg(WireVersion::V42, false) });
+    let config = RemoteConfig { background_budget: 64 << 20, max_request_pages: 4096, ..RemoteConfig::default() };
+    let c = RemotePages::connect(&server.target(), config).unwrap();
+    // 2000 pages in one GET: the server's cap clamps each reply to 100.
+    let got = fetch(&c, 2, 0x20000, 2000 * 4096, Priority::Background).unwrap();
+    assert!(got == expected(&dump, 2, 0x20000, 2000 * 4096));
+    // Two adjacent runs (3 + 5 pages) in one GET: clamped at the first run's end.
+    let got = fetch(&c, 1, 0x900000, 8 * 4096, Priority::Background).unwrap();
+    assert!(got == expected(&dump, 1, 0x900000, 8 * 4096));
+    c.close().unwrap();
+    drop(c);
+    wait_until(|| !server.ended().is_empty());
+    let (stats, error) = server.ended().remove(0);
+    assert_eq!(error, None);
+    // 20 replies of 100 (19 clamped) + 3 (clamped) + 5.
+    assert_eq!((stats.requests, stats.pages, stats.clamped), (22, 2008, 20));
+    server.join().unwrap();
+}
+
+#[test]
+fn clamped_replies_are_counted_by_the_server() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    let server = serve(&dump, cfg(WireVersion::V42, true));
+    let c = RemotePages::connect(&server.target(), RemoteConfig { background_budget: 64 << 20, ..RemoteConfig::default() }).unwrap();
+    fetch(&c, 1, 0x900000, 8 * 4096, Priority::Background).unwrap();
+    c.close().unwrap();
+    drop(c);
+    wait_until(|| !server.ended().is_empty());
+    let (stats, error) = server.ended().remove(0);
+    assert_eq!(error, None);
+    assert_eq!((stats.requests, stats.pages, stats.clamped, stats.closed_by_request), (2, 8, 1, true));
+}
+
+fn wait_until(mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("condition not met within 5 s");
+}
+
+/// Sends one raw header and returns everything the server sends back before it closes.
+fn raw_exchange(target: &str, version: WireVersion, header: IovHeader) -> Vec<u8> {
+    let mut s = TcpStream::connect(target).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(header.encode(version).unwrap().as_slice()).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("server must close, not hang");
+    out
+}
+
+#[test]
+fn invalid_requests_close_only_that_session() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    let server = serve(&dump, cfg(WireVersion::V42, true));
+    let t = server.target();
+    let bad = [
+        IovHeader::get(99, 0x20000, 1),                                   // unknown pid
+        IovHeader::get(1, 0x10000, 1),                                    // eager run, not lazy
+        IovHeader::get(1, 0x5000_0000, 1),                                // never dumped
+        IovHeader::get(1, 0x20000, 0),                                    // zero pages
+        IovHeader::get(1, 0x20010, 1),                                    // not page aligned
+        IovHeader { dst_id: 1 << 40, ..IovHeader::get(1, 0x20000, 1) },   // pid out of range
+        IovHeader { cmd: PS_IOV_ADD_F, ..IovHeader::get(1, 0x20000, 1) }, // image-receiving command
+    ];
+    for h in bad {
+        assert_eq!(raw_exchange(&t, WireVersion::V42, h), Vec::<u8>::new(), "{h:?}");
+    }
+    wait_until(|| server.ended().len() == bad.len());
+    assert!(server.ended().iter().all(|(_, e)| e.as_deref().is_some_and(|e| e.contains("closing the session"))));
+    // The server is still fine for the next client.
+    let c = client(&t, WireVersion::V42);
+    assert_eq!(fetch_and_compare_all(&c, &dump, 64, Priority::Background), 2 * 2009);
+    drop(c);
+    let summary = server.stop().unwrap();
+    assert_eq!(summary.failed_sessions, bad.len() as u64);
+}
+
+#[test]
+fn a_valid_raw_get_gets_header_and_pages_then_close_gets_zero() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    let server = serve(&dump, cfg(WireVersion::V411, false));
+    let mut s = TcpStream::connect(server.target()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let get = IovHeader::get(2, 0x900000 + 4096, 10);
+    s.write_all(get.encode(WireVersion::V411).unwrap().as_slice()).unwrap();
+    let mut head = [0u8; 24];
+    s.read_exact(&mut head).unwrap();
+    let reply = IovHeader::decode(WireVersion::V411, &head).unwrap();
+    assert_eq!(reply, IovHeader { cmd: GET_REPLY_CMD, nr_pages: 2, ..get });
+    let mut data = vec![0u8; 2 * 4096];
+    s.read_exact(&mut data).unwrap();
+    assert!(data == expected(&dump, 2, 0x900000 + 4096, 2 * 4096));
+    s.write_all(IovHeader::close().encode(WireVersion::V411).unwrap().as_slice()).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, 0i32.to_le_bytes());
+    let summary = server.join().unwrap();
+    assert_eq!((summary.sessions, summary.requests, summary.pages), (1, 1, 2));
+}
+
+#[test]
+fn one_session_servers_refuse_a_second_client() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    let server = serve(&dump, cfg(WireVersion::V42, false));
+    let t = server.target();
+    let c = client(&t, WireVersion::V42);
+    fetch(&c, 1, 0xa00000, 4096, Priority::Fault).unwrap();
+    // The listener is closed once the first session is accepted.
+    assert!(TcpStream::connect(&t).is_err());
+    drop(c);
+    assert_eq!(server.join().unwrap().sessions, 1);
+}
+
+#[test]
+fn concurrent_sessions_with_keep_serving() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    let server = serve(&dump, cfg(WireVersion::V42, true));
+    let t = server.target();
+    std::thread::scope(|scope| {
+        for i in 0..8u64 {
+            let (t, dump) = (&t, &dump);
+            scope.spawn(move || {
+                let c = client(t, WireVersion::V42);
+                assert_eq!(fetch_and_compare_all(&c, dump, 1 + i * 37, Priority::Background), 2 * 2009);
+                c.close().unwrap();
+            });
+        }
+    });
+    wait_until(|| server.ended().len() == 8);
+    let summary = server.stop().unwrap();
+    assert_eq!((summary.sessions, summary.failed_sessions), (8, 0));
+}
+
+#[test]
+fn stop_cuts_idle_sessions() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    let server = serve(&dump, cfg(WireVersion::V42, true));
+    let idle = TcpStream::connect(server.target()).unwrap();
+    wait_until(|| server.events.lock().unwrap().len() == 1);
+    let summary = server.stop().unwrap();
+    assert_eq!(summary.sessions, 1);
+    drop(idle);
+}
+
+#[test]
+fn peer_close_is_fatal_and_names_the_peer() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let t = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 32];
+        let _ = (&s).read(&mut buf); // take the request, then hang up
+    });
+    let c = client(&addr.to_string(), WireVersion::V42);
+    let err = fetch(&c, 1, 0x20000, 4096, Priority::Fault).unwrap_err().to_string();
+    assert!(err.contains(&format!("page server {addr} closed the connection")), "{err}");
+    // Every later call fails the same way, at once.
+    let mut scratch = Vec::new();
+    let err2 = c.pages(1, 0x30000, 4096, &mut scratch).unwrap_err().to_string();
+    assert!(err2.contains("closed the connection"), "{err2}");
+    t.join().unwrap();
+}
+
+#[test]
+fn out_of_order_reply_is_fatal() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 32];
+        s.read_exact(&mut buf).unwrap();
+        let wrong = IovHeader::get(1, 0x77000, 1).get_reply(1);
+        s.write_all(wrong.encode(WireVersion::V42).unwrap().as_slice()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    let c = client(&addr.to_string(), WireVersion::V42);
+    let err = fetch(&c, 1, 0x20000, 4096, Priority::Fault).unwrap_err().to_string();
+    assert!(err.contains("oldest request is task 1 at 0x20000"), "{err}");
+    t.join().unwrap();
+}
+
+/// Reads GET headers (no replies) until `n` arrived or 300 ms of silence.
+fn headers_seen(s: &mut TcpStream, n: usize) -> Vec<IovHeader> {
+    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 32];
+    while out.len() < n && s.read_exact(&mut buf).is_ok() {
+        out.push(IovHeader::decode(WireVersion::V42, &buf).unwrap());
+    }
+    out
+}
+
+#[test]
+fn background_bytes_on_the_wire_stay_within_budget_and_faults_go_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = RemoteConfig { background_budget: 256 * 1024, background_wait: Duration::from_millis(50), ..RemoteConfig::default() };
+    let c = RemotePages::connect(&addr.to_string(), config).unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    let mut scratch = Vec::new();
+    // A 1024-page background span: only 64 pages (256 KiB) may go out.
+    assert!(matches!(c.fetch(1, 0x100000, 1024 * 4096, &mut scratch, Priority::Background).unwrap(), PageData::Retry));
+    let seen = headers_seen(&mut s, 10);
+    assert_eq!(seen, vec![IovHeader::get(1, 0x100000, 64)]);
+    // More background is refused while the budget is used up...
+    assert!(matches!(c.fetch(1, 0x900000, 64 * 4096, &mut scratch, Priority::Background).unwrap(), PageData::Retry));
+    assert_eq!(headers_seen(&mut s, 10), vec![]);
+    // ...but a fault goes out immediately.
+    assert!(matches!(c.pages(1, 0x800000, 4096, &mut scratch).unwrap(), PageData::Retry));
+    assert_eq!(headers_seen(&mut s, 10), vec![IovHeader::get(1, 0x800000, 1)]);
+    // Answer the first background GET: the next 64 pages of that span go out.
+    let reply = IovHeader::get(1, 0x100000, 64).get_reply(64);
+    s.write_all(reply.encode(WireVersion::V42).unwrap().as_slice()).unwrap();
+    s.write_all(&vec![0xAB; 64 * 4096]).unwrap();
+    assert_eq!(headers_seen(&mut s, 10), vec![IovHeader::get(1, 0x100000 + 64 * 4096, 64)]);
+}
