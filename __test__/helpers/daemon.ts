@@ -51,9 +51,9 @@ export function readStats(images: string): Stats {
 }
 
 /** Daemon + real `criu restore --lazy-pages -d`; resolves when both are done. */
-export async function lazyRestore(images: string, daemonArgs: string[] = []) {
+export async function lazyRestore(images: string, daemonArgs: string[] = [], restoreArgs: string[] = []) {
   const daemon = await startDaemon(images, daemonArgs)
-  const restore = startLazyRestore(images)
+  const restore = startLazyRestore(images, restoreArgs)
   const restoreCode = await restore.done
   if (restoreCode !== 0) {
     daemon.child.kill('SIGKILL')

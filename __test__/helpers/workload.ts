@@ -50,6 +50,11 @@ export class Workload {
     return w
   }
 
+  /** The same workload known by another pid (e.g. its host pid inside a pid namespace, or after a restore into a new one). */
+  withPid(pid: number): Workload {
+    return new Workload(this.dir, this.state, pid)
+  }
+
   get images(): string {
     return join(this.dir, 'images')
   }
