@@ -2,9 +2,10 @@
 //!
 //! Each step claims one bounded chunk (policy hints first, then the first task with
 //! pending pages, in address order), fetches it without holding any lock, and copies
-//! it under the task's shared gate. A fault never waits for more than one chunk's
-//! ioctl: the fault thread serves faults on its own and only needs the exclusive gate
-//! to read messages.
+//! it under the task's shared gate, one `transfer::SLICE_PAGES` ioctl at a time. A fault
+//! never waits for more than one such ioctl: the fault thread serves faults on its own
+//! and only needs the exclusive gate to read messages; once it asks for it, fill hands
+//! it over after the ioctl under way (`gate.rs`) and re-reads its claim afterwards.
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;

@@ -97,3 +97,66 @@ impl<T> Drop for GateWriteGuard<'_, T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    /// A reader re-taking the gate back to back (as background fill does) must not keep
+    /// a writer out: each write waits for about one read hold, not for luck.
+    #[test]
+    fn writer_is_not_starved_by_back_to_back_readers() {
+        let gate = Arc::new(Gate::new(0u64));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (gate, stop) = (gate.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(SeqCst) {
+                    let g = gate.read();
+                    let until = Instant::now() + Duration::from_micros(100);
+                    while Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                    drop(g);
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(5));
+        let mut worst = Duration::ZERO;
+        for _ in 0..200 {
+            let t = Instant::now();
+            *gate.write() += 1;
+            worst = worst.max(t.elapsed());
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        stop.store(true, SeqCst);
+        reader.join().unwrap();
+        assert_eq!(*gate.read(), 200);
+        // One 100 µs read hold plus scheduling slack.
+        assert!(worst < Duration::from_millis(20), "writer waited {worst:?}");
+    }
+
+    #[test]
+    fn readers_wait_for_a_waiting_writer() {
+        let gate = Arc::new(Gate::new(()));
+        let r = gate.read();
+        let writer = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                let _w = gate.write();
+                std::thread::sleep(Duration::from_millis(20));
+            })
+        };
+        while !gate.writer_waiting() {
+            std::thread::yield_now();
+        }
+        drop(r);
+        let t = Instant::now();
+        let _r2 = gate.read();
+        // The writer got the gate first and held it ~20 ms.
+        assert!(t.elapsed() >= Duration::from_millis(10));
+        writer.join().unwrap();
+    }
+}

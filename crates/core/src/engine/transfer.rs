@@ -143,7 +143,7 @@ pub(crate) fn fill_pieces(
     let mut report = FillReport::default();
     for (i, piece) in pieces.iter().enumerate() {
         let more_after = i + 1 < pieces.len();
-        match fill_piece(uffd, piece, fill, &mut report, &|| yield_now()) {
+        match fill_piece(uffd, piece, fill, &mut report, yield_now) {
             Ok(()) => {
                 if more_after && yield_now() {
                     return (report, Some(pieces[i + 1..].to_vec()));
