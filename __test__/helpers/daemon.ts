@@ -14,8 +14,10 @@ export interface DaemonRun {
   exit: Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>
 }
 
-export function startDaemon(images: string, args: string[] = []): Promise<DaemonRun> {
-  const child = spawn(process.execPath, [CLI, '-D', images, '--status-fd', '3', '--stats-json', 'stats.json', '-v3', ...args], {
+/** `wrap` runs the daemon under another command (e.g. `ip netns exec NS`). */
+export function startDaemon(images: string, args: string[] = [], wrap: string[] = []): Promise<DaemonRun> {
+  const argv = [...wrap, process.execPath, CLI, '-D', images, '--status-fd', '3', '--stats-json', 'stats.json', '-v3', ...args]
+  const child = spawn(argv[0], argv.slice(1), {
     stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
   })
   let err = ''
@@ -51,8 +53,8 @@ export function readStats(images: string): Stats {
 }
 
 /** Daemon + real `criu restore --lazy-pages -d`; resolves when both are done. */
-export async function lazyRestore(images: string, daemonArgs: string[] = [], restoreArgs: string[] = []) {
-  const daemon = await startDaemon(images, daemonArgs)
+export async function lazyRestore(images: string, daemonArgs: string[] = [], restoreArgs: string[] = [], wrap: string[] = []) {
+  const daemon = await startDaemon(images, daemonArgs, wrap)
   const restore = startLazyRestore(images, restoreArgs)
   const restoreCode = await restore.done
   if (restoreCode !== 0) {
