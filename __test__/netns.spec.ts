@@ -36,7 +36,7 @@ test.after.always(async () => {
   await run('ip', ['netns', 'del', B])
 })
 
-test('(d) two hosts over a 1 Gbit/s veth: every byte, at the link'"'"'s speed', async (t) => {
+test('(d) two hosts over a 1 Gbit/s veth: every byte, at link speed', async (t) => {
   const w = await Workload.start('netns', ['tree', '--mib', '128', '--children', '1'])
   const before = await checksums(w)
   const report = await dumpAndWait(w)
