@@ -2,14 +2,13 @@
 // does. The Rust session does all socket, uffd and page I/O on its own threads; this
 // file wires options, readiness signals, policy, logs and the final report.
 import { writeFile } from 'node:fs/promises'
-import { isAbsolute, join, resolve } from 'node:path'
 
 import type { DaemonEvent, LazyDaemon } from '../index'
-import { detach, isDetachedChild, notifyParent, signalStatusFd, writePidfile } from './detach'
 import { oneLine, UserError } from './errors'
 import { Level, Logger } from './log'
 import { native } from './native'
 import { strategyByName } from './policy'
+import { runService, type ServiceContext } from './service'
 import { ProgressBar } from './progress'
 import { buildSummary, formatSummary } from './summary'
 import { TaskTracker } from './tracker'
@@ -37,35 +36,11 @@ export interface DaemonCliOptions {
 
 const HANDSHAKE_TIMEOUT_MS = 120_000
 
-export async function runDaemon(opts: DaemonCliOptions, rawArgs: string[]): Promise<number> {
-  const imagesDir = resolve(opts.imagesDir)
-  const workDir = resolve(opts.workDir ?? imagesDir)
-  const inWorkDir = (p: string) => (isAbsolute(p) ? p : join(workDir, p))
-
-  if (opts.daemon && !isDetachedChild()) {
-    // The child does everything; we only wait until it listens.
-    const pid = await detach(rawArgs)
-    if (opts.pidfile) writePidfile(inWorkDir(opts.pidfile), pid)
-    if (opts.statusFd !== undefined) signalStatusFd(opts.statusFd)
-    return 0
-  }
-
-  const log = new Logger(opts.verbosity)
-  if (opts.logFile) log.toFile(opts.logFile === '-' ? '-' : inWorkDir(opts.logFile))
-  try {
-    return await serve(opts, imagesDir, workDir, inWorkDir, log)
-  } catch (err) {
-    const message = oneLine(err)
-    // On stderr the CLI prints it once; a log file gets it too.
-    if (opts.logFile) log.error(message)
-    notifyParent(message)
-    throw err instanceof UserError ? err : new UserError(message)
-  } finally {
-    await log.close()
-  }
+export function runDaemon(opts: DaemonCliOptions, rawArgs: string[]): Promise<number> {
+  return runService(opts, rawArgs, (ctx) => serve(opts, ctx))
 }
 
-async function serve(opts: DaemonCliOptions, imagesDir: string, workDir: string, inWorkDir: (p: string) => string, log: Logger): Promise<number> {
+async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, log, ready }: ServiceContext): Promise<number> {
   if (opts.pageServer && (!opts.address || !opts.port)) throw new UserError('--page-server needs --address and --port')
   if (!opts.pageServer && (opts.address || opts.port)) throw new UserError('--address and --port need --page-server')
   let daemon: LazyDaemon
@@ -85,8 +60,7 @@ async function serve(opts: DaemonCliOptions, imagesDir: string, workDir: string,
     throw new UserError(oneLine(err))
   }
   log.info(`images ${imagesDir}: ${daemon.expectedTasks} processes; listening on ${daemon.socketPath}`)
-  if (!isDetachedChild() && opts.statusFd !== undefined) signalStatusFd(opts.statusFd)
-  notifyParent()
+  ready()
 
   const tracker = new TaskTracker()
   const strategy = strategyByName(opts.prefetch)
