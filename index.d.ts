@@ -72,6 +72,11 @@ export interface DaemonOptions {
   pageServer?: string
   /** "4.1" or "4.2": the page server's wire format (absent: from the images). */
   criuVersion?: string
+  /**
+   * With page_server: reconnect and resume for up to this long if the
+   * connection drops (0 or absent: a drop is fatal, as CRIU's server needs).
+   */
+  reconnectMs?: number
 }
 
 export interface DaemonStats {

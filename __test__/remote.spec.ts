@@ -9,10 +9,10 @@ import { join } from 'node:path'
 import { assertCleanSummary, assertMemoryAsDumped, checksums } from './helpers/check'
 import { lazyPages } from './helpers/cli'
 import { restoreLogTail, startLazyRestore } from './helpers/criu'
-import { lazyRestore } from './helpers/daemon'
+import { lazyRestore, readStats, startDaemon } from './helpers/daemon'
 import { dumpAndWait, killAndWait } from './helpers/dumped'
 import { CLI, CRIU } from './helpers/paths'
-import { run, waitFor } from './helpers/proc'
+import { run, sleep, waitFor } from './helpers/proc'
 import { Workload } from './helpers/workload'
 
 function dirBytes(dir: string): number {
@@ -21,6 +21,7 @@ function dirBytes(dir: string): number {
 
 /** `lazy-pages page-server`, resolving with its port once it listens. */
 async function startPageServer(images: string, extra: string[] = []) {
+  // A later --port in `extra` wins over the default ephemeral one.
   const child = spawn(process.execPath, [CLI, 'page-server', '-D', images, '--address', '127.0.0.1', '--port', '0', '-v3', ...extra], {
     stdio: ['ignore', 'pipe', 'pipe'],
   })
@@ -99,4 +100,32 @@ test('(c) one page server, three restores of one dump', async (t) => {
   server.child.kill('SIGTERM')
   t.is(await server.exit, 0)
   t.regex(server.output(), /3 sessions \(0 failed\)/)
+})
+
+test('(e) the page server killed and restarted mid-transfer', async (t) => {
+  const w = await Workload.start('remote-e', ['tree', '--mib', '64', '--children', '1'])
+  const before = await checksums(w)
+  const report = await dumpAndWait(w)
+  const out = join(w.dir, 'split')
+  t.is((await lazyPages(['split', '-D', w.images, '-o', out])).code, 0)
+  // A fixed port: the restarted server must be where the daemon reconnects.
+  const port = 28000 + (process.pid % 1000)
+  const fixed = ['--port', String(port), '--keep-serving']
+  let server = await startPageServer(w.images, fixed)
+  const daemon = await startDaemon(out, ['--page-server', '--address', '127.0.0.1', '--port', String(port), '--reconnect', '20', '--fill-delay', '1500'])
+  t.is(await startLazyRestore(out).done, 0, restoreLogTail(out))
+  // Within the fill delay: the background fill has not started yet.
+  server.child.kill('SIGKILL')
+  await server.exit
+  await sleep(1000)
+  server = await startPageServer(w.images, fixed)
+  const exit = await daemon.exit
+  const stats = readStats(out)
+  assertCleanSummary(t, exit, daemon.stderr(), stats)
+  t.is(stats.total.faulted + stats.total.background, report.total.lazy, 'every lazy page once, over the wire')
+  await assertMemoryAsDumped(t, w, before)
+  w.kill()
+  server.child.kill('SIGTERM')
+  t.is(await server.exit, 0, server.output())
+  t.regex(server.output(), /1 sessions \(0 failed\)/, 'the daemon resumed on the restarted server and closed cleanly')
 })

@@ -49,6 +49,12 @@ export function buildProgram(rawArgs: string[] = []): Command {
     .option('--page-server', 'fetch lazy pages from a page server (--address, --port) instead of the local pages images')
     .option('--address <host>', 'with --page-server: the page server host')
     .option('--port <port>', 'with --page-server: the page server port', positiveInt('--port'))
+    .option(
+      '--reconnect <seconds>',
+      "with --page-server: if a lazy-pages page server drops the connection, reconnect and resume for up to this long (CRIU's page server serves one session: leave 0 for it)",
+      nonNegativeInt('--reconnect'),
+      0,
+    )
     .addOption(new Option('--criu-version <version>', "the page server's CRIU wire format (default: from the images)").choices(['4.1', '4.2']))
     .option('--connect-timeout <seconds>', 'fail if no restore connects within this time (0 = wait forever)', nonNegativeInt('--connect-timeout'), 300)
     .option('--jobs <n>', 'background fill threads', positiveInt('--jobs'), 1)

@@ -28,6 +28,7 @@ export interface DaemonCliOptions {
   address?: string
   port?: number
   criuVersion?: string
+  reconnect: number
   chunkPages: number
   prefetch: string
   statsJson?: string
@@ -43,6 +44,7 @@ export function runDaemon(opts: DaemonCliOptions, rawArgs: string[]): Promise<nu
 async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, log, ready }: ServiceContext): Promise<number> {
   if (opts.pageServer && (!opts.address || !opts.port)) throw new UserError('--page-server needs --address and --port')
   if (!opts.pageServer && (opts.address || opts.port)) throw new UserError('--address and --port need --page-server')
+  if (!opts.pageServer && opts.reconnect) throw new UserError('--reconnect needs --page-server')
   let daemon: LazyDaemon
   try {
     daemon = await native.prepareDaemon({
@@ -55,6 +57,7 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
       chunkPages: opts.chunkPages,
       pageServer: opts.pageServer ? hostPort(opts.address!, opts.port!) : undefined,
       criuVersion: opts.criuVersion,
+      reconnectMs: opts.reconnect * 1000,
     })
   } catch (err) {
     throw new UserError(oneLine(err))

@@ -269,3 +269,79 @@ fn background_bytes_on_the_wire_stay_within_budget_and_faults_go_at_once() {
     s.write_all(&vec![0xAB; 64 * 4096]).unwrap();
     assert_eq!(headers_seen(&mut s, 10), vec![IovHeader::get(1, 0x100000 + 64 * 4096, 64)]);
 }
+
+fn reconnecting(target: &str, reconnect: Duration) -> RemotePages {
+    RemotePages::connect(target, RemoteConfig { reconnect, background_budget: 16 * 4096, ..RemoteConfig::default() }).unwrap()
+}
+
+#[test]
+fn server_stopped_and_restarted_mid_transfer_every_byte_arrives_once_and_right() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    let first = serve(&dump, cfg(WireVersion::V42, true));
+    let port = first.addr.port();
+    let c = reconnecting(&first.target(), Duration::from_secs(10));
+    std::thread::scope(|scope| {
+        let fetcher = scope.spawn(|| {
+            let mut pages = 0;
+            for (chunk, priority) in [(1, Priority::Fault), (7, Priority::Background), (300, Priority::Background)] {
+                pages += fetch_and_compare_all(&c, &dump, chunk, priority);
+            }
+            pages
+        });
+        // Cut the live session mid-transfer; nothing listens for a while.
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!fetcher.is_finished(), "the cut must come mid-transfer");
+        first.stop().unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        let second = serve(&dump, PageServerConfig { port, ..cfg(WireVersion::V42, true) });
+        assert_eq!(fetcher.join().unwrap(), 3 * 2 * (2000 + 3 + 5 + 1));
+        c.close().unwrap();
+        wait_until(|| second.ended().iter().any(|(s, e)| s.closed_by_request && e.is_none()));
+    });
+}
+
+#[test]
+fn a_reply_cut_mid_data_is_asked_again_whole() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let get = IovHeader::get(1, 0x20000, 4);
+    let t = std::thread::spawn(move || {
+        let reply = get.get_reply(4).encode(WireVersion::V42).unwrap();
+        let mut head = [0u8; 32];
+        // First connection: half the pages, garbage, then hang up.
+        let (mut s, _) = listener.accept().unwrap();
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(IovHeader::decode(WireVersion::V42, &head).unwrap(), get);
+        s.write_all(reply.as_slice()).unwrap();
+        s.write_all(&[0xEE; 2 * 4096]).unwrap();
+        drop(s);
+        // Second: the same GET again, answered in full.
+        let (mut s, _) = listener.accept().unwrap();
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(IovHeader::decode(WireVersion::V42, &head).unwrap(), get);
+        s.write_all(reply.as_slice()).unwrap();
+        s.write_all(&[0x5A; 4 * 4096]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    let c = reconnecting(&addr.to_string(), Duration::from_secs(5));
+    let got = fetch(&c, 1, 0x20000, 4 * 4096, Priority::Fault).unwrap();
+    assert!(got.iter().all(|&b| b == 0x5A), "only the whole second reply may be served");
+    t.join().unwrap();
+}
+
+#[test]
+fn a_server_gone_past_the_reconnect_window_is_fatal() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let t = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        drop(listener); // nobody listens any more
+        let mut buf = [0u8; 32];
+        let _ = (&s).read(&mut buf);
+    });
+    let c = reconnecting(&addr.to_string(), Duration::from_millis(500));
+    let err = fetch(&c, 1, 0x20000, 4096, Priority::Fault).unwrap_err().to_string();
+    assert!(err.contains(&format!("page server {addr} gone for 0.5 s")), "{err}");
+    t.join().unwrap();
+}

@@ -33,6 +33,9 @@ pub struct DaemonOptions {
     pub page_server: Option<String>,
     /// "4.1" or "4.2": the page server's wire format (absent: from the images).
     pub criu_version: Option<String>,
+    /// With page_server: reconnect and resume for up to this long if the
+    /// connection drops (0 or absent: a drop is fatal, as CRIU's server needs).
+    pub reconnect_ms: Option<u32>,
 }
 
 #[napi(object)]
@@ -209,7 +212,8 @@ impl Task for Prepare {
             None => PageOrigin::Local,
             Some(addr) => {
                 let version = crate::page_server::wire_version(o.criu_version.as_deref(), &o.images_dir)?;
-                PageOrigin::Remote { addr: addr.clone(), config: RemoteConfig { version, ..RemoteConfig::default() } }
+                let reconnect = Duration::from_millis(o.reconnect_ms.unwrap_or(0).into());
+                PageOrigin::Remote { addr: addr.clone(), config: RemoteConfig { version, reconnect, ..RemoteConfig::default() } }
             }
         };
         let session = Session::prepare(&PathBuf::from(&o.images_dir), &PathBuf::from(&o.work_dir), origin).map_err(err)?;

@@ -49,6 +49,10 @@ pub struct RemoteConfig {
     pub fault_span_pages: u64,
     /// A CLOSE not answered within this is given up on.
     pub close_timeout: Duration,
+    /// Zero: a dropped connection is fatal (right for CRIU, whose page server
+    /// serves one session). Otherwise: reconnect to the same address for up to
+    /// this long and ask again for everything not fully arrived.
+    pub reconnect: Duration,
 }
 
 impl Default for RemoteConfig {
@@ -64,6 +68,7 @@ impl Default for RemoteConfig {
             stall_timeout: Duration::from_secs(60),
             fault_span_pages: 1,
             close_timeout: Duration::from_secs(5),
+            reconnect: Duration::ZERO,
         }
     }
 }
@@ -116,11 +121,7 @@ impl RemotePages {
             what: "getpeername",
             source,
         })?;
-        let setup = |what, r: std::io::Result<()>| r.map_err(|source| ConnectError::Setup { addr: peer, what, source });
-        setup("TCP_NODELAY", stream.set_nodelay(true))?;
-        setup("read timeout", stream.set_read_timeout(Some(READ_TICK)))?;
-        setup("write timeout", stream.set_write_timeout(Some(config.stall_timeout.max(Duration::from_millis(1)))))?;
-        let reader_stream = stream.try_clone().map_err(|source| ConnectError::Setup { addr: peer, what: "dup", source })?;
+        let reader_stream = prepare(&stream, peer, &config)?;
         let limits = Limits {
             background_budget: config.background_budget.max(PAGE_SIZE),
             max_request_pages: config.max_request_pages.clamp(1, config.version.max_nr_pages()),
@@ -213,6 +214,14 @@ impl RemotePages {
             if book.closed || book.wire.contains(&Sent::Close) {
                 return Ok(());
             }
+            // Between connections the server has no session left to close,
+            // and `close` comes only once nothing is outstanding.
+            if book.lost {
+                book.closed = true;
+                drop(book);
+                s.cond.notify_all();
+                return Ok(());
+            }
             book.wire.push_back(Sent::Close);
             drop(book);
             let header = IovHeader::close().encode(s.config.version).map_err(|e| s.fail(e.to_string()))?;
@@ -231,6 +240,15 @@ impl RemotePages {
             None => Ok(()),
         }
     }
+}
+
+/// Socket options for a (re)connected stream; returns the reader's handle.
+pub(crate) fn prepare(stream: &TcpStream, peer: SocketAddr, config: &RemoteConfig) -> Result<TcpStream, ConnectError> {
+    let setup = |what, r: std::io::Result<()>| r.map_err(|source| ConnectError::Setup { addr: peer, what, source });
+    setup("TCP_NODELAY", stream.set_nodelay(true))?;
+    setup("read timeout", stream.set_read_timeout(Some(READ_TICK)))?;
+    setup("write timeout", stream.set_write_timeout(Some(config.stall_timeout.max(Duration::from_millis(1)))))?;
+    stream.try_clone().map_err(|source| ConnectError::Setup { addr: peer, what: "dup", source })
 }
 
 impl PageSource for RemotePages {
@@ -277,8 +295,24 @@ impl Shared {
             }
         }
         if let Err(e) = w.write_all(&bytes) {
-            drop(self.fail(format!("page server {}: sending {} requests: {e}", self.peer, segs.len())));
+            if self.config.reconnect.is_zero() {
+                drop(self.fail(format!("page server {}: sending {} requests: {e}", self.peer, segs.len())));
+            } else {
+                // Make sure the reader sees the loss too; it reconnects and
+                // sends these again.
+                let _ = w.shutdown(std::net::Shutdown::Both);
+            }
         }
+    }
+
+    /// A new connection is up: from now on requests go to it.
+    pub fn adopt(&self, stream: TcpStream) {
+        let mut w = self.write_lock();
+        *w = stream;
+        self.lock().lost = false;
+        drop(w);
+        self.cond.notify_all();
+        self.pump();
     }
 
     /// Records a fatal error (the first one wins) and wakes every waiter.

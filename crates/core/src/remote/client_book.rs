@@ -102,6 +102,8 @@ pub(crate) struct Book {
     next_id: u64,
     pub fatal: Option<String>,
     pub closed: bool,
+    /// The connection dropped and a new one is not up yet: nothing is sent.
+    pub lost: bool,
 }
 
 impl Book {
@@ -115,6 +117,7 @@ impl Book {
             next_id: 1,
             fatal: None,
             closed: false,
+            lost: false,
         }
     }
 
@@ -190,7 +193,7 @@ impl Book {
     /// this order before anyone else records more.
     pub fn plan_sends(&mut self) -> Vec<Segment> {
         let mut out = Vec::new();
-        if self.fatal.is_some() || self.closed {
+        if self.fatal.is_some() || self.closed || self.lost {
             return out;
         }
         let max = self.limits.max_request_pages.max(1);
@@ -256,21 +259,47 @@ impl Book {
         Ok(Landing { seg, pages: reply.nr_pages, offset, buf })
     }
 
-    /// The data of `landing` arrived: return the buffer, count the bytes, and
-    /// queue the clamped-off rest again.
-    pub fn landed(&mut self, landing: Landing) {
+    /// The data of `landing` arrived (`complete`), or the connection broke
+    /// mid-reply: return the buffer either way; count only whole replies and
+    /// queue the clamped-off rest again. A broken reply goes back on the wire
+    /// front, so `requeue` asks for it again whole.
+    pub fn landed(&mut self, landing: Landing, complete: bool) {
         let seg = landing.seg;
-        if seg.priority == Priority::Background {
+        if !complete {
+            self.wire.push_front(Sent::Get(seg));
+        } else if seg.priority == Priority::Background {
             self.background_on_wire = self.background_on_wire.saturating_sub(seg.bytes());
         }
         let Some(buf) = landing.buf else { return };
         let Some(r) = self.reqs.get_mut(&seg.req) else { return };
         r.buf = buf;
+        if !complete {
+            return;
+        }
         r.received += landing.pages * PAGE_SIZE;
         if landing.pages < seg.pages {
             let rest = landing.offset + landing.pages * PAGE_SIZE;
             r.unsent.push_front((rest, seg.pages - landing.pages));
         }
+    }
+
+    /// The connection is gone: every GET on the wire becomes unsent again, in
+    /// its old order within its request (nothing of them was counted).
+    pub fn requeue(&mut self) {
+        while let Some(sent) = self.wire.pop_back() {
+            let Sent::Get(seg) = sent else { continue };
+            if seg.priority == Priority::Background {
+                self.background_on_wire = self.background_on_wire.saturating_sub(seg.bytes());
+            }
+            if let Some(r) = self.reqs.get_mut(&seg.req) {
+                r.unsent.push_front((seg.vaddr - r.vaddr, seg.pages));
+            }
+        }
+    }
+
+    /// Some request still waits for bytes (so a lost connection matters now).
+    pub fn wants_data(&self) -> bool {
+        self.reqs.values().any(|r| !r.done())
     }
 
     /// GETs on the wire (for messages).

@@ -1,14 +1,16 @@
 //! The client's reader thread: takes replies off the socket in wire order and
 //! lands their data straight in the waiting request's buffer (one copy, kernel
-//! to buffer). Anything out of step, a silent peer, or a close is fatal: the
-//! message is recorded for every later `pages()` call.
+//! to buffer). Anything out of step or a silent peer is fatal: the message is
+//! recorded for every later `pages()` call. A dropped connection is fatal too,
+//! unless `reconnect` is set: then the thread reconnects and the book asks
+//! again for everything that had not fully arrived.
 
 use std::io::{self, Read};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
-use super::client::Shared;
+use super::client::{prepare, Shared};
 use super::client_book::Sent;
 use super::wire::{IovHeader, CLOSE_REPLY_LEN, MAX_HEADER_LEN};
 use crate::images::PAGE_SIZE;
@@ -21,11 +23,31 @@ enum Stop {
     },
     /// `shutdown` was set (our own close or drop).
     Shutdown,
+    /// The peer sent nothing for `stall_timeout`.
+    Stalled(String),
+    /// A socket error (reset, ...): the connection is gone.
     Failed(String),
 }
 
+/// Why reading replies ended badly.
+enum End {
+    /// The connection broke (EOF, reset): another one may resume.
+    Lost(String),
+    Fatal(String),
+}
+
 pub(crate) fn run(shared: &Shared, mut stream: TcpStream) {
-    let outcome = read_replies(shared, &mut stream);
+    let outcome = loop {
+        match read_replies(shared, &mut stream) {
+            Ok(()) => break Ok(()),
+            Err(End::Lost(why)) if !shared.config.reconnect.is_zero() => match resume(shared, why) {
+                Ok(Some(next)) => stream = next,
+                Ok(None) => break Ok(()),
+                Err(message) => break Err(message),
+            },
+            Err(End::Lost(message) | End::Fatal(message)) => break Err(message),
+        }
+    };
     let mut book = shared.lock();
     match outcome {
         Ok(()) => book.closed = true,
@@ -39,7 +61,65 @@ pub(crate) fn run(shared: &Shared, mut stream: TcpStream) {
     shared.cond.notify_all();
 }
 
-fn read_replies(shared: &Shared, stream: &mut TcpStream) -> Result<(), String> {
+/// How often a lost connection is tried again.
+const RECONNECT_EVERY: Duration = Duration::from_millis(100);
+
+/// After a lost connection: requeue what was on the wire, then (once some
+/// request wants bytes) connect again to the same address until `reconnect`
+/// runs out. Ok(None): the session was closed meanwhile.
+fn resume(shared: &Shared, why: String) -> Result<Option<TcpStream>, String> {
+    let peer = shared.peer;
+    {
+        let mut book = shared.lock();
+        if book.wire.contains(&Sent::Close) {
+            // A CLOSE was under way: there is nothing to resume.
+            return Err(why);
+        }
+        book.lost = true;
+        book.requeue();
+    }
+    shared.cond.notify_all();
+    let mut deadline: Option<Instant> = None;
+    let mut last = why;
+    loop {
+        if shared.shutdown.load(SeqCst) {
+            return Err(format!("connection to page server {peer} was shut down while reconnecting"));
+        }
+        let book = shared.lock();
+        if book.closed {
+            return Ok(None);
+        }
+        if !book.wants_data() {
+            // Idle: the clock runs only while someone waits for pages.
+            deadline = None;
+            drop(shared.cond.wait_timeout(book, READ_TICK));
+            continue;
+        }
+        drop(book);
+        let now = Instant::now();
+        let end = *deadline.get_or_insert(now + shared.config.reconnect);
+        if now >= end {
+            return Err(format!("page server {peer} gone for {} s (last: {last})", shared.config.reconnect.as_secs_f64()));
+        }
+        let attempt = shared.config.connect_timeout.min(end - now).min(Duration::from_secs(1));
+        match connect(shared, peer, attempt) {
+            Ok((writer, reader)) => {
+                shared.adopt(writer);
+                return Ok(Some(reader));
+            }
+            Err(e) => last = e,
+        }
+        std::thread::sleep(RECONNECT_EVERY);
+    }
+}
+
+fn connect(shared: &Shared, peer: SocketAddr, timeout: Duration) -> Result<(TcpStream, TcpStream), String> {
+    let stream = TcpStream::connect_timeout(&peer, timeout.max(Duration::from_millis(1))).map_err(|e| e.to_string())?;
+    let reader = prepare(&stream, peer, &shared.config).map_err(|e| e.to_string())?;
+    Ok((stream, reader))
+}
+
+fn read_replies(shared: &Shared, stream: &mut TcpStream) -> Result<(), End> {
     let peer = shared.peer;
     let hlen = shared.config.version.header_len();
     let mut head = [0u8; MAX_HEADER_LEN];
@@ -53,12 +133,12 @@ fn read_replies(shared: &Shared, stream: &mut TcpStream) -> Result<(), String> {
             shared.lock().wire.pop_front();
             return match code {
                 0 => Ok(()),
-                _ => Err(format!("page server {peer} answered CLOSE with {code}")),
+                _ => Err(End::Fatal(format!("page server {peer} answered CLOSE with {code}"))),
             };
         }
         read_full(shared, stream, &mut head[CLOSE_REPLY_LEN..hlen]).map_err(|s| describe(shared, s, "a reply header"))?;
-        let reply = IovHeader::decode(shared.config.version, &head[..hlen]).map_err(|e| format!("page server {peer}: {e}"))?;
-        let mut landing = shared.lock().land(&reply).map_err(|why| format!("page server {peer} {why}"))?;
+        let reply = IovHeader::decode(shared.config.version, &head[..hlen]).map_err(|e| End::Fatal(format!("page server {peer}: {e}")))?;
+        let mut landing = shared.lock().land(&reply).map_err(|why| End::Fatal(format!("page server {peer} {why}")))?;
         let bytes = (landing.pages * PAGE_SIZE) as usize;
         let start = landing.offset as usize;
         let what = format!("{} pages of task {} at {:#x}", landing.pages, landing.seg.pid, landing.seg.vaddr);
@@ -68,7 +148,7 @@ fn read_replies(shared: &Shared, stream: &mut TcpStream) -> Result<(), String> {
         };
         // Give the buffer back before reporting, so the book stays consistent.
         let mut book = shared.lock();
-        book.landed(landing);
+        book.landed(landing, read.is_ok());
         drop(book);
         read.map_err(|s| describe(shared, s, &what))?;
         shared.cond.notify_all();
@@ -94,7 +174,7 @@ fn read_full(shared: &Shared, stream: &mut TcpStream, buf: &mut [u8]) -> Result<
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 let waiting = got > 0 || shared.lock().on_wire() > 0;
                 if waiting && last_byte.elapsed() >= shared.config.stall_timeout {
-                    return Err(Stop::Failed(format!("sent nothing for {:?}", shared.config.stall_timeout)));
+                    return Err(Stop::Stalled(format!("sent nothing for {:?}", shared.config.stall_timeout)));
                 }
                 if !waiting {
                     last_byte = Instant::now();
@@ -119,16 +199,17 @@ fn discard(shared: &Shared, stream: &mut TcpStream, len: usize) -> Result<(), St
     Ok(())
 }
 
-fn describe(shared: &Shared, stop: Stop, what: &str) -> String {
+fn describe(shared: &Shared, stop: Stop, what: &str) -> End {
     let peer = shared.peer;
     let outstanding = shared.lock().on_wire();
     match stop {
         Stop::Eof { got: 0 } if what == "a reply header" => {
-            format!("page server {peer} closed the connection ({outstanding} requests unanswered)")
+            End::Lost(format!("page server {peer} closed the connection ({outstanding} requests unanswered)"))
         }
-        Stop::Eof { got } => format!("page server {peer} closed the connection in the middle of {what} ({got} bytes in)"),
-        Stop::Shutdown => format!("connection to page server {peer} was shut down"),
-        Stop::Failed(why) => format!("page server {peer}: reading {what}: {why} ({outstanding} requests unanswered)"),
+        Stop::Eof { got } => End::Lost(format!("page server {peer} closed the connection in the middle of {what} ({got} bytes in)")),
+        Stop::Shutdown => End::Fatal(format!("connection to page server {peer} was shut down")),
+        Stop::Stalled(why) => End::Fatal(format!("page server {peer}: reading {what}: {why} ({outstanding} requests unanswered)")),
+        Stop::Failed(why) => End::Lost(format!("page server {peer}: reading {what}: {why} ({outstanding} requests unanswered)")),
     }
 }
 
