@@ -2,20 +2,13 @@
 // server does all socket and page I/O; this wires options, readiness and logs.
 import type { PageServerEvent } from '../index'
 import { native } from './native'
-import { runService, type ServiceContext } from './service'
+import { runService, type ServiceContext, type ServiceOptions } from './service'
 
-export interface PageServerCliOptions {
-  imagesDir: string
+export interface PageServerCliOptions extends ServiceOptions {
   address?: string
   port: number
   keepServing?: boolean
   criuVersion?: string
-  workDir?: string
-  daemon?: boolean
-  pidfile?: string
-  statusFd?: number
-  logFile?: string
-  verbosity: number
 }
 
 export function runPageServer(opts: PageServerCliOptions, rawArgs: string[]): Promise<number> {

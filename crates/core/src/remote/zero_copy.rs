@@ -23,18 +23,11 @@ pub fn send_header(sock: BorrowedFd<'_>, header: &[u8]) -> io::Result<()> {
         // SAFETY: `rest` is a live slice for the duration of the call and the
         // kernel only reads `rest.len()` bytes from it; `sock` is a valid fd
         // borrowed for this call.
-        let n = unsafe { libc::send(sock.as_raw_fd(), rest.as_ptr().cast(), rest.len(), libc::MSG_MORE | libc::MSG_NOSIGNAL) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(would_block_is_timeout(err));
-        }
+        let n = sent_bytes(|| unsafe { libc::send(sock.as_raw_fd(), rest.as_ptr().cast(), rest.len(), libc::MSG_MORE | libc::MSG_NOSIGNAL) })?;
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes"));
         }
-        sent += n as usize;
+        sent += n;
     }
     Ok(())
 }
@@ -49,20 +42,27 @@ pub fn send_file_range(sock: BorrowedFd<'_>, file: BorrowedFd<'_>, offset: u64, 
         let count = left.min(CHUNK) as usize;
         // SAFETY: both fds are valid for the call (borrowed); `off` is a live
         // local the kernel reads and advances; no userspace buffer is involved.
-        let n = unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(would_block_is_timeout(err));
-        }
+        let n = sent_bytes(|| unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, count) })?;
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("pages file ends at {off:#x}, {left} bytes short")));
         }
         left -= n as u64;
     }
     Ok(())
+}
+
+/// Runs a send-like syscall again while it is interrupted: its byte count, or the error.
+fn sent_bytes(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let n = call();
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(would_block_is_timeout(err));
+        }
+    }
 }
 
 /// A blocking socket reports an expired SO_SNDTIMEO as EAGAIN.
