@@ -77,6 +77,11 @@ export interface DaemonOptions {
    * connection drops (0 or absent: a drop is fatal, as CRIU's server needs).
    */
   reconnectMs?: number
+  /**
+   * With page_server: a second connection for faults (our page server
+   * only: CRIU's takes one connection).
+   */
+  urgentConnection?: boolean
 }
 
 export interface DaemonStats {

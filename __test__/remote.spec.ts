@@ -102,6 +102,23 @@ test('(c) one page server, three restores of one dump', async (t) => {
   t.regex(server.output(), /3 sessions \(0 failed\)/)
 })
 
+test('(f) an urgent connection for faults', async (t) => {
+  const w = await Workload.start('remote-f', ['tree', '--mib', '32', '--children', '1'])
+  const before = await checksums(w)
+  const report = await dumpAndWait(w)
+  const out = join(w.dir, 'split')
+  t.is((await lazyPages(['split', '-D', w.images, '-o', out])).code, 0)
+  // One client, two connections: a server without --keep-serving takes both and exits after.
+  const server = await startPageServer(w.images)
+  const { exit, stderr, stats } = await lazyRestore(out, ['--page-server', '--address', '127.0.0.1', '--port', String(server.port), '--urgent-connection'])
+  assertCleanSummary(t, exit, stderr, stats)
+  t.is(stats!.total.faulted + stats!.total.background, report.total.lazy, 'every lazy page once, over the wire')
+  await assertMemoryAsDumped(t, w, before)
+  w.kill()
+  t.is(await server.exit, 0, server.output())
+  t.regex(server.output(), /2 sessions \(0 failed\)/, 'a bulk and an urgent session, both closed cleanly')
+})
+
 test('(e) the page server killed and restarted mid-transfer', async (t) => {
   const w = await Workload.start('remote-e', ['tree', '--mib', '64', '--children', '1'])
   const before = await checksums(w)

@@ -55,6 +55,10 @@ export function buildProgram(rawArgs: string[] = []): Command {
       nonNegativeInt('--reconnect'),
       0,
     )
+    .option(
+      '--urgent-connection',
+      "with --page-server and a lazy-pages page server: a second connection for faults, so they never queue behind background pages (CRIU's page server takes one connection: not for it)",
+    )
     .addOption(new Option('--criu-version <version>', "the page server's CRIU wire format (default: from the images)").choices(['4.1', '4.2']))
     .option('--connect-timeout <seconds>', 'fail if no restore connects within this time (0 = wait forever)', nonNegativeInt('--connect-timeout'), 300)
     .option('--jobs <n>', 'background fill threads', positiveInt('--jobs'), 1)

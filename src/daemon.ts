@@ -29,6 +29,7 @@ export interface DaemonCliOptions {
   port?: number
   criuVersion?: string
   reconnect: number
+  urgentConnection?: boolean
   chunkPages: number
   prefetch: string
   statsJson?: string
@@ -45,6 +46,7 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
   if (opts.pageServer && (!opts.address || !opts.port)) throw new UserError('--page-server needs --address and --port')
   if (!opts.pageServer && (opts.address || opts.port)) throw new UserError('--address and --port need --page-server')
   if (!opts.pageServer && opts.reconnect) throw new UserError('--reconnect needs --page-server')
+  if (!opts.pageServer && opts.urgentConnection) throw new UserError('--urgent-connection needs --page-server')
   let daemon: LazyDaemon
   try {
     daemon = await native.prepareDaemon({
@@ -58,6 +60,7 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
       pageServer: opts.pageServer ? hostPort(opts.address!, opts.port!) : undefined,
       criuVersion: opts.criuVersion,
       reconnectMs: opts.reconnect * 1000,
+      urgentConnection: !!opts.urgentConnection,
     })
   } catch (err) {
     throw new UserError(oneLine(err))

@@ -125,8 +125,24 @@ pub struct Session {
     dump: Arc<Dump>,
     source: Arc<dyn PageSource>,
     /// Kept to say goodbye (PS_IOV_CLOSE) so the serving side ends cleanly.
-    remote: Option<Arc<crate::remote::RemotePages>>,
+    remote: Option<Remote>,
     listener: RestoreListener,
+}
+
+/// The remote source, kept to close it.
+enum Remote {
+    One(Arc<crate::remote::RemotePages>),
+    /// `urgent_connection`: a bulk and a fault connection.
+    Two(Arc<crate::remote::PrioritySource>),
+}
+
+impl Remote {
+    fn close(&self) -> Result<(), crate::engine::SourceError> {
+        match self {
+            Remote::One(r) => r.close(),
+            Remote::Two(r) => r.close(),
+        }
+    }
 }
 
 impl Session {
@@ -140,11 +156,17 @@ impl Session {
             }
             // Connect before listening: a page server that is not there fails the
             // daemon before any restore depends on it.
+            PageOrigin::Remote { addr, config } if config.urgent_connection => {
+                let remote = Arc::new(
+                    crate::remote::PrioritySource::connect(&addr, config).map_err(|e| SessionError::Source(e.to_string()))?,
+                );
+                (remote.clone(), Some(Remote::Two(remote)))
+            }
             PageOrigin::Remote { addr, config } => {
                 let remote = Arc::new(
                     crate::remote::RemotePages::connect(&addr, config).map_err(|e| SessionError::Source(e.to_string()))?,
                 );
-                (remote.clone(), Some(remote))
+                (remote.clone(), Some(Remote::One(remote)))
             }
         };
         let listener = RestoreListener::bind(work_dir)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use lazy_pages_core::engine::{PageData, PageSource};
 use lazy_pages_core::images::Dump;
 use lazy_pages_core::remote::wire::{GET_REPLY_CMD, PS_IOV_ADD_F};
-use lazy_pages_core::remote::{IovHeader, PageServerConfig, Priority, RemoteConfig, RemotePages, WireVersion};
+use lazy_pages_core::remote::{IovHeader, PageServerConfig, Priority, PrioritySource, RemoteConfig, RemotePages, ServerEvent, WireVersion};
 use remote_support::*;
 
 fn cfg(version: WireVersion, keep_serving: bool) -> PageServerConfig {
@@ -150,6 +150,28 @@ fn a_valid_raw_get_gets_header_and_pages_then_close_gets_zero() {
     assert_eq!((summary.sessions, summary.requests, summary.pages), (1, 1, 2));
 }
 
+/// Connects to `target` from another loopback address (another client's IP).
+fn connect_from(local: std::net::Ipv4Addr, target: &str) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let sockaddr = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let (from, to) = (sockaddr(std::net::SocketAddrV4::new(local, 0)), sockaddr(target.parse().unwrap()));
+    // SAFETY: a fresh socket owned by the returned stream; addresses are live locals.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        assert_eq!(libc::bind(fd, (&raw const from).cast(), len), 0, "bind: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::connect(fd, (&raw const to).cast(), len), 0, "connect: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
+
 #[test]
 fn one_session_servers_refuse_a_second_client() {
     let tmp = two_task_dump();
@@ -158,10 +180,74 @@ fn one_session_servers_refuse_a_second_client() {
     let t = server.target();
     let c = client(&t, WireVersion::V42);
     fetch(&c, 1, 0xa00000, 4096, Priority::Fault).unwrap();
-    // The listener is closed once the first session is accepted.
-    assert!(TcpStream::connect(&t).is_err());
+    // Another IP is another client: closed at once, without a word.
+    let mut other = connect_from("127.0.0.2".parse().unwrap(), &t);
+    other.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    other.read_to_end(&mut rest).expect("server must close, not hang");
+    assert!(rest.is_empty());
     drop(c);
-    assert_eq!(server.join().unwrap().sessions, 1);
+    let events = server.events.clone();
+    let summary = server.join().unwrap();
+    assert_eq!((summary.sessions, summary.failed_sessions), (1, 0));
+    let refused = events.lock().unwrap().iter().any(|e| matches!(e, ServerEvent::Refused { reason, .. } if reason.contains("one client")));
+    assert!(refused, "the other client is reported refused");
+    // All sessions ended: the listener is gone.
+    assert!(TcpStream::connect(&t).is_err());
+}
+
+/// `pages()` until bytes arrive (bounded), as the engine would ask again.
+fn source_fetch(source: &dyn PageSource, pid: u32, addr: u64, len: usize) -> Vec<u8> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut scratch = Vec::new();
+    loop {
+        match source.pages(pid, addr, len, &mut scratch).unwrap() {
+            PageData::Bytes(b) => return b.to_vec(),
+            PageData::Zero => panic!("remote source said Zero"),
+            PageData::Retry => assert!(std::time::Instant::now() < deadline, "no data for task {pid} at {addr:#x} within 30 s"),
+        }
+    }
+}
+
+/// Every lazy page of the dump through `source` in `chunk_pages` spans.
+fn source_compare_all(source: &dyn PageSource, dump: &Dump, chunk_pages: u64) -> u64 {
+    let mut total = 0;
+    for task in &dump.tasks {
+        let Some(memory) = dump.memory(task.pid) else { continue };
+        for ext in memory.lazy_extents().into_iter().filter(|e| e.has_data) {
+            let mut page = 0;
+            while page < ext.pages {
+                let n = chunk_pages.min(ext.pages - page);
+                let (addr, len) = (ext.start + page * 4096, (n * 4096) as usize);
+                assert!(source_fetch(source, task.pid, addr, len) == expected(dump, task.pid, addr, len), "task {} at {addr:#x}", task.pid);
+                page += n;
+                total += n;
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn a_one_client_server_serves_a_bulk_and_an_urgent_connection_then_exits() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    let server = serve(&dump, cfg(WireVersion::V42, false));
+    let config = RemoteConfig { urgent_connection: true, ..RemoteConfig::default() };
+    let source = PrioritySource::connect(&server.target(), config).unwrap();
+    // Faults (1 page: the urgent connection) while background spans (64
+    // pages: the bulk one) stream; every byte checked on both.
+    std::thread::scope(|scope| {
+        let (source, dump) = (&source, &dump);
+        let faults = scope.spawn(move || source_compare_all(source, dump, 1));
+        assert_eq!(source_compare_all(source, dump, 64), 2 * 2009);
+        assert_eq!(faults.join().unwrap(), 2 * 2009);
+    });
+    source.close().unwrap();
+    drop(source);
+    // No stop: the server ends by itself once both sessions have.
+    let summary = server.join().unwrap();
+    assert_eq!((summary.sessions, summary.failed_sessions, summary.pages), (2, 0, 2 * 2 * 2009));
 }
 
 #[test]

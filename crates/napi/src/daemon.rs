@@ -36,6 +36,9 @@ pub struct DaemonOptions {
     /// With page_server: reconnect and resume for up to this long if the
     /// connection drops (0 or absent: a drop is fatal, as CRIU's server needs).
     pub reconnect_ms: Option<u32>,
+    /// With page_server: a second connection for faults (our page server
+    /// only: CRIU's takes one connection).
+    pub urgent_connection: Option<bool>,
 }
 
 #[napi(object)]
@@ -213,7 +216,9 @@ impl Task for Prepare {
             Some(addr) => {
                 let version = crate::page_server::wire_version(o.criu_version.as_deref(), &o.images_dir)?;
                 let reconnect = Duration::from_millis(o.reconnect_ms.unwrap_or(0).into());
-                PageOrigin::Remote { addr: addr.clone(), config: RemoteConfig { version, reconnect, ..RemoteConfig::default() } }
+                let urgent_connection = o.urgent_connection.unwrap_or(false);
+                let config = RemoteConfig { version, reconnect, urgent_connection, ..RemoteConfig::default() };
+                PageOrigin::Remote { addr: addr.clone(), config }
             }
         };
         let session = Session::prepare(&PathBuf::from(&o.images_dir), &PathBuf::from(&o.work_dir), origin).map_err(err)?;

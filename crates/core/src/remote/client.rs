@@ -53,6 +53,10 @@ pub struct RemoteConfig {
     /// serves one session). Otherwise: reconnect to the same address for up to
     /// this long and ask again for everything not fully arrived.
     pub reconnect: Duration,
+    /// Open a second connection for faults (`PrioritySource`), so they never
+    /// queue behind background replies. Only for our page server: CRIU's
+    /// serves exactly one connection.
+    pub urgent_connection: bool,
 }
 
 impl Default for RemoteConfig {
@@ -69,6 +73,7 @@ impl Default for RemoteConfig {
             fault_span_pages: 1,
             close_timeout: Duration::from_secs(5),
             reconnect: Duration::ZERO,
+            urgent_connection: false,
         }
     }
 }
@@ -146,6 +151,10 @@ impl RemotePages {
 
     pub fn peer(&self) -> SocketAddr {
         self.shared.peer
+    }
+
+    pub fn config(&self) -> &RemoteConfig {
+        &self.shared.config
     }
 
     /// `pages()` with the caller saying whether a thread is blocked on the span.
@@ -251,11 +260,15 @@ pub(crate) fn prepare(stream: &TcpStream, peer: SocketAddr, config: &RemoteConfi
     stream.try_clone().map_err(|source| ConnectError::Setup { addr: peer, what: "dup", source })
 }
 
+/// What `pages()` takes a call of `len` bytes for (the engine does not say).
+pub(crate) fn priority_of(config: &RemoteConfig, len: usize) -> Priority {
+    let fault = (len as u64) <= config.fault_span_pages.saturating_mul(PAGE_SIZE);
+    if fault { Priority::Fault } else { Priority::Background }
+}
+
 impl PageSource for RemotePages {
     fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>) -> Result<PageData<'a>, SourceError> {
-        let fault = (len as u64) <= self.shared.config.fault_span_pages.saturating_mul(PAGE_SIZE);
-        let priority = if fault { Priority::Fault } else { Priority::Background };
-        self.fetch(pid, img_addr, len, scratch, priority)
+        self.fetch(pid, img_addr, len, scratch, priority_of(&self.shared.config, len))
     }
 }
 

@@ -6,6 +6,7 @@ mod client;
 mod client_book;
 mod client_reader;
 mod lazy_index;
+mod priority;
 mod server;
 mod server_session;
 mod version;
@@ -14,6 +15,7 @@ mod zero_copy;
 
 pub use client::{ConnectError, Priority, RemoteConfig, RemotePages};
 pub use lazy_index::Invalid;
+pub use priority::PrioritySource;
 pub use server::{PageServer, PageServerConfig, ServeSummary, ServerCallback, ServerError, ServerEvent, ServerStopper};
 pub use server_session::SessionStats;
 pub use version::{classify, pagemap_writer_of, wire_version_of, PagemapWriter};

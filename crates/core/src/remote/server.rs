@@ -5,7 +5,8 @@
 //! Unlike CRIU it validates every request (an unknown pid or a non-lazy address
 //! ends that session instead of crashing or hanging the server) and can serve
 //! many sessions (`keep_serving`), one thread each, so one dump can feed several
-//! restores. Memory use does not depend on the image size: page data goes from
+//! restores. Even without it, one client may open several connections (a
+//! bulk and an urgent one, see `PrioritySource`). Memory use does not depend on the image size: page data goes from
 //! the pages file to the socket with sendfile.
 //!
 //! The process must ignore SIGPIPE (Rust binaries and Node both do): sendfile
@@ -27,6 +28,10 @@ use crate::images::Dump;
 /// How often the accept loop looks at the stop flag.
 const TICK: Duration = Duration::from_millis(100);
 
+/// Without `keep_serving`: connections at once from the one client (its bulk
+/// and urgent connections, plus room for a reconnect racing the old one).
+const ONE_CLIENT_SESSIONS: usize = 4;
+
 #[derive(Debug, Clone)]
 pub struct PageServerConfig {
     /// Default 0.0.0.0, like CRIU.
@@ -34,7 +39,9 @@ pub struct PageServerConfig {
     /// 0 = ephemeral; see `PageServer::local_addr`.
     pub port: u16,
     pub version: WireVersion,
-    /// false: serve one session then stop (CRIU's behaviour).
+    /// false: serve one client then stop (CRIU's behaviour): while its first
+    /// session lasts, further connections from the same IP (our client's
+    /// urgent connection) are served too; the server stops when all end.
     pub keep_serving: bool,
     /// Replies carry at most this many pages (CRIU's client asks <= 1024).
     pub max_request_pages: u64,
@@ -147,15 +154,23 @@ impl PageServer {
     }
 
     /// Serves until stopped, or, without `keep_serving`, until the first
-    /// session ends (the listener is closed as soon as it is accepted).
+    /// client's sessions have all ended (other clients are refused meanwhile).
     pub fn run(self) -> Result<ServeSummary, ServerError> {
         let totals = Arc::new(Totals::default());
         let live: Arc<Mutex<HashMap<u64, TcpStream>>> = Arc::default();
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         let mut next_id = 0u64;
+        // Without keep_serving: the IP of the one client being served.
+        let mut client: Option<IpAddr> = None;
         let result = loop {
             if self.stop.load(SeqCst) {
                 break Ok(());
+            }
+            if client.is_some() && !self.config.keep_serving {
+                threads.retain(|t| !t.is_finished());
+                if threads.is_empty() {
+                    break Ok(());
+                }
             }
             let (stream, peer) = match self.listener.accept() {
                 Ok(conn) => conn,
@@ -164,13 +179,27 @@ impl PageServer {
                     continue;
                 }
                 // Per-connection failures (ECONNABORTED, EMFILE...) must not stop a server.
-                Err(e) if self.config.keep_serving && is_transient(&e) => {
+                Err(e) if (self.config.keep_serving || client.is_some()) && is_transient(&e) => {
                     std::thread::sleep(TICK);
                     continue;
                 }
                 Err(source) => break Err(ServerError::Io { addr: self.local, what: "accept", source }),
             };
             threads.retain(|t| !t.is_finished());
+            if !self.config.keep_serving {
+                match client {
+                    Some(ip) if ip != peer.ip() => {
+                        (self.events)(ServerEvent::Refused { peer, reason: format!("serving one client ({ip}) only") });
+                        continue;
+                    }
+                    Some(_) if threads.len() >= ONE_CLIENT_SESSIONS => {
+                        let reason = format!("{} sessions of this client already running", threads.len());
+                        (self.events)(ServerEvent::Refused { peer, reason });
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
             if threads.len() >= self.config.max_sessions.max(1) {
                 (self.events)(ServerEvent::Refused { peer, reason: format!("{} sessions already running", threads.len()) });
                 continue;
@@ -203,10 +232,8 @@ impl PageServer {
                     continue;
                 }
             }
-            if !self.config.keep_serving {
-                // Like CRIU: one session, and nobody else may connect meanwhile.
-                break Ok(());
-            }
+            // Like CRIU, one client only; CRIU's own clients connect once.
+            client.get_or_insert(peer.ip());
         };
         drop(self.listener);
         wait_sessions(&self.stop, threads, &live);

@@ -1,0 +1,43 @@
+//! `PrioritySource`: two connections to one lazy-pages page server, faults on
+//! one and background reads on the other. A server answers each connection
+//! strictly in order, so on a single connection a fault's reply still waits
+//! behind the background bytes already asked for (up to `background_budget`);
+//! on its own connection it waits behind other faults only, and our server
+//! runs each connection on its own thread.
+
+use super::client::{priority_of, ConnectError, Priority, RemoteConfig, RemotePages};
+use crate::engine::{PageData, PageSource, SourceError};
+
+pub struct PrioritySource {
+    bulk: RemotePages,
+    urgent: RemotePages,
+}
+
+impl PrioritySource {
+    /// Connects the bulk connection first: a one-client server takes the
+    /// first connection's address as its client's.
+    pub fn connect(addr: &str, config: RemoteConfig) -> Result<PrioritySource, ConnectError> {
+        let bulk = RemotePages::connect(addr, config.clone())?;
+        let urgent = RemotePages::connect(addr, config)?;
+        Ok(PrioritySource { bulk, urgent })
+    }
+
+    /// Closes both sessions; the first error wins, but both are tried so the
+    /// server can end either way.
+    pub fn close(&self) -> Result<(), SourceError> {
+        let urgent = self.urgent.close();
+        let bulk = self.bulk.close();
+        urgent.and(bulk)
+    }
+}
+
+impl PageSource for PrioritySource {
+    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>) -> Result<PageData<'a>, SourceError> {
+        // Each connection keeps its own book: a fault for a page the bulk
+        // connection already asked for is fetched again, which is the point.
+        match priority_of(self.bulk.config(), len) {
+            Priority::Fault => self.urgent.fetch(pid, img_addr, len, scratch, Priority::Fault),
+            Priority::Background => self.bulk.fetch(pid, img_addr, len, scratch, Priority::Background),
+        }
+    }
+}
