@@ -8,19 +8,12 @@ import { oneLine, UserError } from './errors'
 import { Level, Logger } from './log'
 import { native } from './native'
 import { strategyByName } from './policy'
-import { runService, type ServiceContext } from './service'
+import { runService, type ServiceContext, type ServiceOptions } from './service'
 import { ProgressBar } from './progress'
 import { buildSummary, formatSummary } from './summary'
 import { TaskTracker } from './tracker'
 
-export interface DaemonCliOptions {
-  imagesDir: string
-  workDir?: string
-  daemon?: boolean
-  pidfile?: string
-  statusFd?: number
-  logFile?: string
-  verbosity: number
+export interface DaemonCliOptions extends ServiceOptions {
   connectTimeout: number
   fillDelay: number
   jobs: number
