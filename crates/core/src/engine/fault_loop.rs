@@ -183,7 +183,9 @@ impl FaultLoop {
         self.last_retire_check = Instant::now();
         let restore_finished = self.shared.restore_finished.load(SeqCst);
         let mut live = 0;
-        for task in self.shared.all_tasks() {
+        let tasks = self.shared.all_tasks();
+        let known = tasks.len();
+        for task in tasks {
             let (retired, exited, quiet) = {
                 let st = task.state();
                 (st.retired, st.exited, st.is_quiet())
@@ -198,7 +200,11 @@ impl FaultLoop {
                 live += 1;
             }
         }
-        if restore_finished && live == 0 {
+        // A final drain may have adopted a forked child (a FORK read just before the
+        // parent's uffd closes): it is not in this pass, so finishing now would leave
+        // it unserved. It gets its own look on the next pass.
+        let adopted = self.shared.all_tasks().len() != known;
+        if restore_finished && live == 0 && !adopted {
             self.shared.finish();
         }
     }
