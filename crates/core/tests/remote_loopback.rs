@@ -211,21 +211,7 @@ fn source_fetch(source: &dyn PageSource, pid: u32, addr: u64, len: usize) -> Vec
 
 /// Every lazy page of the dump through `source` in `chunk_pages` spans.
 fn source_compare_all(source: &dyn PageSource, dump: &Dump, chunk_pages: u64) -> u64 {
-    let mut total = 0;
-    for task in &dump.tasks {
-        let Some(memory) = dump.memory(task.pid) else { continue };
-        for ext in memory.lazy_extents().into_iter().filter(|e| e.has_data) {
-            let mut page = 0;
-            while page < ext.pages {
-                let n = chunk_pages.min(ext.pages - page);
-                let (addr, len) = (ext.start + page * 4096, (n * 4096) as usize);
-                assert!(source_fetch(source, task.pid, addr, len) == expected(dump, task.pid, addr, len), "task {} at {addr:#x}", task.pid);
-                page += n;
-                total += n;
-            }
-        }
-    }
-    total
+    compare_all(dump, chunk_pages, |pid, addr, len| source_fetch(source, pid, addr, len))
 }
 
 #[test]

@@ -118,6 +118,12 @@ pub fn expected(dump: &Dump, pid: u32, addr: u64, len: usize) -> Vec<u8> {
 /// Fetches every lazy page of every task in chunks of `chunk_pages` (cut at
 /// extent ends) and compares; returns the page count.
 pub fn fetch_and_compare_all(client: &RemotePages, dump: &Dump, chunk_pages: u64, priority: Priority) -> u64 {
+    compare_all(dump, chunk_pages, |pid, addr, len| fetch(client, pid, addr, len, priority).unwrap())
+}
+
+/// Walks every lazy page with data in `chunk_pages` spans (cut at extent ends),
+/// checks what `fetch` returns against the dump; returns the page count.
+pub fn compare_all(dump: &Dump, chunk_pages: u64, mut fetch: impl FnMut(u32, u64, usize) -> Vec<u8>) -> u64 {
     let mut total = 0;
     for task in &dump.tasks {
         let Some(memory) = dump.memory(task.pid) else { continue };
@@ -127,7 +133,7 @@ pub fn fetch_and_compare_all(client: &RemotePages, dump: &Dump, chunk_pages: u64
                 let n = chunk_pages.min(ext.pages - page);
                 let addr = ext.start + page * 4096;
                 let len = (n * 4096) as usize;
-                let got = fetch(client, task.pid, addr, len, priority).unwrap();
+                let got = fetch(task.pid, addr, len);
                 assert!(got == expected(dump, task.pid, addr, len), "task {} at {addr:#x} (+{n} pages) differs", task.pid);
                 page += n;
                 total += n;
