@@ -40,3 +40,10 @@ export async function waitFor<T>(what: string, probe: () => T | undefined | fals
 export function waitGone(pid: number, timeoutMs = 60_000): Promise<boolean> {
   return waitFor(`pid ${pid} to be reaped`, () => !existsSync(`/proc/${pid}`), timeoutMs, 25)
 }
+
+/** `p`, or an error naming `what` once `ms` have passed. */
+export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)))
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer))
+}

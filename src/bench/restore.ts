@@ -6,9 +6,18 @@ import { performance } from 'node:perf_hooks'
 import type { Readable } from 'node:stream'
 
 import { CLI, CRIU } from './paths'
-import { run } from './proc'
+import { run, within } from './proc'
 
-export type Server = { kind: 'criu' } | { kind: 'ours'; args: string[] }
+export type Server = { kind: 'criu'; args?: string[] } | { kind: 'ours'; args: string[] }
+
+export interface RestoreOptions {
+  /** Runs the page server and `criu restore` under this command, e.g. `['ip', 'netns', 'exec', NS]`. */
+  prefix?: string[]
+  /** Extra `criu restore` arguments. */
+  restoreArgs?: string[]
+  /** Each wait (server ready, restore, server exit) gives up after this; the server is killed. */
+  timeoutMs?: number
+}
 
 export interface Timing {
   /** restore start → server exit: every page present. */
@@ -17,13 +26,15 @@ export interface Timing {
   restoreSecs: number
 }
 
-export const serverName = (s: Server) => (s.kind === 'criu' ? 'criu lazy-pages' : `ours ${s.args.join(' ')}`.trim())
+export const serverName = (s: Server) => (s.kind === 'criu' ? `criu lazy-pages ${(s.args ?? []).join(' ')}` : `ours ${s.args.join(' ')}`).trim()
 
-function startServer(server: Server, images: string) {
-  const argv =
-    server.kind === 'criu'
-      ? [CRIU, 'lazy-pages', '-D', images, '--status-fd', '3', '-o', 'lazy-criu.log']
-      : [process.execPath, CLI, '-D', images, '--status-fd', '3', '-o', 'lazy-ours.log', '--no-progress', ...server.args]
+function startServer(server: Server, images: string, prefix: string[]) {
+  const argv = [
+    ...prefix,
+    ...(server.kind === 'criu'
+      ? [CRIU, 'lazy-pages', '-D', images, '--status-fd', '3', '-o', 'lazy-criu.log', ...(server.args ?? [])]
+      : [process.execPath, CLI, '-D', images, '--status-fd', '3', '-o', 'lazy-ours.log', '--no-progress', ...server.args]),
+  ]
   const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe', 'pipe'] })
   let out = ''
   child.stdout!.on('data', (d) => (out += d))
@@ -38,19 +49,23 @@ function startServer(server: Server, images: string) {
 }
 
 /** `afterRestore` runs as soon as `criu restore -d` returns, while pages may still be arriving. */
-export async function lazyRestore(server: Server, images: string, afterRestore?: () => void): Promise<Timing> {
-  const s = startServer(server, images)
-  await s.ready
-  const start = performance.now()
-  const restore = run(CRIU, ['restore', '-D', images, '--lazy-pages', '-d', '-o', 'restore.log'])
-  const r = await restore
-  const restored = performance.now()
-  if (r.code !== 0) {
-    s.child.kill('SIGKILL')
-    throw new Error(`criu restore --lazy-pages with ${serverName(server)} failed (${r.code}): see ${images}/restore.log`)
+export async function lazyRestore(server: Server, images: string, afterRestore?: () => void, opts: RestoreOptions = {}): Promise<Timing> {
+  const { prefix = [], restoreArgs = [], timeoutMs = 600_000 } = opts
+  const s = startServer(server, images, prefix)
+  const name = serverName(server)
+  try {
+    await within(s.ready, timeoutMs, `${name} to get ready`)
+    const start = performance.now()
+    const argv = [...prefix, CRIU, 'restore', '-D', images, '--lazy-pages', '-d', '-o', 'restore.log', ...restoreArgs]
+    const r = await run(argv[0], argv.slice(1), timeoutMs)
+    const restored = performance.now()
+    if (r.code !== 0) throw new Error(`criu restore --lazy-pages with ${name} failed (${r.code}): see ${images}/restore.log`)
+    afterRestore?.()
+    const exit = await within(s.exit, timeoutMs, `${name} to bring every page in and exit`)
+    if (exit.code !== 0) throw new Error(`${name} exited ${exit.code}: ${s.output().slice(-2000)}`)
+    return { secs: (exit.at - start) / 1000, restoreSecs: (restored - start) / 1000 }
+  } finally {
+    // Only does anything on a failure: a server left behind would hold the restored tree's uffds.
+    if (s.child.exitCode === null && s.child.signalCode === null) s.child.kill('SIGKILL')
   }
-  afterRestore?.()
-  const exit = await s.exit
-  if (exit.code !== 0) throw new Error(`${serverName(server)} exited ${exit.code}: ${s.output().slice(-2000)}`)
-  return { secs: (exit.at - start) / 1000, restoreSecs: (restored - start) / 1000 }
 }

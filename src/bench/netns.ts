@@ -1,0 +1,66 @@
+// Two "hosts" for the remote scenario: network namespaces joined by a veth pair, the
+// sending side (A -> B, where page data flows) shaped with tbf as in __test__/netns.spec.ts.
+// Names carry our pid so a concurrent test run or bench never collides with them.
+import { readFileSync } from 'node:fs'
+
+import { run } from './proc'
+
+async function ip(args: string[]): Promise<string> {
+  const r = await run('ip', args, 30_000)
+  if (r.code !== 0) throw new Error(`ip ${args.join(' ')} failed (${r.code}): ${r.stderr.trim()}`)
+  return r.stdout
+}
+
+export class ShapedLink {
+  readonly a = `lpbenchA${process.pid}`
+  readonly b = `lpbenchB${process.pid}`
+  readonly addrA = '10.78.0.1'
+  readonly addrB = '10.78.0.2'
+
+  private constructor(readonly rateGbit: number) {}
+
+  /** Both namespaces, or none: a failed setup deletes what it made before throwing. */
+  static async create(rateGbit: number): Promise<ShapedLink> {
+    const l = new ShapedLink(rateGbit)
+    try {
+      await ip(['netns', 'add', l.a])
+      await ip(['netns', 'add', l.b])
+      await ip(['link', 'add', 'vA', 'netns', l.a, 'type', 'veth', 'peer', 'name', 'vB', 'netns', l.b])
+      await ip(['-n', l.a, 'addr', 'add', `${l.addrA}/24`, 'dev', 'vA'])
+      await ip(['-n', l.b, 'addr', 'add', `${l.addrB}/24`, 'dev', 'vB'])
+      for (const [ns, dev] of [[l.a, 'vA'], [l.b, 'vB'], [l.a, 'lo'], [l.b, 'lo']]) await ip(['-n', ns, 'link', 'set', dev, 'up'])
+      // Same shaping as the test: the queue may hold 50 ms of data, the burst 256 KB.
+      await ip(['netns', 'exec', l.a, 'tc', 'qdisc', 'add', 'dev', 'vA', 'root', 'tbf', 'rate', `${rateGbit}gbit`, 'burst', '256kb', 'latency', '50ms'])
+    } catch (e) {
+      await l.delete()
+      throw e
+    }
+    return l
+  }
+
+  /** Command prefix that runs a command on host A or B. */
+  exec(ns: string): string[] {
+    return ['ip', 'netns', 'exec', ns]
+  }
+
+  /**
+   * Bytes A has sent on the shaped interface (vA's tx_bytes), read through any process
+   * living in netns A: synchronous and cheap, so it can be sampled at the instants a
+   * case cares about (SIGUSR2 sent, touches done) without spawning `ip`.
+   */
+  txBytesA(pidInA: number): number {
+    const file = `/proc/${pidInA}/net/dev`
+    const line = readFileSync(file, 'utf8')
+      .split('\n')
+      .find((l) => l.trim().startsWith('vA:'))
+    // After "vA:": 8 receive counters, then transmit bytes.
+    const bytes = Number(line?.split(':')[1].trim().split(/\s+/)[8])
+    if (!Number.isFinite(bytes)) throw new Error(`no vA tx byte counter in ${file} (is pid ${pidInA} in netns ${this.a}?)`)
+    return bytes
+  }
+
+  /** Deleting a namespace also removes its end of the veth pair, and with it the other end. */
+  async delete(): Promise<void> {
+    for (const ns of [this.a, this.b]) await run('ip', ['netns', 'del', ns], 30_000)
+  }
+}
