@@ -23,6 +23,11 @@ export declare class LazyDaemon {
   prioritize(pid: number, addr: number, pages: number): void
   /** Live counters while serving (null before criu restore connected). */
   stats(): DaemonStats | null
+  /**
+   * After `serve` resolved, with `recordWorkingSet`: each dump task's lazy-page
+   * faults in order (null otherwise).
+   */
+  recordedWorkingSet(): Array<WorkingSetTask> | null
   /** Give up: stop serving (the restored tasks get zeros for what is left). */
   abort(): void
 }
@@ -40,7 +45,7 @@ export declare class LazyPageServer {
 
 /** One event of a running daemon. `kind` says which fields are set. */
 export interface DaemonEvent {
-  /** connected | rejected | task | zombie | restore-finished | fault | forked | exited | task-done | progress | error | finished */
+  /** connected | rejected | task | zombie | restore-finished | fault | forked | exited | task-done | progress | working-set-fetched | error | finished */
   kind: string
   pid?: number
   task?: number
@@ -52,6 +57,8 @@ export interface DaemonEvent {
   totalPages?: number
   message?: string
   stats?: TaskReport
+  /** Since the restore connected. */
+  elapsedMs?: number
 }
 
 export interface DaemonOptions {
@@ -82,6 +89,13 @@ export interface DaemonOptions {
    * only: CRIU's takes one connection).
    */
   urgentConnection?: boolean
+  /**
+   * Keep every lazy-page fault of the dump's tasks, in order
+   * (`recordedWorkingSet()` after `serve`).
+   */
+  recordWorkingSet?: boolean
+  /** Fetch these pages first, from the moment each task's uffd arrives. */
+  prefetchWorkingSet?: Array<WorkingSetTask>
 }
 
 export interface DaemonStats {
@@ -220,6 +234,8 @@ export interface TaskReport {
   total: number
   faulted: number
   background: number
+  /** Of `background`: working-set pages fetched first (`--prefetch-ws`). */
+  prefetched: number
   zero: number
   exists: number
   dropped: number
@@ -227,4 +243,14 @@ export interface TaskReport {
   inFlight: number
   exited: boolean
   done: boolean
+}
+
+/**
+ * One dump task's working set: `pages[i]` pages from run-time address `addrs[i]`,
+ * in the order the task first needed them.
+ */
+export interface WorkingSetTask {
+  pid: number
+  addrs: Array<number>
+  pages: Array<number>
 }

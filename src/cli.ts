@@ -69,7 +69,12 @@ export function buildProgram(rawArgs: string[] = []): Command {
         .choices(['neighbourhood', 'address'])
         .default('neighbourhood'),
     )
-    .option('--stats-json <file>', 'write the per-task and total summary as JSON here')
+    .option('--stats-json <file>', 'write the per-task and total summary as JSON here (relative to the work dir)')
+    .option(
+      '--record-ws <file>',
+      'write each process\'s working set here (relative to the work dir): the lazy pages it faulted on, in order (background fill brings pages before they fault, so record with a --fill-delay that covers the start-up you want to capture)',
+    )
+    .option('--prefetch-ws <file>', 'fetch the pages of this working set (from --record-ws on the same dump) first, as soon as each process arrives (relative to the work dir)')
     .option('--no-progress', 'no progress bar, even on a TTY')
     .action(async (opts) => {
       const { runDaemon } = await import('./daemon')

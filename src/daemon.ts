@@ -12,6 +12,7 @@ import { runService, type ServiceContext, type ServiceOptions } from './service'
 import { ProgressBar } from './progress'
 import { buildSummary, formatSummary } from './summary'
 import { TaskTracker } from './tracker'
+import { readWorkingSet, workingSetPages, writeWorkingSet } from './working-set'
 
 export interface DaemonCliOptions extends ServiceOptions {
   connectTimeout: number
@@ -26,6 +27,8 @@ export interface DaemonCliOptions extends ServiceOptions {
   chunkPages: number
   prefetch: string
   statsJson?: string
+  recordWs?: string
+  prefetchWs?: string
   progress: boolean
 }
 
@@ -40,6 +43,7 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
   if (!opts.pageServer && (opts.address || opts.port)) throw new UserError('--address and --port need --page-server')
   if (!opts.pageServer && opts.reconnect) throw new UserError('--reconnect needs --page-server')
   if (!opts.pageServer && opts.urgentConnection) throw new UserError('--urgent-connection needs --page-server')
+  const prefetch = opts.prefetchWs ? await readWorkingSet(inWorkDir(opts.prefetchWs)) : undefined
   let daemon: LazyDaemon
   try {
     daemon = await native.prepareDaemon({
@@ -54,11 +58,14 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
       criuVersion: opts.criuVersion,
       reconnectMs: opts.reconnect * 1000,
       urgentConnection: !!opts.urgentConnection,
+      recordWorkingSet: !!opts.recordWs,
+      prefetchWorkingSet: prefetch,
     })
   } catch (err) {
     throw new UserError(oneLine(err))
   }
   log.info(`images ${imagesDir}: ${daemon.expectedTasks} processes; listening on ${daemon.socketPath}`)
+  if (prefetch) log.info(`working set ${opts.prefetchWs}: ${workingSetPages(prefetch)} pages of ${prefetch.length} tasks go first`)
   ready()
 
   const tracker = new TaskTracker()
@@ -91,6 +98,10 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
   const summary = buildSummary(imagesDir, stats, tracker)
   for (const line of formatSummary(summary)) log.msg(line)
   if (opts.statsJson) await writeFile(inWorkDir(opts.statsJson), JSON.stringify(summary, null, 2) + '\n')
+  if (opts.recordWs) {
+    const ws = await writeWorkingSet(inWorkDir(opts.recordWs), daemon.recordedWorkingSet() ?? [])
+    log.msg(`working set: ${ws.pages} faulted pages of ${ws.tasks} tasks written to ${opts.recordWs}`)
+  }
   if (!summary.reconciles) {
     log.error('page accounting does not reconcile: some lazy page was neither served nor dropped')
     return 1
@@ -126,6 +137,9 @@ function logEvent(log: Logger, e: DaemonEvent): void {
       break
     case 'fault':
       if (log.enabled(Level.Debug)) log.debug(`fault: task ${e.task} pid ${e.pid} at 0x${(e.addr ?? 0).toString(16)} (${e.pages} pages)`)
+      break
+    case 'working-set-fetched':
+      log.info(`working set in: ${e.pages} pages, ${(e.elapsedMs ?? 0).toFixed(0)} ms after the restore connected`)
       break
     case 'error':
       log.error(e.message ?? 'engine error')

@@ -7,7 +7,7 @@ export interface Summary {
   elapsedMs: number
   tasks: Array<TaskReport & { reconciles: boolean }>
   zombies: number[]
-  total: { tasks: number; lazy: number; faulted: number; background: number; zero: number; exists: number; dropped: number; exited: number }
+  total: { tasks: number; lazy: number; faulted: number; background: number; prefetched: number; zero: number; exists: number; dropped: number; exited: number }
   faults: { count: number; p50Us: number; p99Us: number; maxUs: number }
   droppedFaultEvents: number
   reconciles: boolean
@@ -15,11 +15,12 @@ export interface Summary {
 
 export function buildSummary(imagesDir: string, stats: DaemonStats, tracker: TaskTracker): Summary {
   const tasks = stats.tasks.map((t) => ({ ...t, reconciles: reconciles(t) }))
-  const total = { tasks: tasks.length, lazy: 0, faulted: 0, background: 0, zero: 0, exists: 0, dropped: 0, exited: 0 }
+  const total = { tasks: tasks.length, lazy: 0, faulted: 0, background: 0, prefetched: 0, zero: 0, exists: 0, dropped: 0, exited: 0 }
   for (const t of tasks) {
     total.lazy += t.total
     total.faulted += t.faulted
     total.background += t.background
+    total.prefetched += t.prefetched
     total.zero += t.zero
     total.exists += t.exists
     total.dropped += t.dropped
@@ -53,7 +54,7 @@ export function formatSummary(s: Summary): string[] {
   lines.push(
     `total: ${s.total.tasks} tasks (${s.zombies.length} zombies, ${s.total.exited} exited), ${s.total.lazy} lazy pages (${mib(s.total.lazy)}) = ` +
       `${s.total.faulted} faulted + ${s.total.background} background + ${s.total.dropped} dropped + ${s.total.exists} already present; ` +
-      `${s.total.zero} zero pages; ${secs} s, ${rate.toFixed(2)} GB/s; faults p50 ${s.faults.p50Us} us, p99 ${s.faults.p99Us} us, max ${s.faults.maxUs} us; ` +
+      `${s.total.zero} zero pages; ${s.total.prefetched ? `${s.total.prefetched} of the background pages from the working set; ` : ''}${secs} s, ${rate.toFixed(2)} GB/s; faults p50 ${s.faults.p50Us} us, p99 ${s.faults.p99Us} us, max ${s.faults.maxUs} us; ` +
       (s.reconciles ? 'every page accounted for once' : 'COUNTS DO NOT RECONCILE'),
   )
   return lines

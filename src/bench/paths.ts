@@ -7,6 +7,7 @@ export const CRIU = process.env.LAZY_PAGES_CRIU ?? join(ROOT, '.criu', 'bin', 'c
 export const CLI = join(ROOT, 'bin', 'lazy-pages.js')
 export const LPW = join(ROOT, 'build', 'workloads', 'lpw')
 export const LPW_TOUCH = join(ROOT, 'build', 'workloads', 'lpw-touch')
+export const LPW_HOT = join(ROOT, 'build', 'workloads', 'lpw-hot')
 export const PROBE = join(ROOT, 'target', 'release', 'lazy-pages-probe')
 export const SCRATCH = process.env.LAZY_PAGES_BENCH_SCRATCH ?? join(ROOT, '.work', 'bench')
 export const RESULTS = join(ROOT, 'bench', 'results')

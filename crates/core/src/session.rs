@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineSummary, PageSource};
+use crate::engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineSummary, PageSource, TaskWorkingSet};
 use crate::images::{Dump, ImageError, TaskState};
 use crate::ranges::{LazyRange, LazyRanges};
 use crate::restore_socket::{RestoreConn, RestoreError, RestoreListener, TaskMsg};
@@ -57,6 +57,8 @@ pub struct SessionConfig {
     /// Serve only faults for this long after restore finished, then start the
     /// background fill (lets a warming-up process have the whole bandwidth).
     pub fill_delay: Duration,
+    /// Fetched first, from the moment each task's uffd arrives (`--prefetch-ws`).
+    pub prefetch: Arc<Vec<TaskWorkingSet>>,
     pub engine: EngineConfig,
 }
 
@@ -66,6 +68,7 @@ impl Default for SessionConfig {
             connect_timeout: None,
             handshake_timeout: Duration::from_secs(120),
             fill_delay: Duration::ZERO,
+            prefetch: Arc::default(),
             engine: EngineConfig::default(),
         }
     }
@@ -76,6 +79,7 @@ impl Default for SessionConfig {
 pub struct SessionHandle {
     engine: Mutex<Option<Arc<Engine>>>,
     abort: AtomicBool,
+    recorded: Mutex<Option<Vec<TaskWorkingSet>>>,
 }
 
 impl SessionHandle {
@@ -96,6 +100,12 @@ impl SessionHandle {
         if let Some(engine) = self.engine() {
             engine.shutdown();
         }
+    }
+
+    /// After a successful run with `EngineConfig::record_working_set`: the faults of
+    /// every dump task, in order.
+    pub fn recorded_working_set(&self) -> Option<Vec<TaskWorkingSet>> {
+        self.recorded.lock().ok().and_then(|r| r.clone())
     }
 
     fn engine(&self) -> Option<Arc<Engine>> {
@@ -195,6 +205,7 @@ impl Session {
             config.engine.clone(),
             Box::new(move |e| engine_events(SessionEvent::Engine(e))),
         )?);
+        engine.prefetch(&config.prefetch);
         *handle.engine.lock().map_err(|_| SessionError::Aborted)? = Some(engine.clone());
 
         let result = self.serve(&mut conn, &engine, &config, &handle, &events);
@@ -205,7 +216,11 @@ impl Session {
         handle.engine.lock().map_err(|_| SessionError::Aborted)?.take();
         let engine = wait_unique(engine);
         result?;
+        let recorded = config.engine.record_working_set.then(|| engine.recorded_working_set());
         let summary = engine.join()?;
+        if let Ok(mut slot) = handle.recorded.lock() {
+            *slot = recorded;
+        }
         if let Some(remote) = &self.remote {
             remote.close().map_err(|e| SessionError::Source(e.to_string()))?;
         }

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lazy_pages_core::engine::{EngineConfig, EngineEvent, EngineStats, TaskStats};
+use lazy_pages_core::engine::{EngineConfig, EngineEvent, EngineStats, PageRun, TaskStats, TaskWorkingSet};
+use lazy_pages_core::ranges::PAGE_SIZE;
 use lazy_pages_core::remote::RemoteConfig;
 use lazy_pages_core::session::{PageOrigin, Session, SessionConfig, SessionEvent, SessionHandle};
 use napi::bindgen_prelude::{AsyncTask, Object};
@@ -39,6 +40,54 @@ pub struct DaemonOptions {
     /// With page_server: a second connection for faults (our page server
     /// only: CRIU's takes one connection).
     pub urgent_connection: Option<bool>,
+    /// Keep every lazy-page fault of the dump's tasks, in order
+    /// (`recordedWorkingSet()` after `serve`).
+    pub record_working_set: Option<bool>,
+    /// Fetch these pages first, from the moment each task's uffd arrives.
+    pub prefetch_working_set: Option<Vec<WorkingSetTask>>,
+}
+
+/// One dump task's working set: `pages[i]` pages from run-time address `addrs[i]`,
+/// in the order the task first needed them.
+#[napi(object)]
+pub struct WorkingSetTask {
+    pub pid: u32,
+    pub addrs: Vec<f64>,
+    pub pages: Vec<u32>,
+}
+
+/// Highest user address on any Linux we run on (57-bit virtual addresses).
+const ADDR_LIMIT: f64 = (1u64 << 57) as f64;
+
+fn to_working_set(sets: Vec<WorkingSetTask>) -> napi::Result<Vec<TaskWorkingSet>> {
+    sets.into_iter()
+        .map(|t| {
+            if t.addrs.len() != t.pages.len() {
+                return Err(err(format!("working set of pid {}: {} addresses but {} page counts", t.pid, t.addrs.len(), t.pages.len())));
+            }
+            let runs = t
+                .addrs
+                .iter()
+                .zip(&t.pages)
+                .map(|(&addr, &pages)| {
+                    let page_aligned = addr.fract() == 0.0 && (addr as u64) % PAGE_SIZE == 0;
+                    if !(addr >= 0.0 && addr < ADDR_LIMIT && page_aligned) || pages == 0 {
+                        return Err(err(format!("working set of pid {}: bad run {addr} (+{pages} pages)", t.pid)));
+                    }
+                    Ok(PageRun { addr: addr as u64, pages: pages.into() })
+                })
+                .collect::<napi::Result<Vec<_>>>()?;
+            Ok(TaskWorkingSet { pid: t.pid, runs })
+        })
+        .collect()
+}
+
+fn from_working_set(set: &TaskWorkingSet) -> WorkingSetTask {
+    WorkingSetTask {
+        pid: set.pid,
+        addrs: set.runs.iter().map(|r| r.addr as f64).collect(),
+        pages: set.runs.iter().map(|r| r.pages.min(u32::MAX.into()) as u32).collect(),
+    }
 }
 
 #[napi(object)]
@@ -52,6 +101,8 @@ pub struct TaskReport {
     pub total: f64,
     pub faulted: f64,
     pub background: f64,
+    /// Of `background`: working-set pages fetched first (`--prefetch-ws`).
+    pub prefetched: f64,
     pub zero: f64,
     pub exists: f64,
     pub dropped: f64,
@@ -70,6 +121,7 @@ impl From<&TaskStats> for TaskReport {
             total: s.total as f64,
             faulted: s.faulted as f64,
             background: s.background as f64,
+            prefetched: s.prefetched as f64,
             zero: s.zero as f64,
             exists: s.exists as f64,
             dropped: s.dropped as f64,
@@ -112,7 +164,7 @@ impl From<EngineStats> for DaemonStats {
 /// One event of a running daemon. `kind` says which fields are set.
 #[napi(object)]
 pub struct DaemonEvent {
-    /// connected | rejected | task | zombie | restore-finished | fault | forked | exited | task-done | progress | error | finished
+    /// connected | rejected | task | zombie | restore-finished | fault | forked | exited | task-done | progress | working-set-fetched | error | finished
     pub kind: String,
     pub pid: Option<u32>,
     pub task: Option<u32>,
@@ -124,6 +176,8 @@ pub struct DaemonEvent {
     pub total_pages: Option<f64>,
     pub message: Option<String>,
     pub stats: Option<TaskReport>,
+    /// Since the restore connected.
+    pub elapsed_ms: Option<f64>,
 }
 
 impl DaemonEvent {
@@ -139,6 +193,7 @@ impl DaemonEvent {
             total_pages: None,
             message: None,
             stats: None,
+            elapsed_ms: None,
         }
     }
 }
@@ -180,6 +235,11 @@ fn to_js_event(event: SessionEvent) -> DaemonEvent {
                 ..DaemonEvent::new("progress")
             },
             EngineEvent::Error { message } => DaemonEvent { message: Some(message), ..DaemonEvent::new("error") },
+            EngineEvent::WorkingSetFetched { pages, elapsed } => DaemonEvent {
+                pages: Some(pages as f64),
+                elapsed_ms: Some(elapsed.as_secs_f64() * 1000.0),
+                ..DaemonEvent::new("working-set-fetched")
+            },
             EngineEvent::Finished => DaemonEvent::new("finished"),
         },
     }
@@ -228,7 +288,9 @@ impl Task for Prepare {
             connect_timeout: ms(o.connect_timeout_ms),
             handshake_timeout: ms(o.handshake_timeout_ms).unwrap_or(SessionConfig::default().handshake_timeout),
             fill_delay: ms(o.fill_delay_ms).unwrap_or_default(),
+            prefetch: Arc::new(to_working_set(o.prefetch_working_set.unwrap_or_default())?),
             engine: EngineConfig {
+                record_working_set: o.record_working_set.unwrap_or(false),
                 jobs: o.jobs.map_or(defaults.jobs, |v| v as usize),
                 chunk_pages: o.chunk_pages.map_or(defaults.chunk_pages, u64::from),
                 fault_pages: o.fault_pages.map_or(defaults.fault_pages, u64::from),
@@ -320,6 +382,13 @@ impl LazyDaemon {
     #[napi]
     pub fn stats(&self) -> Option<DaemonStats> {
         self.handle.stats().map(DaemonStats::from)
+    }
+
+    /// After `serve` resolved, with `recordWorkingSet`: each dump task's lazy-page
+    /// faults in order (null otherwise).
+    #[napi]
+    pub fn recorded_working_set(&self) -> Option<Vec<WorkingSetTask>> {
+        self.handle.recorded_working_set().map(|sets| sets.iter().map(from_working_set).collect())
     }
 
     /// Give up: stop serving (the restored tasks get zeros for what is left).

@@ -1,13 +1,21 @@
-//! Background fill: after RESTORE_FINISHED, copy whatever nobody faulted on.
+//! Background fill: copy whatever nobody faulted on.
 //!
-//! Each step claims one bounded chunk (policy hints first, then the first task with
-//! pending pages, in address order), fetches it without holding any lock, and copies
+//! Each step claims one bounded chunk, fetches it without holding any lock, and copies
 //! it under the task's shared gate, one `transfer::SLICE_PAGES` ioctl at a time. A fault
 //! never waits for more than one such ioctl: the fault thread serves faults on its own
 //! and only needs the exclusive gate to read messages; once it asks for it, fill hands
 //! it over after the ioctl under way (`gate.rs`) and re-reads its claim afterwards.
+//!
+//! Order: working-set pages (`--prefetch-ws`), then policy hints, then every task's
+//! pending pages in address order. The working set goes before hints because it is
+//! known to be needed, where a hint is a guess from the neighbourhood of one fault
+//! (on a scattered working set, hints ahead of it starved it: 1.5x slower first
+//! pass in the bench's working-set scenario). Only the working set is fetched before
+//! RESTORE_FINISHED: the restored tasks are not running yet, so those pages are in
+//! place before the process first needs them; the rest would only compete with the
+//! restore itself.
 
-use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,24 +25,35 @@ use super::notify::lock;
 use super::shared::{Hint, Shared};
 use super::task::Task;
 use super::transfer::{fill_claim, Copier, Fill};
-use super::{EngineError, PageData};
+use super::{EngineError, EngineEvent, PageData};
 
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 /// How long to wait for the fault thread to drain the event that made COPY return
 /// EAGAIN before trying again anyway.
 const CHANGING_WAIT: Duration = Duration::from_millis(10);
 const MAX_RETRY_BACKOFF: Duration = Duration::from_millis(50);
+/// Before RESTORE_FINISHED a task's uffd arrives before the restorer registers its
+/// VMAs; how long to leave a task alone after ENOENT said "not registered yet".
+const UNREGISTERED_WAIT: Duration = Duration::from_millis(1);
 
 pub(crate) fn run(shared: Arc<Shared>) {
     let mut scratch = Vec::new();
     while !shared.stopping.load(SeqCst) {
         let generation = shared.work_generation();
-        if !shared.restore_finished.load(SeqCst) {
-            shared.wait_work(generation, IDLE_WAIT);
-            continue;
+        let finished = shared.restore_finished.load(SeqCst);
+        if finished {
+            forget_absent_working_sets(&shared);
         }
-        match next_claim(&shared) {
-            Some((task, id, claim)) => fill_one(&shared, &task, id, claim, generation, &mut scratch),
+        if shared.prefetch.just_emptied() {
+            let pages = shared.all_tasks().iter().map(|t| t.counters.prefetched.load(Relaxed)).sum();
+            shared.notifier.send(EngineEvent::WorkingSetFetched { pages, elapsed: shared.started.elapsed() });
+        }
+        match next_claim(&shared, finished) {
+            Some((task, id, claim, who)) => fill_one(&shared, &task, id, claim, who, generation, &mut scratch),
+            // Working-set pages wait for registration, which sends no wake-up: poll.
+            None if !finished && !shared.prefetch.is_empty() => {
+                shared.wait_work(generation, UNREGISTERED_WAIT);
+            }
             None => {
                 shared.wait_work(generation, IDLE_WAIT);
             }
@@ -42,12 +61,78 @@ pub(crate) fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Claims the next chunk: hinted ranges first, then the first task with pending pages.
-fn next_claim(shared: &Shared) -> Option<(Arc<Task>, u64, Claim)> {
+/// After RESTORE_FINISHED every task has arrived: a working set whose task did not
+/// (or has exited) would keep the queue from ever running dry.
+fn forget_absent_working_sets(shared: &Shared) {
+    if shared.prefetch.is_empty() {
+        return;
+    }
+    // Task states first, the queue lock after: next_claim holds a state lock while it
+    // takes the queue lock, so taking them the other way round could deadlock.
+    let live: Vec<u32> = shared
+        .all_tasks()
+        .iter()
+        .filter(|t| t.parent.is_none() && {
+            let st = t.state();
+            !st.exited && !st.retired
+        })
+        .map(|t| t.pid)
+        .collect();
+    shared.prefetch.retain(|pid| live.contains(&pid));
+}
+
+/// Claims the next chunk and says who copies it.
+fn next_claim(shared: &Shared, restore_finished: bool) -> Option<(Arc<Task>, u64, Claim, Copier)> {
     let chunk = shared.config.chunk_pages;
     let tasks = shared.all_tasks();
+    let now = Instant::now();
+    if !shared.prefetch.is_empty() {
+        // Forked children share the parent's pid but not its future: the working set
+        // is the dump task's own.
+        for task in tasks.iter().filter(|t| t.parent.is_none()) {
+            let mut st = task.state();
+            if st.exited || st.retired || st.not_before.is_some_and(|t| t > now) {
+                continue;
+            }
+            if !restore_finished && st.prefetch_not_before.is_some_and(|t| t > now) {
+                continue;
+            }
+            let probing = !restore_finished && !st.prefetch_registered;
+            if let Some(claim) = shared.prefetch.claim(task.pid, &mut st.pending, if probing { 1 } else { chunk }) {
+                if probing {
+                    // Other fill threads leave the task alone until the probe answered.
+                    st.prefetch_not_before = Some(now + UNREGISTERED_WAIT);
+                }
+                let id = st.inflight.add(claim);
+                return Some((task.clone(), id, claim, Copier::Prefetch { early: !restore_finished }));
+            }
+        }
+    }
+    if !restore_finished {
+        return None;
+    }
+    if let Some(found) = hinted_claim(shared, &tasks, chunk) {
+        return Some((found.0, found.1, found.2, Copier::Background));
+    }
+    for task in &tasks {
+        let mut st = task.state();
+        if st.exited || st.retired || st.not_before.is_some_and(|t| t > now) {
+            continue;
+        }
+        let cursor = st.cursor;
+        if let Some(claim) = st.pending.take_chunk(chunk, cursor) {
+            st.cursor = Some(claim.end);
+            let id = st.inflight.add(claim);
+            return Some((task.clone(), id, claim, Copier::Background));
+        }
+    }
+    None
+}
+
+/// Policy hints, most recent last; a hint outlives its first chunk.
+fn hinted_claim(shared: &Shared, tasks: &[Arc<Task>], chunk: u64) -> Option<(Arc<Task>, u64, Claim)> {
     loop {
-        let Some(hint) = lock(&shared.hints).pop_front() else { break };
+        let hint = lock(&shared.hints).pop_front()?;
         for task in tasks.iter().filter(|t| t.pid == hint.pid) {
             let mut st = task.state();
             if st.exited || st.retired {
@@ -63,23 +148,9 @@ fn next_claim(shared: &Shared) -> Option<(Arc<Task>, u64, Claim)> {
             }
         }
     }
-    let now = Instant::now();
-    for task in &tasks {
-        let mut st = task.state();
-        if st.exited || st.retired || st.not_before.is_some_and(|t| t > now) {
-            continue;
-        }
-        let cursor = st.cursor;
-        if let Some(claim) = st.pending.take_chunk(chunk, cursor) {
-            st.cursor = Some(claim.end);
-            let id = st.inflight.add(claim);
-            return Some((task.clone(), id, claim));
-        }
-    }
-    None
 }
 
-fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, generation: u64, scratch: &mut Vec<u8>) {
+fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, who: Copier, generation: u64, scratch: &mut Vec<u8>) {
     let fill = match shared.source.pages(task.pid, claim.img_start, claim.len() as usize, scratch) {
         Ok(PageData::Bytes(data)) if data.len() as u64 == claim.len() => Fill::Bytes { img_start: claim.img_start, data },
         Ok(PageData::Zero) => Fill::Zero,
@@ -109,14 +180,28 @@ fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, generation: u64
             return shared.fail(e.into());
         }
     };
-    let Some(report) = fill_claim(shared, task, id, fill, Copier::Background) else { return };
+    let Some(report) = fill_claim(shared, task, id, fill, who) else { return };
     let mut st = task.state();
     st.retry_backoff = Duration::ZERO;
+    let not_yet = who == Copier::Prefetch { early: true } && !report.leftover.is_empty() && !report.gone && report.error.is_none();
+    if not_yet {
+        st.prefetch_not_before = Some(Instant::now() + UNREGISTERED_WAIT);
+        st.prefetch_registered = false;
+    } else if who == (Copier::Prefetch { early: true }) && report.filled > 0 {
+        st.prefetch_not_before = None;
+        st.prefetch_registered = true;
+    }
     let notify = !st.awaited.is_empty() || st.pending.is_empty();
     drop(st);
     if notify {
         // Parked faults may be settled now, or the task may be ready to retire.
         shared.poke();
+    }
+    if not_yet {
+        // Back in pending already; back at the front of the working set too, so they
+        // go first once the restorer has registered their VMA.
+        shared.prefetch.put_front(task.pid, report.leftover.iter().map(|r| (r.start, r.end)));
+        return;
     }
     if !report.leftover.is_empty() && !report.gone && report.error.is_none() {
         // EAGAIN: an event is unread. Wait for the fault thread to drain it rather than

@@ -13,11 +13,14 @@ pub struct EngineConfig {
     pub event_batch: usize,
     /// Fault notifications kept for the policy layer before new ones are dropped.
     pub fault_event_queue: usize,
+    /// Keep every lazy-page fault of the dump's own tasks, in order
+    /// (`Engine::recorded_working_set`).
+    pub record_working_set: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { jobs: 1, chunk_pages: 64, fault_pages: 1, event_batch: 64, fault_event_queue: 4096 }
+        EngineConfig { jobs: 1, chunk_pages: 64, fault_pages: 1, event_batch: 64, fault_event_queue: 4096, record_working_set: false }
     }
 }
 

@@ -5,8 +5,9 @@
 //!   reader of uffd messages; serves faults itself (copy the faulting page, or a short
 //!   cluster after it, or map the zero page), applies FORK/REMAP/REMOVE/UNMAP, retires
 //!   finished tasks (closes their uffd).
-//! * **background fill** (`config.jobs` threads): after `restore_finished`, claims one
-//!   chunk at a time (policy hints first, then address order) and copies it.
+//! * **background fill** (`config.jobs` threads): claims one chunk at a time and
+//!   copies it: working-set pages (`prefetch`) as soon as their task arrives; after
+//!   `restore_finished`, the working set first, then policy hints, then address order.
 //! * **notifier**: delivers `EngineEvent`s to the callback, so a slow policy layer never
 //!   delays a fault.
 //!
@@ -43,6 +44,12 @@
 //!    fills from the moment it copies the mm until the FORK message is read, and no
 //!    fill is mid-ioctl while the gate is exclusive; so pending + in-flight at read time
 //!    is exactly the set of lazy pages missing in the child.
+//! 5. **ENOENT before RESTORE_FINISHED is "not yet".** A task's uffd arrives before the
+//!    restorer registers its VMAs, so working-set prefetch may run ahead of
+//!    registration. Only then is ENOENT taken as "retry": the pages stay pending (and
+//!    first in the working set). Anywhere else ENOENT means the VMA is gone and the
+//!    pages are dropped; dropping a not-yet-registered page would leave it to be
+//!    answered with the zero page once it faults.
 
 mod background;
 mod config;
@@ -58,6 +65,7 @@ mod source;
 mod stats;
 mod task;
 mod transfer;
+mod working_set;
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering::SeqCst;
@@ -70,6 +78,7 @@ pub use error::EngineError;
 pub use notify::{EngineEvent, EventCallback};
 pub use source::{PageData, PageSource, SourceError};
 pub use stats::{EngineStats, EngineSummary, LatencySnapshot, TaskStats};
+pub use working_set::{PageRun, TaskWorkingSet};
 
 use crate::ranges::{page_ceil, page_floor, LazyRanges, PAGE_SIZE};
 use fault_loop::FaultLoop;
@@ -141,6 +150,19 @@ impl Engine {
         if start < end {
             self.shared.push_hint(Hint { pid, addr: start, end });
         }
+    }
+
+    /// Working sets to fetch first: each as soon as its task's uffd arrives, ahead of
+    /// policy hints and the general background fill.
+    pub fn prefetch(&self, sets: &[TaskWorkingSet]) {
+        self.shared.prefetch.add(sets);
+        self.shared.bump_work();
+    }
+
+    /// With `EngineConfig::record_working_set`: every dump task's lazy-page faults so
+    /// far, in order.
+    pub fn recorded_working_set(&self) -> Vec<TaskWorkingSet> {
+        self.shared.fault_log.working_sets()
     }
 
     pub fn stats(&self) -> EngineStats {

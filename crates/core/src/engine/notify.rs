@@ -27,6 +27,9 @@ pub enum EngineEvent {
     /// Something went wrong that the engine survived (or the fatal error, just before
     /// it stops).
     Error { message: String },
+    /// The working set given to `Engine::prefetch` has been claimed to the last page
+    /// (`pages` copied so far), `elapsed` after the engine started.
+    WorkingSetFetched { pages: u64, elapsed: Duration },
     /// Every task is done; `Engine::join` returns now.
     Finished,
 }

@@ -22,6 +22,10 @@ impl FaultLoop {
             if st.exited || st.retired {
                 return;
             }
+            let lazy = st.pending.contains(page) || st.inflight.contains(page);
+            if lazy && attempt == 0 && task.parent.is_none() && self.shared.config.record_working_set {
+                self.shared.fault_log.record(task.pid, page);
+            }
             match st.pending.take_cluster(page, self.shared.config.fault_pages) {
                 Some(claim) => (st.inflight.add(claim), claim),
                 None if st.inflight.contains(page) => {

@@ -14,6 +14,7 @@ use crate::uffd::Uffd;
 use super::notify::{lock, Notifier};
 use super::stats::{EngineStats, LatencyHistogram};
 use super::task::Task;
+use super::working_set::{FaultLog, PrefetchQueues};
 use super::{EngineConfig, EngineError, EngineEvent, PageSource};
 
 /// Epoll token of the control eventfd; task tokens are task ids.
@@ -46,6 +47,10 @@ pub(crate) struct Shared {
     done: Mutex<bool>,
     done_changed: Condvar,
     pub hints: Mutex<VecDeque<Hint>>,
+    /// Working-set spans to fetch first, from the moment each task arrives.
+    pub prefetch: PrefetchQueues,
+    /// Lazy-page faults in order, when `config.record_working_set`.
+    pub fault_log: FaultLog,
     pub fatal: Mutex<Option<EngineError>>,
     pub notifier: Notifier,
     pub latency: LatencyHistogram,
@@ -73,6 +78,8 @@ impl Shared {
             done: Mutex::new(false),
             done_changed: Condvar::new(),
             hints: Mutex::default(),
+            prefetch: PrefetchQueues::default(),
+            fault_log: FaultLog::default(),
             fatal: Mutex::new(None),
             notifier: Notifier::new(fault_cap),
             latency: LatencyHistogram::default(),

@@ -12,6 +12,7 @@ pub(crate) struct TaskCounters {
     pub total: AtomicU64,
     pub faulted: AtomicU64,
     pub background: AtomicU64,
+    pub prefetched: AtomicU64,
     pub zero: AtomicU64,
     pub exists: AtomicU64,
     pub dropped: AtomicU64,
@@ -41,6 +42,9 @@ pub struct TaskStats {
     pub faulted: u64,
     /// Copied by background fill.
     pub background: u64,
+    /// Of `background`, copied because a working set named them (`--prefetch-ws`).
+    /// Not part of the reconciliation.
+    pub prefetched: u64,
     /// Pages answered with UFFDIO_ZEROPAGE (lazy pages the dump lacks, and faults on
     /// never-dumped pages). Not part of the reconciliation.
     pub zero: u64,
@@ -155,6 +159,7 @@ impl EngineStats {
             t.total += s.total;
             t.faulted += s.faulted;
             t.background += s.background;
+            t.prefetched += s.prefetched;
             t.zero += s.zero;
             t.exists += s.exists;
             t.dropped += s.dropped;

@@ -36,6 +36,12 @@ pub(crate) struct TaskState {
     /// Background fill skips the task until then (the source said Retry).
     pub not_before: Option<Instant>,
     pub retry_backoff: Duration,
+    /// Early prefetch skips the task until then: its VMAs were not registered yet.
+    pub prefetch_not_before: Option<Instant>,
+    /// An early prefetch copy succeeded since the last ENOENT. Until then early
+    /// prefetch claims one page at a time, one claim in flight, so waiting for the
+    /// restorer to register costs the page source one page per retry.
+    pub prefetch_registered: bool,
     /// Where the last background chunk ended, so fill proceeds in address order.
     pub cursor: Option<u64>,
     pub exited: bool,
@@ -103,6 +109,7 @@ impl Task {
             total: c.total.load(Relaxed),
             faulted: c.faulted.load(Relaxed),
             background: c.background.load(Relaxed),
+            prefetched: c.prefetched.load(Relaxed),
             zero: c.zero.load(Relaxed),
             exists: c.exists.load(Relaxed),
             dropped: c.dropped.load(Relaxed),

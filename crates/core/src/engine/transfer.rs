@@ -16,11 +16,21 @@ pub(crate) enum Fill<'a> {
     Zero,
 }
 
-/// Who copied, for the stats.
+/// Who copies: decides the stats bucket, whether to yield the gate, and what ENOENT means.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Copier {
     Fault,
     Background,
+    /// Background fill of working-set pages. `early`: before RESTORE_FINISHED, when the
+    /// restorer may not have registered the VMA yet, so ENOENT means "not yet", not
+    /// "gone": the pages must stay pending (dropping them would zero-fill them later).
+    Prefetch { early: bool },
+}
+
+impl Copier {
+    fn unregistered_is_retry(self) -> bool {
+        matches!(self, Copier::Prefetch { early: true })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -67,12 +77,15 @@ pub(crate) fn fill_claim(shared: &Shared, task: &Task, id: u64, fill: Fill<'_>, 
         };
         first = false;
         // Only background fill yields: the fault thread is the gate's one writer.
-        let yield_now = || who == Copier::Background && task.gate.writer_waiting();
-        let (report, unfinished) = fill_pieces(uffd, &pieces, fill, &yield_now);
+        let yield_now = || who != Copier::Fault && task.gate.writer_waiting();
+        let (report, unfinished) = fill_pieces(uffd, &pieces, fill, who.unregistered_is_retry(), &yield_now);
 
         let mut st = task.state();
         let c = &task.counters;
         TaskCounters::add(if who == Copier::Fault { &c.faulted } else { &c.background }, report.filled);
+        if matches!(who, Copier::Prefetch { .. }) {
+            TaskCounters::add(&c.prefetched, report.filled);
+        }
         TaskCounters::add(&c.zero, report.zeroed);
         TaskCounters::add(&c.exists, report.exists);
         TaskCounters::add(&c.dropped, report.dropped);
@@ -133,17 +146,20 @@ enum Stop {
 
 /// Issues COPY/ZEROPAGE over `pieces` until done or the kernel says stop. Checks
 /// `yield_now` after each ioctl that leaves work; if it says so, returns the unhandled
-/// rest as the second value (then the report has no leftover).
+/// rest as the second value (then the report has no leftover). With
+/// `unregistered_is_retry`, ENOENT stops the fill and leaves the rest over instead of
+/// dropping pages.
 pub(crate) fn fill_pieces(
     uffd: &Uffd,
     pieces: &[LazyRange],
     fill: Fill<'_>,
+    unregistered_is_retry: bool,
     yield_now: &dyn Fn() -> bool,
 ) -> (FillReport, Option<Vec<LazyRange>>) {
     let mut report = FillReport::default();
     for (i, piece) in pieces.iter().enumerate() {
         let more_after = i + 1 < pieces.len();
-        match fill_piece(uffd, piece, fill, &mut report, yield_now) {
+        match fill_piece(uffd, piece, fill, unregistered_is_retry, &mut report, yield_now) {
             Ok(()) => {
                 if more_after && yield_now() {
                     return (report, Some(pieces[i + 1..].to_vec()));
@@ -165,7 +181,14 @@ pub(crate) fn fill_pieces(
 }
 
 /// Fills one piece, at most `SLICE_PAGES` per ioctl.
-fn fill_piece(uffd: &Uffd, piece: &LazyRange, fill: Fill<'_>, report: &mut FillReport, yield_now: &dyn Fn() -> bool) -> Result<(), Stop> {
+fn fill_piece(
+    uffd: &Uffd,
+    piece: &LazyRange,
+    fill: Fill<'_>,
+    unregistered_is_retry: bool,
+    report: &mut FillReport,
+    yield_now: &dyn Fn() -> bool,
+) -> Result<(), Stop> {
     let mut cur = piece.start;
     // Shrinks when a span turns out to cross a VMA boundary (ENOENT for the whole call).
     let mut step = piece.len();
@@ -211,6 +234,7 @@ fn fill_piece(uffd: &Uffd, piece: &LazyRange, fill: Fill<'_>, report: &mut FillR
                 cur += PAGE_SIZE;
                 step = piece.end - cur;
             }
+            FillOutcome::Unmapped if unregistered_is_retry => return Err(Stop::Halted(cur)),
             FillOutcome::Unmapped if len > PAGE_SIZE => step = page_floor(len / 2).max(PAGE_SIZE),
             FillOutcome::Unmapped => {
                 let _ = uffd::wake(uffd, cur, PAGE_SIZE);
