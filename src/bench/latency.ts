@@ -2,7 +2,7 @@
 // and times each first touch (workloads/touch.c). Only touches of pages that were still
 // missing count as faults. "idle": ours with --fill-delay, so faults are served alone;
 // "fill": no delay, faults compete with the background fill.
-import { existsSync, readFileSync, rmSync } from 'node:fs'
+import { existsSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 
 import { LPW_TOUCH } from './paths'
@@ -10,6 +10,7 @@ import { probeFault } from './probe'
 import { waitFor } from './proc'
 import { lazyRestore, type Server } from './restore'
 import { quantiles, type Quantiles } from './stats'
+import { readTouches } from './touches'
 import { Dumped } from './workload'
 
 export interface LatencyCase extends Quantiles {
@@ -35,16 +36,6 @@ const CASES: Array<{ name: string; server: Server }> = [
   { name: 'criu during fill', server: { kind: 'criu' } },
 ]
 
-function readTouches(file: string): { us: number[]; present: number } {
-  const us: number[] = []
-  let present = 0
-  for (const line of readFileSync(file, 'utf8').trim().split('\n')) {
-    const [, lat, missing] = line.split(' ').map(Number)
-    if (missing) us.push(lat / 1000)
-    else present++
-  }
-  return { us, present }
-}
 
 export async function latencyScenario(mib: number, touches: number, log: (s: string) => void): Promise<LatencyResult> {
   log(`fault latency ${mib} MiB, ${touches} random touches: starting and dumping lpw-touch`)

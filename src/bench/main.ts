@@ -1,5 +1,6 @@
-// `npm run bench [-- --quick]`: fill and fault-latency scenarios, ours vs `criu lazy-pages`
-// vs the raw userfaultfd probe, all on the same dumps in the same run. See bench/README.md.
+// `npm run bench [-- --quick] [-- --only fill,latency,remote,ws]`: ours vs `criu lazy-pages`
+// (and the raw userfaultfd probe where it applies), on the same dumps in the same run.
+// See bench/README.md.
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { cpus, release } from 'node:os'
 import { join } from 'node:path'
@@ -7,18 +8,35 @@ import { join } from 'node:path'
 import { fillScenario } from './fill'
 import { latencyScenario } from './latency'
 import { drawPng } from './png'
+import { remoteScenario } from './remote'
 import { json, markdown, type BenchResult } from './report'
 import { RESULTS } from './paths'
+import { workingSetScenario } from './working-set'
+
+const SCENARIOS = ['fill', 'latency', 'remote', 'ws'] as const
+
+function chosen(): Set<string> {
+  const i = process.argv.indexOf('--only')
+  if (i < 0) return new Set(SCENARIOS)
+  const names = (process.argv[i + 1] ?? '').split(',')
+  const bad = names.filter((n) => !(SCENARIOS as readonly string[]).includes(n))
+  if (bad.length || !names.length) throw new Error(`--only takes a comma-separated list of ${SCENARIOS.join(', ')}; got ${process.argv[i + 1]}`)
+  return new Set(names)
+}
 
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick')
+  const only = chosen()
   const log = (s: string) => process.stderr.write(`bench: ${s}\n`)
   const sizes = quick ? [256, 1024] : [1024, 4096]
   const reps = quick ? 1 : 2
   const result: BenchResult = { date: new Date().toISOString(), quick, host: { cpus: cpus().length, kernel: release() }, fill: [] }
-  for (const mib of sizes) result.fill.push(await fillScenario(mib, reps, log))
+  if (only.has('fill')) for (const mib of sizes) result.fill.push(await fillScenario(mib, reps, log))
   // The latency process is large so that our fill is still running while it touches.
-  if (!process.argv.includes('--fill-only')) result.latency = await latencyScenario(quick ? 1024 : 4096, quick ? 2000 : 4000, log)
+  if (only.has('latency')) result.latency = await latencyScenario(quick ? 1024 : 4096, quick ? 2000 : 4000, log)
+  // 1 GiB at 1 Gbit/s is ~9 s per client: long enough for the touches to meet a full link.
+  if (only.has('remote')) result.remote = await remoteScenario(quick ? 512 : 1024, quick ? 1000 : 2000, log)
+  if (only.has('ws')) result.workingSet = await workingSetScenario(quick ? 1024 : 2048, reps, log)
   const md = markdown(result)
   process.stdout.write(md)
   mkdirSync(RESULTS, { recursive: true })

@@ -2,6 +2,8 @@
 // with every ratio the targets are stated in.
 import type { FillResult } from './fill'
 import type { LatencyResult } from './latency'
+import { remoteMarkdown, remoteTargets, type RemoteResult } from './remote'
+import { workingSetMarkdown, workingSetTargets, type WorkingSetResult } from './working-set'
 
 export interface BenchResult {
   date: string
@@ -9,6 +11,8 @@ export interface BenchResult {
   host: { cpus: number; kernel: string }
   fill: FillResult[]
   latency?: LatencyResult
+  remote?: RemoteResult
+  workingSet?: WorkingSetResult
 }
 
 const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '–')
@@ -54,6 +58,8 @@ function targets(r: BenchResult): string[] {
     const fill = l.cases.find((c) => c.name === 'ours during fill')!
     out.push(row([`fault p99 during fill <= 2x idle p99`, `${f1(fill.p99Us)} / ${f1(idle.p99Us)} µs = ${f2(fill.p99Us / idle.p99Us)}x`, verdict(fill.p99Us <= 2 * idle.p99Us)]))
   }
+  if (r.remote) out.push(...remoteTargets(r.remote))
+  if (r.workingSet) out.push(...workingSetTargets(r.workingSet))
   return out
 }
 
@@ -63,23 +69,15 @@ export function markdown(r: BenchResult): string {
     '',
     `${r.date}, ${r.host.cpus} CPUs, Linux ${r.host.kernel}. Every restore verified by the restored process (SIGUSR1, checksum = before the dump).`,
     '',
-    '## Fill: `criu restore --lazy-pages` start → page server exit (all pages in)',
-    '',
-    ...fillTable(r.fill),
-    '',
   ]
+  if (r.fill.length) lines.push('## Fill: `criu restore --lazy-pages` start → page server exit (all pages in)', '', ...fillTable(r.fill), '')
   if (r.latency) {
     const l = r.latency
     lines.push(`## Fault latency: ${l.touches} random first touches of a ${l.mib} MiB restored process (only pages still missing count)`, '', ...latencyTable(l), '')
   }
+  if (r.remote) lines.push(...remoteMarkdown(r.remote), '')
+  if (r.workingSet) lines.push(...workingSetMarkdown(r.workingSet), '')
   lines.push(
-    '## Not yet measured',
-    '',
-    row(['scenario', 'status']),
-    row(['---', '---']),
-    row(['remote restore (pages over the network)', 'not yet measured']),
-    row(['working set (restore + run a hot working set)', 'not yet measured']),
-    '',
     '## Targets',
     '',
     ...targets(r),
@@ -90,6 +88,10 @@ export function markdown(r: BenchResult): string {
 
 /** JSON without the raw latency samples (the PNG has the curves). */
 export function json(r: BenchResult): string {
-  const slim = r.latency ? { ...r, latency: { ...r.latency, cases: r.latency.cases.map(({ us: _us, ...c }) => c) } } : r
+  const slim = {
+    ...r,
+    latency: r.latency && { ...r.latency, cases: r.latency.cases.map(({ us: _us, ...c }) => c) },
+    remote: r.remote && { ...r.remote, cases: r.remote.cases.map(({ us: _us, ...c }) => c) },
+  }
   return JSON.stringify(slim, null, 2) + '\n'
 }

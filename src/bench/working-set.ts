@@ -71,8 +71,10 @@ export async function workingSetScenario(mib: number, reps: number, log: (s: str
 
   const servers: Array<{ name: string; server: Server }> = [
     { name: 'criu lazy-pages', server: { kind: 'criu' } },
-    { name: 'ours', server: { kind: 'ours', args: [] } },
-    { name: 'ours --prefetch-ws', server: { kind: 'ours', args: ['--prefetch-ws', wsFile] } },
+    { name: 'ours --jobs 1', server: { kind: 'ours', args: ['--jobs', '1'] } },
+    { name: 'ours --jobs 1 --prefetch-ws', server: { kind: 'ours', args: ['--jobs', '1', '--prefetch-ws', wsFile] } },
+    { name: 'ours --jobs 2', server: { kind: 'ours', args: ['--jobs', '2'] } },
+    { name: 'ours --jobs 2 --prefetch-ws', server: { kind: 'ours', args: ['--jobs', '2', '--prefetch-ws', wsFile] } },
   ]
   const cases: WorkingSetCase[] = servers.map(({ name }) => ({ name, firstLoop: [], pass: [], restore: [], fill: [], best: Infinity }))
   let hotPages = 0
@@ -93,4 +95,58 @@ export async function workingSetScenario(mib: number, reps: number, log: (s: str
   }
   for (const c of cases) c.best = Math.min(...c.firstLoop)
   return { mib, hotPct: HOT_PCT, hotPages, recorded: { pages: recordedPages, passSecs: recPassSecs, fillDelayMs: RECORD_FILL_DELAY_MS }, cases }
+}
+
+const f3 = (x: number) => (Number.isFinite(x) ? x.toFixed(3) : '–')
+const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '–')
+const row = (cells: Array<string | number>) => `| ${cells.join(' | ')} |`
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]
+
+/** The case without `--prefetch-ws` that a prefetching case is compared with. */
+const baselineOf = (r: WorkingSetResult, c: WorkingSetCase) => r.cases.find((b) => b.name === c.name.replace(' --prefetch-ws', ''))
+
+export function workingSetMarkdown(r: WorkingSetResult): string[] {
+  const criu = r.cases.find((c) => c.name === 'criu lazy-pages')
+  const out = [
+    `## Working set: ${r.mib} MiB process, one pass over a random hot ${r.hotPct} % (${r.hotPages} pages) right after restore`,
+    '',
+    row(['server', 'first loop s (best)', 'first loop s (median)', 'pass s', 'restore s', 'all pages in s', 'criu / this', 'without prefetch / with']),
+    row(Array(8).fill('---')),
+  ]
+  for (const c of r.cases) {
+    const base = c.name.includes('--prefetch-ws') ? baselineOf(r, c) : undefined
+    out.push(
+      row([
+        c.name,
+        f3(c.best),
+        f3(median(c.firstLoop)),
+        f3(median(c.pass)),
+        f3(median(c.restore)),
+        f3(median(c.fill)),
+        criu ? `${f2(criu.best / c.best)}x` : '–',
+        base ? `${f2(base.best / c.best)}x` : '–',
+      ]),
+    )
+  }
+  out.push(
+    '',
+    `First loop: \`criu restore\` start → the process finished its first pass over the hot pages (it starts the pass on SIGUSR2, sent the moment \`criu restore -d\` returns). Best of ${r.cases[0]?.firstLoop.length ?? 0} runs; the ratios use the best.`,
+    `The working set was recorded on one restore of the same dump with \`--record-ws --fill-delay ${r.recorded.fillDelayMs}\` (faults only, so every hot page faulted): ${r.recorded.pages} pages, the hot pages plus the process's own stack and index array.`,
+    '`--prefetch-ws` fetches those pages from the moment the task\'s uffd arrives, ahead of everything else; without it, faults are served one by one while the background fill goes through memory in address order.',
+  )
+  return out
+}
+
+export function workingSetTargets(r: WorkingSetResult): string[] {
+  return r.cases
+    .filter((c) => c.name.includes('--prefetch-ws'))
+    .map((c) => {
+      const base = baselineOf(r, c)
+      const ratio = base ? base.best / c.best : NaN
+      return row([
+        `working-set prefetch cuts time to first loop >= 2x: ${c.name}`,
+        `${f3(base?.best ?? NaN)} s → ${f3(c.best)} s = ${f2(ratio)}x`,
+        ratio >= 2 ? 'met' : '**not met**',
+      ])
+    })
 }
