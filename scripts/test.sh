@@ -14,8 +14,14 @@ logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 
 # Set-up installed CRIU and the workloads: interop tests must run, not skip.
-LP_REQUIRE_CRIU=1 cargo test --workspace --release --no-fail-fast 2>&1 | tee "$logs/cargo.log"
+# A hung engine test would otherwise eat CI's whole time budget: fail it instead
+# (ava has its own per-test timeout).
+cargo_limit=${LP_CARGO_TEST_TIMEOUT:-1500}
+LP_REQUIRE_CRIU=1 timeout --kill-after=30 "$cargo_limit" cargo test --workspace --release --no-fail-fast 2>&1 | tee "$logs/cargo.log"
 cargo_rc=${PIPESTATUS[0]}
+if [ "$cargo_rc" -eq 124 ] || [ "$cargo_rc" -eq 137 ]; then
+    echo "test: cargo test did not finish within ${cargo_limit} s (a hang?); counted as a failure" >&2
+fi
 
 npx ava "$@" 2>&1 | tee "$logs/ava.log"
 ava_rc=${PIPESTATUS[0]}
