@@ -42,9 +42,9 @@ export function startDaemon(images: string, args: string[] = [], wrap: string[] 
 }
 
 export interface Stats {
-  tasks: Array<{ task: number; pid: number; parent?: number | null; total: number; faulted: number; background: number; zero: number; exists: number; dropped: number; pending: number; inFlight: number; exited: boolean; reconciles: boolean }>
+  tasks: Array<{ task: number; pid: number; parent?: number | null; total: number; faulted: number; background: number; prefetched: number; zero: number; exists: number; dropped: number; pending: number; inFlight: number; exited: boolean; reconciles: boolean }>
   zombies: number[]
-  total: { tasks: number; lazy: number; faulted: number; background: number; dropped: number; exists: number; exited: number }
+  total: { tasks: number; lazy: number; faulted: number; background: number; prefetched: number; dropped: number; exists: number; exited: number }
   reconciles: boolean
 }
 

@@ -37,10 +37,11 @@ export class Workload {
     return dir
   }
 
-  static async start(name: string, args: string[], opts: { wrap?: string[] } = {}): Promise<Workload> {
+  /** `bin`: another workload binary than lpw (e.g. LPW_HOT), taking the same --state. */
+  static async start(name: string, args: string[], opts: { wrap?: string[]; bin?: string } = {}): Promise<Workload> {
     const dir = Workload.scratch(name)
     const state = join(dir, 'state')
-    const argv = [...(opts.wrap ?? []), LPW, ...args, '--state', state]
+    const argv = [...(opts.wrap ?? []), opts.bin ?? LPW, ...args, '--state', state]
     // detached: the workload leads its own session and process group, so a
     // group signal reaches its children and CRIU sees no foreign tty.
     const child = spawn(argv[0], argv.slice(1), { stdio: 'ignore', detached: true })
