@@ -237,6 +237,21 @@ test('bad working-set files: one line naming the file, exit 1, before listening'
   }
 })
 
+test('--record-ws: an unwritable place, or the file --prefetch-ws reads, is refused before listening', async (t) => {
+  const cases = [
+    { args: ['--record-ws', '/nonexistent-dir/ws.json'], why: /^lazy-pages: --record-ws \/nonexistent-dir\/ws.json: cannot write there: ENOENT$/ },
+    { args: ['--record-ws', 'same.json', '--prefetch-ws', './same.json'], why: /^lazy-pages: --record-ws and --prefetch-ws both name same.json: / },
+  ]
+  for (const c of cases) {
+    rmSync(join(w.images, 'lazy-pages.socket'), { force: true })
+    const r = await runDaemon(c.args)
+    t.is(r.code, 1, r.stderr)
+    t.false(r.ready)
+    t.false(existsSync(join(w.images, 'lazy-pages.socket')))
+    t.regex(r.stderr.trim(), c.why)
+  }
+})
+
 test('a bad working-set file under -d: the foreground process reports it, no pidfile', async (t) => {
   const work = join(w.dir, 'bad-ws-detached')
   rmSync(work, { recursive: true, force: true })

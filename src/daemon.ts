@@ -1,7 +1,9 @@
 // `lazy-pages [options]`: serve one `criu restore --lazy-pages`, as `criu lazy-pages`
 // does. The Rust session does all socket, uffd and page I/O on its own threads; this
 // file wires options, readiness signals, policy, logs and the final report.
-import { writeFile } from 'node:fs/promises'
+import { constants } from 'node:fs'
+import { access, writeFile } from 'node:fs/promises'
+import { dirname, resolve } from 'node:path'
 
 import type { DaemonEvent, LazyDaemon } from '../index'
 import { oneLine, UserError } from './errors'
@@ -43,6 +45,11 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
   if (!opts.pageServer && (opts.address || opts.port)) throw new UserError('--address and --port need --page-server')
   if (!opts.pageServer && opts.reconnect) throw new UserError('--reconnect needs --page-server')
   if (!opts.pageServer && opts.urgentConnection) throw new UserError('--urgent-connection needs --page-server')
+  if (opts.recordWs && opts.prefetchWs && resolve(inWorkDir(opts.recordWs)) === resolve(inWorkDir(opts.prefetchWs))) {
+    throw new UserError(`--record-ws and --prefetch-ws both name ${opts.recordWs}: a prefetched restore faults on little, so it would overwrite the working set with a near-empty one`)
+  }
+  // Found out now, not after the whole restore, when the recording would be lost.
+  if (opts.recordWs) await checkWritableDir(inWorkDir(opts.recordWs), '--record-ws')
   const prefetch = opts.prefetchWs ? await readWorkingSet(inWorkDir(opts.prefetchWs)) : undefined
   let daemon: LazyDaemon
   try {
@@ -144,6 +151,14 @@ function logEvent(log: Logger, e: DaemonEvent): void {
     case 'error':
       log.error(e.message ?? 'engine error')
       break
+  }
+}
+
+async function checkWritableDir(file: string, option: string): Promise<void> {
+  try {
+    await access(dirname(file), constants.W_OK)
+  } catch (err) {
+    throw new UserError(`${option} ${file}: cannot write there: ${(err as NodeJS.ErrnoException).code ?? err}`)
   }
 }
 

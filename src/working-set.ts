@@ -6,7 +6,8 @@
 //   { "format": "lazy-pages-working-set", "version": 1, "pageSize": 4096,
 //     "tasks": [ { "pid": 42, "pages": 3, "runs": [["0x7f3a2c000000", 2], ["0x55e0c1a3f000", 1]] } ] }
 // `runs` are [run-time address, page count] in first-fault order; adjacent pages are
-// merged into one run. Addresses are hex strings, exact beyond 2^53.
+// merged into one run. Addresses are hex strings, exact beyond 2^53. `pages` (the runs'
+// total) is informational: readers go by `runs`.
 import { readFile, writeFile } from 'node:fs/promises'
 import { z } from 'zod'
 
