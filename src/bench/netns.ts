@@ -1,5 +1,5 @@
 // Two "hosts" for the remote scenario: network namespaces joined by a veth pair, the
-// sending side (A -> B, where page data flows) shaped with tbf as in __test__/netns.spec.ts.
+// sending side (A -> B, where page data flows) shaped with tbf to a 1 Gbit/s link.
 // Names carry our pid so a concurrent test run or bench never collides with them.
 import { readFileSync } from 'node:fs'
 
@@ -19,6 +19,18 @@ export class ShapedLink {
 
   private constructor(readonly rateGbit: number) {}
 
+  /**
+   * tbf past the rate: how much may leave faster than the rate after an idle spell
+   * (burst) and how long a queue may grow (latency). A real port sends at line rate,
+   * so the burst is kept to what tbf needs without cutting veth's 64 KB GSO packets
+   * into MTU segments in software: 128 KB, 1 ms at 1 Gbit/s (256 KB let 2 ms out at
+   * once and hid a sender's gaps). The queue may hold 5 ms, a shallow switch port or
+   * an AQM's target; 50 ms would be bufferbloat that no real link is tuned for.
+   */
+  get shaping(): string[] {
+    return ['rate', `${this.rateGbit}gbit`, 'burst', '128kb', 'latency', '5ms']
+  }
+
   /** Both namespaces, or none: a failed setup deletes what it made before throwing. */
   static async create(rateGbit: number): Promise<ShapedLink> {
     const l = new ShapedLink(rateGbit)
@@ -29,8 +41,7 @@ export class ShapedLink {
       await ip(['-n', l.a, 'addr', 'add', `${l.addrA}/24`, 'dev', 'vA'])
       await ip(['-n', l.b, 'addr', 'add', `${l.addrB}/24`, 'dev', 'vB'])
       for (const [ns, dev] of [[l.a, 'vA'], [l.b, 'vB'], [l.a, 'lo'], [l.b, 'lo']]) await ip(['-n', ns, 'link', 'set', dev, 'up'])
-      // Same shaping as the test: the queue may hold 50 ms of data, the burst 256 KB.
-      await ip(['netns', 'exec', l.a, 'tc', 'qdisc', 'add', 'dev', 'vA', 'root', 'tbf', 'rate', `${rateGbit}gbit`, 'burst', '256kb', 'latency', '50ms'])
+      await ip(['netns', 'exec', l.a, 'tc', 'qdisc', 'add', 'dev', 'vA', 'root', 'tbf', ...l.shaping])
     } catch (e) {
       await l.delete()
       throw e

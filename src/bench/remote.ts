@@ -43,6 +43,8 @@ export interface RemoteResult {
   rateGbit: number
   /** lazy pages of the dump * 4096: what every client fetches over the link. */
   lazyBytes: number
+  /** tbf parameters of the link. */
+  shaping: string
   cases: RemoteCase[]
 }
 
@@ -75,8 +77,10 @@ export async function remoteScenario(mib: number, touches: number, log: (s: stri
   const cases: RemoteCase[] = []
   let link: ShapedLink | undefined
   let server: PageServer | undefined
+  let shaping = ''
   try {
     link = await ShapedLink.create(RATE_GBIT)
+    shaping = link.shaping.join(' ')
     server = await PageServer.start(link.exec(link.a), d.images, link.addrA)
     log(`  page server on ${link.addrA}:${server.port} in netns ${link.a}; clients and criu restore in ${link.b}`)
     for (const c of CASES) cases.push(await oneCase(c.name, c.server(link.addrA, server.port), { d, split, file, link, server, lazyBytes }, log))
@@ -88,7 +92,7 @@ export async function remoteScenario(mib: number, touches: number, log: (s: stri
     await server?.stop()
     await link?.delete()
   }
-  return { mib, touches, rateGbit: RATE_GBIT, lazyBytes, cases }
+  return { mib, touches, rateGbit: RATE_GBIT, lazyBytes, shaping, cases }
 }
 
 interface Ctx {
@@ -170,6 +174,7 @@ export function remoteMarkdown(r: RemoteResult): string[] {
   const mb = (r.lazyBytes / 1e6).toFixed(0)
   out.push(
     '',
+    `Link: a veth pair, host A's side shaped by \`tbf ${r.shaping}\` (why these values: src/bench/netns.ts).`,
     `Host A: \`lazy-pages page-server --keep-serving\` on the full dump, one server for every client. Host B: the dump without its lazy pages (\`lazy-pages split\`), the client daemon and \`criu restore --lazy-pages -d\`.`,
     `Transfer: \`criu restore\` start → client exit, all ${mb} MB of lazy pages in. Lazy Gbit/s = ${mb} MB × 8 / transfer s; link Gbit/s = bytes host A's shaped interface counted as sent (vA tx_bytes: page data plus TCP/IP headers) × 8 / transfer s.`,
     'Faults: touches of pages still missing (mincore just before) while the background transfer fills the link; "present" touches found their page already in and are left out. "Link Gbit/s while touching": what host A sent from SIGUSR2 to the touches\' end (at "touches done", counted from `criu restore` start): how full the link was while the faults were timed.',

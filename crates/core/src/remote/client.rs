@@ -8,10 +8,12 @@
 //!
 //! Faults first on the wire: a CRIU server answers strictly in order, so a
 //! fault's GET waits behind every byte already requested. Background GETs are
-//! therefore kept to `background_budget` bytes on the wire; fault GETs are
-//! sent at once. The engine does not say which calls are faults: `pages()`
-//! treats spans of at most `fault_span_pages` pages as faults, and
-//! `fetch(.., Priority)` lets a caller say so explicitly.
+//! therefore kept within a window of bytes on the wire, by default one sized to
+//! keep the link busy with about `queue_target` of data ahead of a fault
+//! (`client_window.rs`); fault GETs are sent at once. The engine does not say
+//! which calls are faults: `pages()` treats spans of at most
+//! `fault_span_pages` pages as faults, and `fetch(.., Priority)` lets a
+//! caller say so explicitly.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 pub use super::client_book::Priority;
 use super::client_book::{Book, Limits, Sent};
 use super::client_reader::{self, READ_TICK};
+use super::client_window::Window;
 use super::wire::{IovHeader, WireVersion};
 use crate::engine::{PageData, PageSource, SourceError};
 use crate::images::PAGE_SIZE;
@@ -38,7 +41,12 @@ pub struct RemoteConfig {
     /// How long a background call waits for room and for its bytes.
     pub background_wait: Duration,
     /// Background bytes on the wire at once: the most a fault queues behind.
+    /// `ADAPTIVE_BUDGET` (the default): as few as keep the link busy, found
+    /// from the replies' delays (see `queue_target`).
     pub background_budget: u64,
+    /// With the adaptive budget: the queueing delay a fault may meet behind
+    /// background bytes. Smaller risks leaving the link idle between replies.
+    pub queue_target: Duration,
     /// Pages per GET (CRIU's own client asks at most 1024).
     pub max_request_pages: u64,
     /// Bytes of arrived data kept for later calls (and of buffers in total).
@@ -66,7 +74,8 @@ impl Default for RemoteConfig {
             connect_timeout: Duration::from_secs(10),
             fault_wait: Duration::from_millis(5),
             background_wait: Duration::from_secs(2),
-            background_budget: 256 * 1024,
+            background_budget: RemoteConfig::ADAPTIVE_BUDGET,
+            queue_target: Duration::from_micros(500),
             max_request_pages: 1024,
             cache_bytes: 16 << 20,
             stall_timeout: Duration::from_secs(60),
@@ -76,6 +85,11 @@ impl Default for RemoteConfig {
             urgent_connection: false,
         }
     }
+}
+
+impl RemoteConfig {
+    /// `background_budget` value that has the client size it from measurements.
+    pub const ADAPTIVE_BUDGET: u64 = 0;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,8 +141,11 @@ impl RemotePages {
             source,
         })?;
         let reader_stream = prepare(&stream, peer, &config)?;
+        let window = match config.background_budget {
+            RemoteConfig::ADAPTIVE_BUDGET => Window::adaptive(config.queue_target),
+            bytes => Window::fixed(bytes),
+        };
         let limits = Limits {
-            background_budget: config.background_budget.max(PAGE_SIZE),
             max_request_pages: config.max_request_pages.clamp(1, config.version.max_nr_pages()),
             cache_bytes: config.cache_bytes,
             max_fault_requests: 64,
@@ -136,7 +153,7 @@ impl RemotePages {
         let shared = Arc::new(Shared {
             peer,
             config,
-            book: Mutex::new(Book::new(limits)),
+            book: Mutex::new(Book::new(limits, window)),
             cond: Condvar::new(),
             writer: Mutex::new(stream),
             shutdown: AtomicBool::new(false),
@@ -295,7 +312,7 @@ impl Shared {
     /// Sends whatever the book allows now, in the order it recorded it.
     pub fn pump(&self) {
         let mut w = self.write_lock();
-        let segs = self.lock().plan_sends();
+        let segs = self.lock().plan_sends(Instant::now());
         if segs.is_empty() {
             return;
         }

@@ -1,29 +1,30 @@
 //! The client's bookkeeping, with no I/O: which spans were asked for, which
 //! GETs are on the wire (in wire order: a CRIU server answers strictly FIFO),
-//! what has arrived, and what may be sent next under the background budget.
+//! what has arrived, and what may be sent next within the background window
+//! (`client_window.rs`), which each reply header's delay steers.
 //!
 //! A `Request` is one span the engine asked for, with its own buffer. It goes
 //! out as one or more `Segment`s (GETs); a reply may carry fewer pages than
 //! asked (the server clamps at the end of a run), and the rest is asked again.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
 
+use super::client_window::Window;
 use super::wire::IovHeader;
 use crate::images::PAGE_SIZE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Priority {
-    /// A thread is blocked on it: sent at once, never held back by the budget.
+    /// A thread is blocked on it: sent at once, never held back by the window.
     Fault,
-    /// Background fill: on the wire only within the background budget.
+    /// Background fill: on the wire only within the background window.
     Background,
 }
 
 /// Limits, all in bytes or counts.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
-    /// Background bytes on the wire at once (what a fault may queue behind).
-    pub background_budget: u64,
     /// Pages per GET.
     pub max_request_pages: u64,
     /// Bytes of all request buffers together; done ones are evicted to stay under.
@@ -64,6 +65,9 @@ pub(crate) struct Segment {
     pub vaddr: u64,
     pub pages: u64,
     pub priority: Priority,
+    /// When its GET was handed to the socket: its reply header's delay is a sample
+    /// of what a fault waits.
+    pub sent: Instant,
 }
 
 impl Segment {
@@ -95,6 +99,7 @@ pub(crate) struct Landing {
 
 pub(crate) struct Book {
     limits: Limits,
+    window: Window,
     reqs: BTreeMap<u64, Request>,
     pub wire: VecDeque<Sent>,
     background_on_wire: u64,
@@ -107,9 +112,10 @@ pub(crate) struct Book {
 }
 
 impl Book {
-    pub fn new(limits: Limits) -> Book {
+    pub fn new(limits: Limits, window: Window) -> Book {
         Book {
             limits,
+            window,
             reqs: BTreeMap::new(),
             wire: VecDeque::new(),
             background_on_wire: 0,
@@ -143,8 +149,10 @@ impl Book {
         match priority {
             Priority::Fault if unfinished(Priority::Fault).count() >= self.limits.max_fault_requests => return None,
             Priority::Background => {
+                // Admitting up to a window ahead lets a second fill job's span go
+                // out right behind the first one's, with no gap on the link.
                 let queued: u64 = unfinished(Priority::Background).map(|r| r.len - r.received).sum();
-                if queued >= self.limits.background_budget {
+                if queued >= self.window.bytes() {
                     return None;
                 }
             }
@@ -189,37 +197,32 @@ impl Book {
     }
 
     /// Picks the GETs to send now (faults first, then background within the
-    /// budget) and records them as on the wire. The caller must write them in
-    /// this order before anyone else records more.
-    pub fn plan_sends(&mut self) -> Vec<Segment> {
+    /// window) and records them as on the wire since `sent`. The caller must
+    /// write them in this order before anyone else records more.
+    pub fn plan_sends(&mut self, sent: Instant) -> Vec<Segment> {
         let mut out = Vec::new();
         if self.fatal.is_some() || self.closed || self.lost {
             return out;
         }
         let max = self.limits.max_request_pages.max(1);
-        let budget_pages = (self.limits.background_budget / PAGE_SIZE).max(1);
         for priority in [Priority::Fault, Priority::Background] {
             let ids: Vec<u64> = self.reqs.iter().filter(|(_, r)| r.priority == priority).map(|(&id, _)| id).collect();
             for id in ids {
                 loop {
                     let room = match priority {
                         Priority::Fault => max,
-                        Priority::Background => {
-                            // Always allow one segment, so a budget below a page still moves.
-                            let used = self.background_on_wire / PAGE_SIZE;
-                            if used > 0 && used >= budget_pages {
-                                break;
-                            }
-                            max.min(budget_pages.saturating_sub(used).max(1))
-                        }
+                        Priority::Background => match self.window.room(self.background_on_wire / PAGE_SIZE, max) {
+                            Some(room) => room,
+                            None => break,
+                        },
                     };
                     let Some(r) = self.reqs.get_mut(&id) else { break };
                     let Some((off, pages)) = r.unsent.pop_front() else { break };
-                    let now = pages.min(room);
-                    if now < pages {
-                        r.unsent.push_front((off + now * PAGE_SIZE, pages - now));
+                    let take = pages.min(room);
+                    if take < pages {
+                        r.unsent.push_front((off + take * PAGE_SIZE, pages - take));
                     }
-                    let seg = Segment { req: id, pid: r.pid, vaddr: r.vaddr + off, pages: now, priority };
+                    let seg = Segment { req: id, pid: r.pid, vaddr: r.vaddr + off, pages: take, priority, sent };
                     if priority == Priority::Background {
                         self.background_on_wire += seg.bytes();
                     }
@@ -228,12 +231,14 @@ impl Book {
                 }
             }
         }
+        let held = self.reqs.values().any(|r| r.priority == Priority::Background && !r.unsent.is_empty());
+        self.window.set_limited(held);
         out
     }
 
-    /// Matches a reply header with the oldest GET on the wire and lends out the
-    /// buffer its data goes to. Err = the stream is out of step (fatal).
-    pub fn land(&mut self, reply: &IovHeader) -> Result<Landing, String> {
+    /// Matches a reply header (read at `now`) with the oldest GET on the wire and
+    /// lends out the buffer its data goes to. Err = the stream is out of step (fatal).
+    pub fn land(&mut self, reply: &IovHeader, now: Instant) -> Result<Landing, String> {
         let seg = match self.wire.front() {
             Some(Sent::Get(seg)) => *seg,
             Some(Sent::Close) => return Err("sent a page header where the CLOSE reply was due".into()),
@@ -252,6 +257,7 @@ impl Book {
             ));
         }
         self.wire.pop_front();
+        self.window.sample(now, now.saturating_duration_since(seg.sent), seg.bytes(), seg.priority == Priority::Background);
         let (offset, buf) = match self.reqs.get_mut(&seg.req) {
             Some(r) => (seg.vaddr - r.vaddr, Some(std::mem::take(&mut r.buf))),
             None => (0, None),

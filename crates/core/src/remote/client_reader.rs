@@ -138,7 +138,7 @@ fn read_replies(shared: &Shared, stream: &mut TcpStream) -> Result<(), End> {
         }
         read_full(shared, stream, &mut head[CLOSE_REPLY_LEN..hlen]).map_err(|s| describe(shared, s, "a reply header"))?;
         let reply = IovHeader::decode(shared.config.version, &head[..hlen]).map_err(|e| End::Fatal(format!("page server {peer}: {e}")))?;
-        let mut landing = shared.lock().land(&reply).map_err(|why| End::Fatal(format!("page server {peer} {why}")))?;
+        let mut landing = shared.lock().land(&reply, Instant::now()).map_err(|why| End::Fatal(format!("page server {peer} {why}")))?;
         let bytes = (landing.pages * PAGE_SIZE) as usize;
         let start = landing.offset as usize;
         let what = format!("{} pages of task {} at {:#x}", landing.pages, landing.seg.pid, landing.seg.vaddr);

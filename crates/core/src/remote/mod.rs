@@ -5,6 +5,7 @@
 mod client;
 mod client_book;
 mod client_reader;
+mod client_window;
 mod lazy_index;
 mod priority;
 mod server;

@@ -1,7 +1,7 @@
 //! `PrioritySource`: two connections to one lazy-pages page server, faults on
 //! one and background reads on the other. A server answers each connection
 //! strictly in order, so on a single connection a fault's reply still waits
-//! behind the background bytes already asked for (up to `background_budget`);
+//! behind the background bytes already asked for (the background window);
 //! on its own connection it waits behind other faults only, and our server
 //! runs each connection on its own thread.
 
