@@ -103,19 +103,7 @@ int main(int argc, char **argv)
 	}
 	if (!O.state || optind != argc || !O.mib || !hot_pct || hot_pct > 100)
 		usage();
-	/* As lpw: inherited fds would be external state for CRIU. */
-	close_range(3, ~0U, 0);
-	page_size = sysconf(_SC_PAGESIZE);
-	mkdir(O.state, 0755);
-	signals_install();
-	clear_stale();
-	{
-		/* An old pass file must never pass for this run's (clear_stale does not know it). */
-		char path[4096];
-
-		snprintf(path, sizeof(path), "%s/hot-main.txt", O.state);
-		unlink(path);
-	}
+	bench_start("hot-main.txt");
 	pages = (size_t)O.mib * (1 << 20) / page_size;
 	pick_hot(pages);
 	region_fill(region_map(pages, O.seed, "dense"));

@@ -59,6 +59,7 @@ int region_page_seed(const struct region *r, size_t idx, uint64_t *seed);
 void state_write(const char *name, const char *data, size_t len);
 void write_ready(const char *prefix);
 void clear_stale(void);
+void bench_start(const char *result_name);
 void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
 /* verify.c */

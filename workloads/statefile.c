@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "lpw.h"
 
@@ -137,4 +138,20 @@ void clear_stale(void)
 			unlink(path);
 		}
 	}
+}
+
+/* Start-up shared by the benchmark workloads (lpw-touch, lpw-hot): no inherited fds (they
+ * would be external state for CRIU), the state dir, signals, and no stale files, including
+ * this workload's own result file, which clear_stale does not know. */
+void bench_start(const char *result_name)
+{
+	char path[4096];
+
+	close_range(3, ~0U, 0);
+	page_size = sysconf(_SC_PAGESIZE);
+	mkdir(O.state, 0755);
+	signals_install();
+	clear_stale();
+	snprintf(path, sizeof(path), "%s/%s", O.state, result_name);
+	unlink(path);
 }

@@ -100,19 +100,7 @@ int main(int argc, char **argv)
 	}
 	if (!O.state || optind != argc || !O.mib || !touches)
 		usage();
-	/* As lpw: inherited fds would be external state for CRIU. */
-	close_range(3, ~0U, 0);
-	page_size = sysconf(_SC_PAGESIZE);
-	mkdir(O.state, 0755);
-	signals_install();
-	clear_stale();
-	{
-		/* An old latency file must never pass for this run's (clear_stale does not know it). */
-		char path[4096];
-
-		snprintf(path, sizeof(path), "%s/touch-main.txt", O.state);
-		unlink(path);
-	}
+	bench_start("touch-main.txt");
 	region_fill(region_map((size_t)O.mib * (1 << 20) / page_size, O.seed, "dense"));
 	write_ready("ready");
 	idle_loop(touch_pages);
