@@ -277,7 +277,12 @@ impl Task for Prepare {
                 let version = crate::page_server::wire_version(o.criu_version.as_deref(), &o.images_dir)?;
                 let reconnect = Duration::from_millis(o.reconnect_ms.unwrap_or(0).into());
                 let urgent_connection = o.urgent_connection.unwrap_or(false);
-                let config = RemoteConfig { version, reconnect, urgent_connection, ..RemoteConfig::default() };
+                // The engine asks for a whole fault cluster in one call; a span wider than
+                // the client's fault threshold would queue behind the background window.
+                // Clamped as EngineConfig::normalized clamps it: a larger value would only
+                // let background chunks pass as faults.
+                let fault_span_pages = o.fault_pages.map_or(EngineConfig::default().fault_pages, u64::from).clamp(1, 16);
+                let config = RemoteConfig { version, reconnect, urgent_connection, fault_span_pages, ..RemoteConfig::default() };
                 PageOrigin::Remote { addr: addr.clone(), config }
             }
         };

@@ -364,3 +364,20 @@ impl Shared {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The engine's fault clusters span up to its fault_pages; the daemon sets
+    // fault_span_pages to match, and a whole cluster must skip the window.
+    #[test]
+    fn a_fault_cluster_up_to_the_span_is_a_fault() {
+        let config = RemoteConfig { fault_span_pages: 4, ..RemoteConfig::default() };
+        let page = PAGE_SIZE as usize;
+        assert_eq!(priority_of(&config, page), Priority::Fault);
+        assert_eq!(priority_of(&config, 4 * page), Priority::Fault);
+        assert_eq!(priority_of(&config, 5 * page), Priority::Background);
+        assert_eq!(priority_of(&RemoteConfig::default(), 2 * page), Priority::Background);
+    }
+}
