@@ -5,6 +5,7 @@ import test from 'ava'
 import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 
+import { tbfShaping } from '../dist/bench/netns'
 import { assertCleanSummary, assertMemoryAsDumped, checksums } from './helpers/check'
 import { lazyPages } from './helpers/cli'
 import { lazyRestore } from './helpers/daemon'
@@ -27,8 +28,8 @@ test.before(async () => {
   await sh(`ip link add vA netns ${A} type veth peer name vB netns ${B}`)
   await sh(`ip -n ${A} addr add ${ADDR_A}/24 dev vA && ip -n ${B} addr add 10.77.0.2/24 dev vB`)
   await sh(`ip -n ${A} link set vA up && ip -n ${B} link set vB up && ip -n ${A} link set lo up && ip -n ${B} link set lo up`)
-  // Pages flow A -> B: shape A's egress.
-  await sh(`ip netns exec ${A} tc qdisc add dev vA root tbf rate 1gbit burst 256kb latency 50ms`)
+  // Pages flow A -> B: shape A's egress, as the bench does.
+  await sh(`ip netns exec ${A} tc qdisc add dev vA root tbf ${tbfShaping(1).join(' ')}`)
 })
 
 test.after.always(async () => {

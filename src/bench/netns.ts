@@ -11,6 +11,19 @@ async function ip(args: string[]): Promise<string> {
   return r.stdout
 }
 
+/**
+ * tbf past the rate: how much may leave faster than the rate after an idle spell
+ * (burst) and how long a queue may grow (latency). A real port sends at line rate,
+ * so the burst is kept to what tbf needs without cutting veth's 64 KB GSO packets
+ * into MTU segments in software: 128 KB, 1 ms at 1 Gbit/s (256 KB let 2 ms out at
+ * once and hid a sender's gaps). The queue may hold 5 ms, a shallow switch port or
+ * an AQM's target; 50 ms would be bufferbloat that no real link is tuned for.
+ * Exported so the netns test shapes its link the same way.
+ */
+export function tbfShaping(rateGbit: number): string[] {
+  return ['rate', `${rateGbit}gbit`, 'burst', '128kb', 'latency', '5ms']
+}
+
 export class ShapedLink {
   readonly a = `lpbenchA${process.pid}`
   readonly b = `lpbenchB${process.pid}`
@@ -19,16 +32,8 @@ export class ShapedLink {
 
   private constructor(readonly rateGbit: number) {}
 
-  /**
-   * tbf past the rate: how much may leave faster than the rate after an idle spell
-   * (burst) and how long a queue may grow (latency). A real port sends at line rate,
-   * so the burst is kept to what tbf needs without cutting veth's 64 KB GSO packets
-   * into MTU segments in software: 128 KB, 1 ms at 1 Gbit/s (256 KB let 2 ms out at
-   * once and hid a sender's gaps). The queue may hold 5 ms, a shallow switch port or
-   * an AQM's target; 50 ms would be bufferbloat that no real link is tuned for.
-   */
   get shaping(): string[] {
-    return ['rate', `${this.rateGbit}gbit`, 'burst', '128kb', 'latency', '5ms']
+    return tbfShaping(this.rateGbit)
   }
 
   /** Both namespaces, or none: a failed setup deletes what it made before throwing. */
