@@ -86,7 +86,7 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
   }
 
   const stop = (signal: NodeJS.Signals) => {
-    log.error(`${signal}: aborting; pages not yet served will read as zeros in the restored processes`)
+    log.error(`${signal}: aborting; pages not yet served are poisoned: a restored process that touches one gets SIGBUS`)
     daemon.abort()
   }
   process.once('SIGINT', stop)

@@ -24,4 +24,20 @@ pub enum EngineError {
     ThreadPanicked(&'static str),
     #[error("the engine was shut down before every task finished")]
     ShutDown,
+    #[error("{source}; {pages} lazy pages were never served: {}", poisoned_note(*.poisoned, *.pages, .poison_error))]
+    Unserved {
+        #[source]
+        source: Box<EngineError>,
+        pages: u64,
+        poisoned: u64,
+        poison_error: Option<UffdError>,
+    },
+}
+
+fn poisoned_note(poisoned: u64, pages: u64, error: &Option<UffdError>) -> String {
+    match error {
+        Some(e) => format!("poisoning them failed ({e}), so the restored processes read zeros there"),
+        None if poisoned == pages => "all poisoned: a restored process that touches one gets SIGBUS, never zeros".into(),
+        None => format!("{poisoned} poisoned (SIGBUS on touch); the rest belonged to tasks that were exiting"),
+    }
 }

@@ -65,6 +65,7 @@ mod source;
 mod stats;
 mod task;
 mod transfer;
+mod unserved;
 mod working_set;
 
 use std::os::fd::OwnedFd;
@@ -85,10 +86,12 @@ use fault_loop::FaultLoop;
 use notify::lock;
 use shared::{Hint, Shared};
 
-/// Handle to a running engine. Dropping it shuts the engine down.
+/// Handle to a running engine. Dropping it shuts the engine down (pages still unserved
+/// are poisoned: see `unserved.rs`).
 pub struct Engine {
     shared: Arc<Shared>,
     threads: Mutex<Vec<(&'static str, JoinHandle<()>)>>,
+    poisoned: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
@@ -122,7 +125,7 @@ impl Engine {
                 s.notifier.run(&events, &mut || s.progress(&mut last));
             }),
         )?);
-        Ok(Engine { shared, threads: Mutex::new(threads) })
+        Ok(Engine { shared, threads: Mutex::new(threads), poisoned: std::sync::atomic::AtomicBool::new(false) })
     }
 
     /// Hands over task `pid`'s uffd (API already negotiated, as CRIU sends it) with its
@@ -174,8 +177,8 @@ impl Engine {
         self.shared.finished.load(SeqCst)
     }
 
-    /// Stops all threads; pending pages stay unserved (closing the uffds zero-fills
-    /// them), so this is for aborts.
+    /// Stops all threads; pending pages stay unserved (and are poisoned when the
+    /// engine is joined or dropped), so this is for aborts.
     pub fn shutdown(&self) {
         self.shared.stop();
     }
@@ -189,14 +192,28 @@ impl Engine {
     /// the threads and returns the final stats.
     pub fn join(self) -> Result<EngineSummary, EngineError> {
         self.shared.wait_stopped(None);
-        self.stop_threads()?;
-        if let Some(err) = lock(&self.shared.fatal).take() {
-            return Err(err);
+        let stopped = self.stop_threads();
+        let unserved = self.poison_unserved();
+        let err = match (lock(&self.shared.fatal).take(), stopped) {
+            (Some(err), _) | (None, Err(err)) => err,
+            (None, Ok(())) if !self.shared.finished.load(SeqCst) => EngineError::ShutDown,
+            (None, Ok(())) => return Ok(self.shared.stats()),
+        };
+        Err(match unserved {
+            Some(u) if u.pages > 0 => {
+                EngineError::Unserved { source: Box::new(err), pages: u.pages, poisoned: u.poisoned, poison_error: u.error }
+            }
+            _ => err,
+        })
+    }
+
+    /// Once, after the threads stopped and before the uffds close: poison what an
+    /// unfinished engine leaves unserved.
+    fn poison_unserved(&self) -> Option<unserved::Unserved> {
+        if self.shared.finished.load(SeqCst) || self.poisoned.swap(true, SeqCst) {
+            return None;
         }
-        if !self.shared.finished.load(SeqCst) {
-            return Err(EngineError::ShutDown);
-        }
-        Ok(self.shared.stats())
+        Some(unserved::poison_unserved(&self.shared))
     }
 
     fn stop_threads(&self) -> Result<(), EngineError> {
@@ -215,5 +232,6 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.stop_threads();
+        self.poison_unserved();
     }
 }

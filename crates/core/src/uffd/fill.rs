@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use nix::errno::Errno;
 use userfaultfd::Uffd;
 
-use super::raw::{uffdio_copy, uffdio_zeropage, UffdioCopy, UffdioRange, UffdioZeropage};
+use super::raw::{uffdio_copy, uffdio_poison, uffdio_zeropage, UffdioCopy, UffdioPoison, UffdioRange, UffdioZeropage};
 use super::UffdError;
 
 /// What a fill ioctl did. Everything that is not a bug in our bookkeeping is an outcome,
@@ -68,6 +68,26 @@ pub fn zeropage(uffd: &Uffd, dst: u64, len: u64) -> Result<FillOutcome, UffdErro
             Some(outcome) => return Ok(outcome),
             None if res == Err(Errno::EINTR) => continue,
             None => return Err(failure("UFFDIO_ZEROPAGE", dst, len, res)),
+        }
+    }
+}
+
+/// UFFDIO_POISON `[dst, dst + len)`, waking waiters: an access there then raises SIGBUS
+/// instead of faulting. For pages that will never be served, so that a task touching one
+/// dies loudly rather than reading zeros once the uffd is closed.
+pub fn poison(uffd: &Uffd, dst: u64, len: u64) -> Result<FillOutcome, UffdError> {
+    let mut arg = UffdioPoison {
+        range: UffdioRange { start: dst, len },
+        mode: 0,
+        updated: 0,
+    };
+    loop {
+        // SAFETY: `arg` is a valid uffdio_poison that lives across the call.
+        let res = unsafe { uffdio_poison(uffd.as_raw_fd(), &mut arg) };
+        match classify(res.map(|_| ()), arg.updated, len) {
+            Some(outcome) => return Ok(outcome),
+            None if res == Err(Errno::EINTR) => continue,
+            None => return Err(failure("UFFDIO_POISON", dst, len, res)),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Kernel structs and ioctl numbers for the two fill ioctls (facts §3.1, x86_64).
+//! Kernel structs and ioctl numbers for the fill ioctls (facts §3.1, x86_64) and
+//! UFFDIO_POISON (Linux 6.6+).
 
 /// `struct uffdio_range`.
 #[repr(C)]
@@ -29,11 +30,22 @@ pub struct UffdioZeropage {
     pub zeropage: i64,
 }
 
+/// `struct uffdio_poison` (32 bytes); `updated` is written back like `copy` above.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UffdioPoison {
+    pub range: UffdioRange,
+    pub mode: u64,
+    pub updated: i64,
+}
+
 const UFFDIO: u8 = 0xAA;
 
 // 0xC028AA03 and 0xC020AA04: nix derives them from the type letter, number and size.
 nix::ioctl_readwrite!(uffdio_copy, UFFDIO, 0x03, UffdioCopy);
 nix::ioctl_readwrite!(uffdio_zeropage, UFFDIO, 0x04, UffdioZeropage);
+nix::ioctl_readwrite!(uffdio_poison, UFFDIO, 0x08, UffdioPoison);
 
 const _: () = assert!(std::mem::size_of::<UffdioCopy>() == 40);
 const _: () = assert!(std::mem::size_of::<UffdioZeropage>() == 32);
+const _: () = assert!(std::mem::size_of::<UffdioPoison>() == 32);

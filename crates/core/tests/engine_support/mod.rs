@@ -65,10 +65,38 @@ impl Region {
     }
 }
 
+impl Region {
+    /// After a test moved or unmapped pages `[i, i + n)` away: maps a fresh anonymous
+    /// range there again, so the region is whole and its Drop unmaps only what is ours.
+    /// Tests run on parallel threads, and any of them (or malloc) may be handed the hole
+    /// meanwhile; then this returns false and the region is leaked instead: unmapping
+    /// the whole range would pull memory from under another thread (SIGSEGV in CI once).
+    #[must_use]
+    pub fn refill(&mut self, i: usize, n: usize, prot: libc::c_int) -> bool {
+        let at = self.page_addr(i);
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+        let p = unsafe {
+            libc::mmap(at as *mut libc::c_void, n * PS, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE, -1, 0)
+        };
+        if p as u64 == at {
+            return true;
+        }
+        if p != libc::MAP_FAILED {
+            // An old kernel that ignores NOREPLACE put it elsewhere: not ours to keep.
+            // SAFETY: the mapping just created, nothing refers to it.
+            unsafe { libc::munmap(p, n * PS) };
+        }
+        self.pages = 0;
+        false
+    }
+}
+
 impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping (possibly already partly unmapped by a test).
-        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.pages * PS) };
+        if self.pages > 0 {
+            // SAFETY: unmapping our own mapping, whole again (see `refill`).
+            unsafe { libc::munmap(self.addr as *mut libc::c_void, self.pages * PS) };
+        }
     }
 }
 
