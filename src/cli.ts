@@ -63,7 +63,7 @@ export function buildProgram(rawArgs: string[] = []): Command {
     .option('--connect-timeout <seconds>', 'fail if no restore connects within this time (0 = wait forever)', nonNegativeInt('--connect-timeout'), 300)
     .option('--jobs <n>', 'background fill threads', positiveInt('--jobs'), 1)
     .option('--chunk-pages <n>', 'pages per background copy (bounds how long a fault can wait behind one)', positiveInt('--chunk-pages'), 64)
-    .option('--fill-delay <ms>', 'after restore finishes, serve only faults for this long before the background fill starts', nonNegativeInt('--fill-delay'), 0)
+    .option('--fill-delay <ms>', 'after restore finishes, serve only faults (and a --prefetch-ws working set) for this long before the background fill starts', nonNegativeInt('--fill-delay'), 0)
     .addOption(
       new Option('--prefetch <strategy>', 'background fill order after restore finishes')
         .choices(['neighbourhood', 'address'])
