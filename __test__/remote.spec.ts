@@ -11,26 +11,13 @@ import { lazyPages } from './helpers/cli'
 import { restoreLogTail, startLazyRestore } from './helpers/criu'
 import { lazyRestore, readStats, startDaemon } from './helpers/daemon'
 import { dumpAndWait, killAndWait } from './helpers/dumped'
-import { CLI, CRIU } from './helpers/paths'
+import { startPageServer } from './helpers/page-server'
+import { CRIU } from './helpers/paths'
 import { run, sleep, waitFor } from './helpers/proc'
 import { Workload } from './helpers/workload'
 
 function dirBytes(dir: string): number {
   return readdirSync(dir).reduce((n, f) => n + statSync(join(dir, f)).size, 0)
-}
-
-/** `lazy-pages page-server`, resolving with its port once it listens. */
-async function startPageServer(images: string, extra: string[] = []) {
-  // A later --port in `extra` wins over the default ephemeral one.
-  const child = spawn(process.execPath, [CLI, 'page-server', '-D', images, '--address', '127.0.0.1', '--port', '0', '-v3', ...extra], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let out = ''
-  child.stdout!.on('data', (d) => (out += d))
-  child.stderr!.on('data', (d) => (out += d))
-  const exit = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)))
-  const port = await waitFor('page server port', () => Number(/Using (\d+) port/.exec(out)?.[1] ?? 0), 30_000)
-  return { child, port, exit, output: () => out }
 }
 
 test('(a) criu dump --lazy-pages --port -> lazy-pages --page-server -> criu restore --lazy-pages', async (t) => {

@@ -1,0 +1,269 @@
+// A daemon that stops before every lazy page is in (its page server gone, told to
+// abort) never leaves the restored process reading zeros: every page still unserved
+// is poisoned before the uffds close, so the process dies by SIGBUS when it touches
+// one, and never reports a checksum, right or wrong.
+import test, { type ExecutionContext } from 'ava'
+import { readFileSync, rmSync } from 'node:fs'
+import { join } from 'node:path'
+
+import { checksums } from './helpers/check'
+import { lazyPages } from './helpers/cli'
+import { restoreLogTail, startLazyRestore } from './helpers/criu'
+import { startDaemon, type DaemonRun } from './helpers/daemon'
+import { dumpAndWait, killAndWait } from './helpers/dumped'
+import { startPageServer } from './helpers/page-server'
+import { alive, sleep, waitFor } from './helpers/proc'
+import { BUS_ADRERR, BUS_MCEERR_AR, SIGBUS, SigbusTrace } from './helpers/sigbus'
+import { Workload } from './helpers/workload'
+
+// With --fill-delay only faults are served for that long: the kill or the abort lands
+// while nearly every page is still missing, every time.
+const FILL_DELAY_MS = 5000
+const TRACE = `lazy-pages-test-${process.pid}`
+const NEVER_SERVED = /; (\d+) lazy pages were never served: (?:all poisoned: a restored process that touches one gets SIGBUS, never zeros|(\d+) poisoned \(SIGBUS on touch\); the rest belonged to tasks that were exiting)$/
+
+type Report = Awaited<ReturnType<typeof dumpAndWait>>
+
+/** The daemon's exit, or a failure with what it printed if it hangs. */
+async function exitWithin(daemon: DaemonRun, ms: number) {
+  const exit = await Promise.race([daemon.exit, sleep(ms).then(() => undefined)])
+  if (!exit) throw new Error(`daemon still running ${ms} ms later: ${daemon.stderr()}`)
+  return exit
+}
+
+/**
+ * The failure is one line, the last, told once (the only line that says "poisoned"),
+ * matching `what`, ending with how many pages were never served: nearly all of them,
+ * as only faults were served before the stop (the stack and such, not the region).
+ * All of them are poisoned, except with `dying`: a process woken by the poisoning of
+ * the page it waits on dies by SIGBUS at once, and the rest of its pages may find no
+ * process left to poison.
+ */
+function assertPoisonedLine(t: ExecutionContext, stderr: string, report: Report, what: RegExp, dying = false) {
+  const lines = stderr.trim().split('\n')
+  const last = lines[lines.length - 1]
+  t.deepEqual(
+    lines.filter((l) => /poisoned/.test(l)),
+    [last],
+    `one line says poisoned, the last: ${stderr}`,
+  )
+  t.regex(last, what)
+  const m = NEVER_SERVED.exec(last)
+  t.truthy(m, `ends with how many pages were never served and poisoned: ${last}`)
+  const unserved = Number(m?.[1] ?? 0)
+  const poisoned = m?.[2] === undefined ? unserved : Number(m[2])
+  t.true(unserved <= report.total.lazy && unserved >= report.total.lazy * 0.99, `${unserved} unserved of ${report.total.lazy} lazy pages`)
+  if (!dying) t.is(poisoned, unserved, 'all poisoned')
+  t.true(poisoned >= unserved * 0.99, `${poisoned} of ${unserved} unserved pages poisoned`)
+  return { unserved, poisoned }
+}
+
+/**
+ * A signal handler's frame goes on the stack below where the idle process sleeps: on
+ * pages of the dump that nothing has touched since the restore. Delivering a signal
+ * while the daemon serves makes the kernel fault them in, so that SIGUSR1 reaches its
+ * handler after the stop. (With the frame's page poisoned, the kernel cannot write the
+ * frame: the process dies by SIGSEGV, SI_KERNEL, before it touches its memory.) lpw's
+ * dense shape ignores SIGUSR2.
+ */
+async function settleSignalStack(t: ExecutionContext, pid: number) {
+  process.kill(pid, 'SIGUSR2')
+  await sleep(500)
+  t.true(alive(pid), `restored pid ${pid} took SIGUSR2`)
+}
+
+/** Dead: a zombie (init reaps the restored tree, and slowly here) or gone. */
+function dead(pid: number): boolean {
+  try {
+    return /^\d+ \(.*\) [ZX] /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'))
+  } catch {
+    return true
+  }
+}
+
+/** Send SIGUSR1 (verify) and wait until the restored process reports or dies. */
+async function askToVerify(w: Workload, pid: number) {
+  rmSync(join(w.state, 'result-main.txt'), { force: true })
+  process.kill(-pid, 'SIGUSR1')
+  return waitFor('the restored process to die or to report', () => (w.verdict('main') ? 'verdict' : dead(pid) && 'dead'), 20_000)
+}
+
+/**
+ * The restored process, asked to check its memory, dies by SIGBUS on its first
+ * unserved page. A verdict of any kind (ok, or a checksum other than the dumped one)
+ * would mean it read zeros where its memory never arrived.
+ */
+function assertDiedBySigbus(t: ExecutionContext, w: Workload, pid: number, outcome: string, dumpedFnv: string, trace: SigbusTrace | undefined) {
+  const verdict = w.verdict('main')
+  t.is(outcome, 'dead', 'died instead of reporting')
+  t.is(
+    verdict,
+    undefined,
+    verdict && `a verdict from unserved memory: ${verdict.line} (dumped fnv=${dumpedFnv}: ${verdict.line.includes(`fnv=${dumpedFnv}`) ? 'same' : 'different, zeros read'})`,
+  )
+  if (!trace) {
+    t.log('no tracefs: the process died without a verdict; the signal that killed it is not observed')
+    return
+  }
+  // The kernel's own account: a SIGBUS for a touch of a poisoned page (BUS_MCEERR_AR
+  // with CONFIG_MEMORY_FAILURE, else BUS_ADRERR), taken with the default action.
+  const events = trace.events(pid)
+  const generated = events.find((e) => e.event === 'signal_generate')
+  const delivered = events.find((e) => e.event === 'signal_deliver')
+  const all = events.map((e) => e.line).join(' | ') || 'none'
+  t.is(generated?.sig, SIGBUS, `the first fatal signal generated for ${pid} is SIGBUS: ${all}`)
+  t.true(generated?.code === BUS_MCEERR_AR || generated?.code === BUS_ADRERR, `si_code of a poisoned page: ${all}`)
+  t.is(delivered?.sig, SIGBUS, `SIGBUS taken by ${pid}: ${all}`)
+  t.is(delivered?.handler, '0', `SIG_DFL: it killed the process: ${all}`)
+  t.log(`pid ${pid}: ${all}`)
+}
+
+/** Dump `mib` MiB of lpw dense, split it, serve it with our page server. */
+async function remoteDump(name: string, mib: number) {
+  const w = await Workload.start(name, ['dense', '--mib', String(mib)])
+  const before = (await checksums(w)).get('main')!
+  const report = await dumpAndWait(w)
+  const out = join(w.dir, 'split')
+  const split = await lazyPages(['split', '-D', w.images, '-o', out])
+  if (split.code !== 0) throw new Error(`lazy-pages split: ${split.stderr}`)
+  const server = await startPageServer(w.images)
+  const daemonArgs = ['--page-server', '--address', '127.0.0.1', '--port', String(server.port), '--fill-delay', String(FILL_DELAY_MS)]
+  // One way the daemon can name the dead peer: `task PID: pages at ADDR: page server A:P closed the connection (...)`.
+  const peer = `page server 127\\.0\\.0\\.1:${server.port} closed the connection`
+  return { w, before, report, pid: report.tasks[0].pid as number, out, server, daemonArgs, peer }
+}
+
+test('remote: the page server killed mid-transfer, no --reconnect: exit 1, one line naming the peer, unserved pages poisoned, the process dies by SIGBUS', async (t) => {
+  const { w, before, report, pid, out, server, daemonArgs, peer } = await remoteDump('unserved-remote', 256)
+  const trace = SigbusTrace.open(TRACE)
+  let daemon: DaemonRun | undefined
+  try {
+    daemon = await startDaemon(out, daemonArgs)
+    t.is(await startLazyRestore(out).done, 0, restoreLogTail(out))
+    await settleSignalStack(t, pid)
+    const killedAt = Date.now()
+    server.child.kill('SIGKILL')
+    await server.exit
+    // Its reader sees EOF at once, but the engine learns of it only when it next asks
+    // for pages: here when the fill starts, after --fill-delay.
+    const exit = await exitWithin(daemon, FILL_DELAY_MS + 10_000)
+    t.is(exit.code, 1, daemon.stderr())
+    t.true(exit.at - killedAt < FILL_DELAY_MS + 3000, `exited ${exit.at - killedAt} ms after the kill`)
+    const { unserved } = assertPoisonedLine(t, daemon.stderr(), report, new RegExp(`^lazy-pages: task ${pid}: .*${peer}`))
+    t.log(`${unserved} of ${report.total.lazy} lazy pages poisoned; daemon exited ${exit.at - killedAt} ms after the kill`)
+    t.log(daemon.stderr().trim().split('\n').pop())
+    assertDiedBySigbus(t, w, pid, await askToVerify(w, pid), before, trace)
+  } finally {
+    daemon?.child.kill('SIGKILL')
+    server.child.kill('SIGKILL')
+    trace?.close()
+    await killAndWait(w, report)
+  }
+})
+
+test('remote: a fault waiting on a page server that died: its page is poisoned, not left waiting, and the process dies by SIGBUS', async (t) => {
+  const { w, before, report, pid, out, server, daemonArgs, peer } = await remoteDump('unserved-fault', 64)
+  const trace = SigbusTrace.open(TRACE)
+  let daemon: DaemonRun | undefined
+  try {
+    daemon = await startDaemon(out, daemonArgs)
+    t.is(await startLazyRestore(out).done, 0, restoreLogTail(out))
+    await settleSignalStack(t, pid)
+    server.child.kill('SIGKILL')
+    await server.exit
+    // Still within the fill delay: the verification's first touch of an unserved page
+    // is the daemon's next request, which fails while the process waits on it.
+    const askedAt = Date.now()
+    const outcome = await askToVerify(w, pid)
+    const exit = await exitWithin(daemon, FILL_DELAY_MS + 10_000)
+    t.is(exit.code, 1, daemon.stderr())
+    // Known bug (test below): the engine stops at once, but the daemon poisons and
+    // exits only when --fill-delay is over.
+    t.true(exit.at - askedAt < FILL_DELAY_MS + 3000, `exited ${exit.at - askedAt} ms after SIGUSR1`)
+    const { unserved, poisoned } = assertPoisonedLine(t, daemon.stderr(), report, new RegExp(`^lazy-pages: task ${pid}: .*${peer}`), true)
+    t.log(`${poisoned} of ${unserved} unserved pages poisoned (${report.total.lazy} lazy); daemon exited ${exit.at - askedAt} ms after SIGUSR1`)
+    t.log(daemon.stderr().trim().split('\n').pop())
+    assertDiedBySigbus(t, w, pid, outcome, before, trace)
+  } finally {
+    daemon?.child.kill('SIGKILL')
+    server.child.kill('SIGKILL')
+    trace?.close()
+    await killAndWait(w, report)
+  }
+})
+
+test('local: SIGTERM to the daemon mid-restore: exit 1, unserved pages poisoned, the process dies by SIGBUS', async (t) => {
+  const w = await Workload.start('unserved-abort', ['dense', '--mib', '64'])
+  const before = (await checksums(w)).get('main')!
+  const report = await dumpAndWait(w)
+  const pid = report.tasks[0].pid
+  const trace = SigbusTrace.open(TRACE)
+  let daemon: DaemonRun | undefined
+  try {
+    daemon = await startDaemon(w.images, ['--fill-delay', String(FILL_DELAY_MS)])
+    t.is(await startLazyRestore(w.images).done, 0, restoreLogTail(w.images))
+    await settleSignalStack(t, pid)
+    const abortedAt = Date.now()
+    daemon.child.kill('SIGTERM')
+    const exit = await exitWithin(daemon, 10_000)
+    t.is(exit.code, 1, daemon.stderr())
+    t.true(exit.at - abortedAt < 3000, `exited ${exit.at - abortedAt} ms after SIGTERM`)
+    t.regex(daemon.stderr(), /Error: SIGTERM: aborting; pages not yet served are poisoned: a restored process that touches one gets SIGBUS\n/)
+    // Known bug (test below): no count of the poisoned pages.
+    t.regex(daemon.stderr(), /\nlazy-pages: aborted/)
+    t.log(daemon.stderr().trim().split('\n').slice(-2).join('\n'))
+    assertDiedBySigbus(t, w, pid, await askToVerify(w, pid), before, trace)
+  } finally {
+    daemon?.child.kill('SIGKILL')
+    trace?.close()
+    await killAndWait(w, report)
+  }
+})
+
+// Known bug: the pages are poisoned (the test above shows it), but the error of an
+// abort is only "lazy-pages: aborted": Session::run returns the serve error before
+// Engine::join, and the engine's Drop poisons without a count to report. Drop
+// `.failing` once the count is there.
+test.failing('known bug: SIGTERM to the daemon mid-restore: its error says how many pages were poisoned', async (t) => {
+  const w = await Workload.start('unserved-abort-count', ['dense', '--mib', '16'])
+  const report = await dumpAndWait(w)
+  let daemon: DaemonRun | undefined
+  try {
+    daemon = await startDaemon(w.images, ['--fill-delay', String(FILL_DELAY_MS)])
+    t.is(await startLazyRestore(w.images).done, 0, restoreLogTail(w.images))
+    daemon.child.kill('SIGTERM')
+    const exit = await exitWithin(daemon, 10_000)
+    t.is(exit.code, 1, daemon.stderr())
+    assertPoisonedLine(t, daemon.stderr().replace(/^.*Error: SIGTERM: aborting.*\n/m, ''), report, /^lazy-pages: aborted; /)
+  } finally {
+    daemon?.child.kill('SIGKILL')
+    await killAndWait(w, report)
+  }
+})
+
+// Known bug: during --fill-delay, Session::serve only watches for an abort, not for
+// the engine stopping on a fatal error. A fault that meets the dead page server stops
+// the engine at once, but the faulting process stays blocked, and its pages
+// unpoisoned, until the fill delay is over (minutes, with a long one). Drop
+// `.failing` once the daemon ends as soon as its engine has stopped.
+test.failing('known bug: a fault waiting on a page server that died: poisoned and the daemon out within seconds, not at the end of --fill-delay', async (t) => {
+  const { w, report, pid, out, server, daemonArgs } = await remoteDump('unserved-fault-prompt', 16)
+  let daemon: DaemonRun | undefined
+  try {
+    daemon = await startDaemon(out, daemonArgs)
+    t.is(await startLazyRestore(out).done, 0, restoreLogTail(out))
+    await settleSignalStack(t, pid)
+    server.child.kill('SIGKILL')
+    await server.exit
+    const askedAt = Date.now()
+    t.is(await askToVerify(w, pid), 'dead')
+    const diedAt = Date.now()
+    const exit = await exitWithin(daemon, FILL_DELAY_MS + 10_000)
+    t.true(diedAt - askedAt < 2000, `the process died by ${diedAt - askedAt} ms after SIGUSR1`)
+    t.true(exit.at - askedAt < 2000, `the daemon exited ${exit.at - askedAt} ms after SIGUSR1`)
+  } finally {
+    daemon?.child.kill('SIGKILL')
+    server.child.kill('SIGKILL')
+    await killAndWait(w, report)
+  }
+})
