@@ -220,11 +220,8 @@ test('local: SIGTERM to the daemon mid-restore: exit 1, unserved pages poisoned,
   }
 })
 
-// Known bug: the pages are poisoned (the test above shows it), but the error of an
-// abort is only "lazy-pages: aborted": Session::run returns the serve error before
-// Engine::join, and the engine's Drop poisons without a count to report. Drop
-// `.failing` once the count is there.
-test.failing('known bug: SIGTERM to the daemon mid-restore: its error says how many pages were poisoned', async (t) => {
+// The session joins its engine on the error path too, so an abort reports the count.
+test('SIGTERM to the daemon mid-restore: its error says how many pages were poisoned', async (t) => {
   const w = await Workload.start('unserved-abort-count', ['dense', '--mib', '16'])
   const report = await dumpAndWait(w)
   let daemon: DaemonRun | undefined
@@ -241,12 +238,9 @@ test.failing('known bug: SIGTERM to the daemon mid-restore: its error says how m
   }
 })
 
-// Known bug: during --fill-delay, Session::serve only watches for an abort, not for
-// the engine stopping on a fatal error. A fault that meets the dead page server stops
-// the engine at once, but the faulting process stays blocked, and its pages
-// unpoisoned, until the fill delay is over (minutes, with a long one). Drop
-// `.failing` once the daemon ends as soon as its engine has stopped.
-test.failing('known bug: a fault waiting on a page server that died: poisoned and the daemon out within seconds, not at the end of --fill-delay', async (t) => {
+// During --fill-delay the session also watches the engine: a fault that meets the dead
+// page server stops it, and the daemon ends (poisoning) at once, not after the delay.
+test('a fault waiting on a page server that died: poisoned and the daemon out within seconds, not at the end of --fill-delay', async (t) => {
   const { w, report, pid, out, server, daemonArgs } = await remoteDump('unserved-fault-prompt', 16)
   let daemon: DaemonRun | undefined
   try {

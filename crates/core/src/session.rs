@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineSummary, PageSource, TaskWorkingSet};
+use crate::engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineSummary, PageSource, TaskWorkingSet, UnservedNote};
 use crate::images::{Dump, ImageError, TaskState};
 use crate::ranges::{LazyRange, LazyRanges};
 use crate::restore_socket::{RestoreConn, RestoreError, RestoreListener, TaskMsg};
@@ -32,6 +32,12 @@ pub enum SessionError {
     Engine(#[from] EngineError),
     #[error("aborted")]
     Aborted,
+    #[error("{source}; {note}")]
+    Unserved {
+        #[source]
+        source: Box<SessionError>,
+        note: UnservedNote,
+    },
 }
 
 /// Lifecycle of a session, for logs, progress and stats.
@@ -215,7 +221,13 @@ impl Session {
         // Take the engine back from the handle so join owns the only reference.
         handle.engine.lock().map_err(|_| SessionError::Aborted)?.take();
         let engine = wait_unique(engine);
-        result?;
+        if let Err(err) = result {
+            // Joining poisons what the restore will never get; say how much.
+            return Err(match engine.join() {
+                Err(EngineError::Unserved { note, .. }) => SessionError::Unserved { source: Box::new(err), note },
+                _ => err,
+            });
+        }
         let recorded = config.engine.record_working_set.then(|| engine.recorded_working_set());
         let summary = engine.join()?;
         if let Ok(mut slot) = handle.recorded.lock() {
@@ -290,6 +302,11 @@ impl Session {
         let fill_at = std::time::Instant::now() + config.fill_delay;
         while std::time::Instant::now() < fill_at {
             handle.check_abort()?;
+            // A dead engine must not keep the restore waiting out the delay: its faults
+            // would hang unserved, and nothing would be poisoned, until the delay ends.
+            if engine.wait(Some(Duration::ZERO)) && !engine.is_finished() {
+                return Ok(());
+            }
             std::thread::sleep(TICK.min(fill_at.saturating_duration_since(std::time::Instant::now())));
         }
         engine.restore_finished();

@@ -61,12 +61,12 @@ fn pages_left_unserved_by_a_failed_engine_raise_sigbus_instead_of_reading_zeros(
     engine.restore_finished();
 
     let err = engine.join().expect_err("the source failed: the engine must fail");
-    let EngineError::Unserved { pages: unserved, poisoned, poison_error, .. } = &err else {
+    let EngineError::Unserved { note, .. } = &err else {
         panic!("want Unserved, got {err:?}");
     };
     // Fill goes in address order, 8 pages a claim: 0..24 got in, the claim at 24 failed.
-    assert_eq!((*unserved, *poisoned), (40, 40), "{err}");
-    assert!(poison_error.is_none());
+    assert_eq!((note.pages, note.poisoned), (40, 40), "{err}");
+    assert!(note.poison_error.is_none());
     assert!(err.to_string().contains("the disk went away") && err.to_string().contains("SIGBUS"), "{err}");
 
     // The engine (and with it the uffd) is gone now.

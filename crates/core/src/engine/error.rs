@@ -24,20 +24,29 @@ pub enum EngineError {
     ThreadPanicked(&'static str),
     #[error("the engine was shut down before every task finished")]
     ShutDown,
-    #[error("{source}; {pages} lazy pages were never served: {}", poisoned_note(*.poisoned, *.pages, .poison_error))]
+    #[error("{source}; {note}")]
     Unserved {
         #[source]
         source: Box<EngineError>,
-        pages: u64,
-        poisoned: u64,
-        poison_error: Option<UffdError>,
+        note: UnservedNote,
     },
 }
 
-fn poisoned_note(poisoned: u64, pages: u64, error: &Option<UffdError>) -> String {
-    match error {
-        Some(e) => format!("poisoning them failed ({e}), so the restored processes read zeros there"),
-        None if poisoned == pages => "all poisoned: a restored process that touches one gets SIGBUS, never zeros".into(),
-        None => format!("{poisoned} poisoned (SIGBUS on touch); the rest belonged to tasks that were exiting"),
+/// What an unfinished engine did with the pages it never served (`unserved.rs`).
+#[derive(Debug, Clone)]
+pub struct UnservedNote {
+    pub pages: u64,
+    pub poisoned: u64,
+    pub poison_error: Option<UffdError>,
+}
+
+impl std::fmt::Display for UnservedNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} lazy pages were never served: ", self.pages)?;
+        match &self.poison_error {
+            Some(e) => write!(f, "poisoning them failed ({e}), so the restored processes read zeros there"),
+            None if self.poisoned == self.pages => write!(f, "all poisoned: a restored process that touches one gets SIGBUS, never zeros"),
+            None => write!(f, "{} poisoned (SIGBUS on touch); the rest belonged to tasks that were exiting", self.poisoned),
+        }
     }
 }

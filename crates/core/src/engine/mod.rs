@@ -75,7 +75,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use config::EngineConfig;
-pub use error::EngineError;
+pub use error::{EngineError, UnservedNote};
 pub use notify::{EngineEvent, EventCallback};
 pub use source::{PageData, PageSource, SourceError};
 pub use stats::{EngineStats, EngineSummary, LatencySnapshot, TaskStats};
@@ -200,9 +200,10 @@ impl Engine {
             (None, Ok(())) => return Ok(self.shared.stats()),
         };
         Err(match unserved {
-            Some(u) if u.pages > 0 => {
-                EngineError::Unserved { source: Box::new(err), pages: u.pages, poisoned: u.poisoned, poison_error: u.error }
-            }
+            Some(u) if u.pages > 0 => EngineError::Unserved {
+                source: Box::new(err),
+                note: UnservedNote { pages: u.pages, poisoned: u.poisoned, poison_error: u.error },
+            },
             _ => err,
         })
     }
