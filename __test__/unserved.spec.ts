@@ -177,9 +177,8 @@ test('remote: a fault waiting on a page server that died: its page is poisoned, 
     const outcome = await askToVerify(w, pid)
     const exit = await exitWithin(daemon, FILL_DELAY_MS + 10_000)
     t.is(exit.code, 1, daemon.stderr())
-    // Known bug (test below): the engine stops at once, but the daemon poisons and
-    // exits only when --fill-delay is over.
-    t.true(exit.at - askedAt < FILL_DELAY_MS + 3000, `exited ${exit.at - askedAt} ms after SIGUSR1`)
+    // The engine stops at once, and the session does not wait out --fill-delay.
+    t.true(exit.at - askedAt < 2000, `exited ${exit.at - askedAt} ms after SIGUSR1, within the ${FILL_DELAY_MS} ms fill delay`)
     const { unserved, poisoned } = assertPoisonedLine(t, daemon.stderr(), report, new RegExp(`^lazy-pages: task ${pid}: .*${peer}`), true)
     t.log(`${poisoned} of ${unserved} unserved pages poisoned (${report.total.lazy} lazy); daemon exited ${exit.at - askedAt} ms after SIGUSR1`)
     t.log(daemon.stderr().trim().split('\n').pop())
@@ -234,30 +233,6 @@ test('SIGTERM to the daemon mid-restore: its error says how many pages were pois
     assertPoisonedLine(t, daemon.stderr().replace(/^.*Error: SIGTERM: aborting.*\n/m, ''), report, /^lazy-pages: aborted; /)
   } finally {
     daemon?.child.kill('SIGKILL')
-    await killAndWait(w, report)
-  }
-})
-
-// During --fill-delay the session also watches the engine: a fault that meets the dead
-// page server stops it, and the daemon ends (poisoning) at once, not after the delay.
-test('a fault waiting on a page server that died: poisoned and the daemon out within seconds, not at the end of --fill-delay', async (t) => {
-  const { w, report, pid, out, server, daemonArgs } = await remoteDump('unserved-fault-prompt', 16)
-  let daemon: DaemonRun | undefined
-  try {
-    daemon = await startDaemon(out, daemonArgs)
-    t.is(await startLazyRestore(out).done, 0, restoreLogTail(out))
-    await settleSignalStack(t, pid)
-    server.child.kill('SIGKILL')
-    await server.exit
-    const askedAt = Date.now()
-    t.is(await askToVerify(w, pid), 'dead')
-    const diedAt = Date.now()
-    const exit = await exitWithin(daemon, FILL_DELAY_MS + 10_000)
-    t.true(diedAt - askedAt < 2000, `the process died by ${diedAt - askedAt} ms after SIGUSR1`)
-    t.true(exit.at - askedAt < 2000, `the daemon exited ${exit.at - askedAt} ms after SIGUSR1`)
-  } finally {
-    daemon?.child.kill('SIGKILL')
-    server.child.kill('SIGKILL')
     await killAndWait(w, report)
   }
 })
