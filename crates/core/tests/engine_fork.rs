@@ -14,20 +14,18 @@ use lazy_pages_core::engine::{Engine, EngineConfig, EngineEvent};
 static SERIAL: Mutex<()> = Mutex::new(());
 const WAIT: Option<Duration> = Some(Duration::from_secs(60));
 
-/// Forks a child that reads every page of the region and reports
-/// (mismatching pages, first bad page) through a pipe; returns (child pid, read end).
-fn fork_checker(region: &Region, layout: &Layout) -> (libc::pid_t, libc::c_int) {
-    let mut fds = [0; 2];
-    // SAFETY: plain pipe creation into a local array.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // Raw fork, not glibc's fork(): glibc holds its malloc locks across the syscall, and
-    // the syscall does not return until the engine (in this same process) has read the
-    // FORK message, which needs malloc. In production the forking task is another
-    // process, so this only matters here.
-    // SAFETY: the child only reads memory, does arithmetic, write(2)s and _exit(2)s:
-    // nothing that needs locks or allocation held by the parent's other threads.
-    let pid = unsafe { libc::syscall(libc::SYS_fork) } as libc::pid_t;
-    assert!(pid >= 0);
+/// Forks a child that reads every page of the region and reports (mismatching pages,
+/// first bad page) in a shared page; returns (child pid, that page).
+fn fork_checker(region: &Region, layout: &Layout) -> (libc::pid_t, *mut u32) {
+    // SAFETY: a fresh shared anonymous page (never registered with a uffd).
+    let report = unsafe {
+        libc::mmap(std::ptr::null_mut(), PS, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
+    };
+    assert_ne!(report, libc::MAP_FAILED);
+    let report = report.cast::<u32>();
+    // SAFETY: the child only reads memory, does arithmetic, writes the shared page and
+    // _exit(2)s: nothing that needs locks or allocation held by the parent's other threads.
+    let pid = unsafe { fork_sharing_fds() };
     if pid == 0 {
         let mut bad = 0u32;
         let mut first = u32::MAX;
@@ -38,42 +36,32 @@ fn fork_checker(region: &Region, layout: &Layout) -> (libc::pid_t, libc::c_int) 
                 first = first.min(i as u32);
             }
         }
-        let msg = [bad.to_ne_bytes(), first.to_ne_bytes()].concat_array();
-        // SAFETY: writing a local buffer to our pipe, then exiting without unwinding.
+        // SAFETY: the shared page is ours and 3 words fit; then exit without unwinding.
         unsafe {
-            libc::write(fds[1], msg.as_ptr().cast(), msg.len());
+            report.write_volatile(bad);
+            report.add(1).write_volatile(first);
+            report.add(2).write_volatile(REPORTED);
             libc::_exit(0);
         }
     }
-    // SAFETY: closing our copy of the write end.
-    unsafe { libc::close(fds[1]) };
-    (pid, fds[0])
+    (pid, report)
 }
 
-trait ConcatArray {
-    fn concat_array(self) -> [u8; 8];
-}
-impl ConcatArray for [[u8; 4]; 2] {
-    fn concat_array(self) -> [u8; 8] {
-        let mut out = [0u8; 8];
-        out[..4].copy_from_slice(&self[0]);
-        out[4..].copy_from_slice(&self[1]);
-        out
-    }
-}
+/// Written last by a checker, so a child that died early is told apart.
+const REPORTED: u32 = 0x600d;
 
-fn child_report(pid: libc::pid_t, fd: libc::c_int) -> (u32, u32) {
-    let mut buf = [0u8; 8];
-    // SAFETY: reading into a local buffer from our pipe, then reaping our child.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), 8) };
+fn child_report(pid: libc::pid_t, report: *mut u32) -> (u32, u32) {
     let mut status = 0;
-    unsafe {
-        libc::close(fd);
+    // SAFETY: reaping our own child, then reading and unmapping the page it wrote.
+    let (bad, first, done) = unsafe {
         libc::waitpid(pid, &mut status, 0);
-    }
-    assert_eq!(n, 8, "child died without reporting (status {status:#x})");
+        let words = (report.read_volatile(), report.add(1).read_volatile(), report.add(2).read_volatile());
+        libc::munmap(report.cast(), PS);
+        words
+    };
+    assert_eq!(done, REPORTED, "child died without reporting (status {status:#x})");
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
-    (u32::from_ne_bytes(buf[..4].try_into().unwrap()), u32::from_ne_bytes(buf[4..].try_into().unwrap()))
+    (bad, first)
 }
 
 #[test]
@@ -146,8 +134,8 @@ fn child_that_exits_at_once_is_retired_with_its_pages_dropped() {
     let rec = Recorder::default();
     let engine = Engine::start(Arc::new(PatternSource::new(&layout)), EngineConfig::default(), rec.callback()).unwrap();
     let parent_id = engine.add_task(3, region.uffd(), layout.ranges(region.addr)).unwrap();
-    // SAFETY: raw fork (see fork_checker); the child exits immediately.
-    let child = unsafe { libc::syscall(libc::SYS_fork) } as libc::pid_t;
+    // SAFETY: the child exits immediately.
+    let child = unsafe { fork_sharing_fds() };
     if child == 0 {
         // SAFETY: leaving the child without running any Rust code.
         unsafe { libc::_exit(0) };

@@ -28,10 +28,8 @@ impl PageSource for FailingSource {
 
 /// Reads one word of `addr` in a forked child; returns the signal that killed it, if any.
 fn touch_in_child(addr: u64) -> Option<i32> {
-    // Raw fork, as in engine_fork.rs: the child only reads memory and _exit(2)s.
-    // SAFETY: see above; nothing in the child needs a lock held by another thread.
-    let pid = unsafe { libc::syscall(libc::SYS_fork) } as libc::pid_t;
-    assert!(pid >= 0);
+    // SAFETY: the child only reads memory and _exit(2)s.
+    let pid = unsafe { fork_sharing_fds() };
     if pid == 0 {
         // SAFETY: a page of the region this child inherited.
         let v = unsafe { std::ptr::read_volatile(addr as *const u64) };

@@ -271,3 +271,25 @@ pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     }
     v
 }
+
+/// fork(2) for tests whose own process is the "restored task": a raw syscall (not glibc's
+/// fork, which holds malloc locks across it while this same process's engine needs malloc
+/// to read the FORK message), and with CLONE_FILES. The fd table is shared, not copied:
+/// the fork copies it before the address space, so a copied table would hold an extra
+/// reference to the task's uffd; if the engine then retired (closed) it mid-fork, the
+/// uffd would never be released and the fork would wait forever for a FORK message
+/// nobody reads (engine_fork hung like that). In production the restored task holds no
+/// copy of the daemon's uffd, so this only matters here.
+/// Returns 0 in the child, which must only read memory, write to shared memory and
+/// `_exit`.
+///
+/// # Safety
+/// The child runs with a copy of this process's memory in which other threads' locks may
+/// be held: it must not allocate, lock, or unwind. It must not close fds (they are shared).
+pub unsafe fn fork_sharing_fds() -> libc::pid_t {
+    // SAFETY: clone with fork semantics apart from CLONE_FILES; the caller upholds the rest.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_FILES | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+    assert!(pid >= 0, "clone: {}", std::io::Error::last_os_error());
+    pid as libc::pid_t
+}
+
