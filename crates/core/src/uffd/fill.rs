@@ -35,59 +35,47 @@ pub enum FillOutcome {
 
 /// UFFDIO_COPY `src` to run-time address `dst` (both page multiples), waking waiters.
 pub fn copy(uffd: &Uffd, dst: u64, src: &[u8]) -> Result<FillOutcome, UffdError> {
-    let mut arg = UffdioCopy {
-        dst,
-        src: src.as_ptr() as u64,
-        len: src.len() as u64,
-        mode: 0,
-        copy: 0,
-    };
-    loop {
+    let len = src.len() as u64;
+    let mut arg = UffdioCopy { dst, src: src.as_ptr() as u64, len, mode: 0, copy: 0 };
+    run_fill("UFFDIO_COPY", dst, len, || {
         // SAFETY: `arg` is a valid uffdio_copy; `src` outlives the call and the kernel only
         // reads `len` bytes from it; `dst` lies in the *target* mm, never dereferenced here.
         let res = unsafe { uffdio_copy(uffd.as_raw_fd(), &mut arg) };
-        match classify(res.map(|_| ()), arg.copy, arg.len) {
-            Some(outcome) => return Ok(outcome),
-            None if res == Err(Errno::EINTR) => continue,
-            None => return Err(failure("UFFDIO_COPY", dst, arg.len, res)),
-        }
-    }
+        (res, arg.copy)
+    })
 }
 
 /// UFFDIO_ZEROPAGE `[dst, dst + len)`, waking waiters.
 pub fn zeropage(uffd: &Uffd, dst: u64, len: u64) -> Result<FillOutcome, UffdError> {
-    let mut arg = UffdioZeropage {
-        range: UffdioRange { start: dst, len },
-        mode: 0,
-        zeropage: 0,
-    };
-    loop {
+    let mut arg = UffdioZeropage { range: UffdioRange { start: dst, len }, mode: 0, zeropage: 0 };
+    run_fill("UFFDIO_ZEROPAGE", dst, len, || {
         // SAFETY: `arg` is a valid uffdio_zeropage that lives across the call.
         let res = unsafe { uffdio_zeropage(uffd.as_raw_fd(), &mut arg) };
-        match classify(res.map(|_| ()), arg.zeropage, len) {
-            Some(outcome) => return Ok(outcome),
-            None if res == Err(Errno::EINTR) => continue,
-            None => return Err(failure("UFFDIO_ZEROPAGE", dst, len, res)),
-        }
-    }
+        (res, arg.zeropage)
+    })
 }
 
 /// UFFDIO_POISON `[dst, dst + len)`, waking waiters: an access there then raises SIGBUS
 /// instead of faulting. For pages that will never be served, so that a task touching one
 /// dies loudly rather than reading zeros once the uffd is closed.
 pub fn poison(uffd: &Uffd, dst: u64, len: u64) -> Result<FillOutcome, UffdError> {
-    let mut arg = UffdioPoison {
-        range: UffdioRange { start: dst, len },
-        mode: 0,
-        updated: 0,
-    };
-    loop {
+    let mut arg = UffdioPoison { range: UffdioRange { start: dst, len }, mode: 0, updated: 0 };
+    run_fill("UFFDIO_POISON", dst, len, || {
         // SAFETY: `arg` is a valid uffdio_poison that lives across the call.
         let res = unsafe { uffdio_poison(uffd.as_raw_fd(), &mut arg) };
-        match classify(res.map(|_| ()), arg.updated, len) {
+        (res, arg.updated)
+    })
+}
+
+/// Issues a fill ioctl until it answers with something other than EINTR. `call` issues
+/// it once and returns its result with the count the kernel wrote back.
+fn run_fill(op: &'static str, dst: u64, len: u64, mut call: impl FnMut() -> (nix::Result<i32>, i64)) -> Result<FillOutcome, UffdError> {
+    loop {
+        let (res, done) = call();
+        match classify(res.map(|_| ()), done, len) {
             Some(outcome) => return Ok(outcome),
             None if res == Err(Errno::EINTR) => continue,
-            None => return Err(failure("UFFDIO_POISON", dst, len, res)),
+            None => return Err(failure(op, dst, len, res)),
         }
     }
 }
