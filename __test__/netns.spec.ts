@@ -2,7 +2,6 @@
 // sending side is shaped to 1 Gbit/s with tbf. Our page server runs on host A, our
 // daemon on host B; `criu restore` reaches the daemon through its unix socket.
 import test from 'ava'
-import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 
 import { tbfShaping } from '../dist/bench/netns'
@@ -10,8 +9,8 @@ import { assertCleanSummary, assertMemoryAsDumped, checksums } from './helpers/c
 import { lazyPages } from './helpers/cli'
 import { lazyRestore } from './helpers/daemon'
 import { dumpAndWait } from './helpers/dumped'
-import { CLI } from './helpers/paths'
-import { run, waitFor } from './helpers/proc'
+import { startPageServer } from './helpers/page-server'
+import { run } from './helpers/proc'
 import { Workload } from './helpers/workload'
 
 const A = `lpA${process.pid}`
@@ -44,14 +43,8 @@ test('(d) two hosts over a 1 Gbit/s veth: every byte, at link speed', async (t) 
   const out = join(w.dir, 'split')
   t.is((await lazyPages(['split', '-D', w.images, '-o', out])).code, 0)
 
-  const server = spawn('ip', ['netns', 'exec', A, process.execPath, CLI, 'page-server', '-D', w.images, '--address', ADDR_A, '--port', '0'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let log = ''
-  server.stdout!.on('data', (d) => (log += d))
-  server.stderr!.on('data', (d) => (log += d))
-  const serverExit = new Promise<number | null>((resolve) => server.on('close', (code) => resolve(code)))
-  const port = await waitFor('page server port', () => Number(/Using (\d+) port/.exec(log)?.[1] ?? 0), 30_000)
+  const server = await startPageServer(w.images, [], { address: ADDR_A, prefix: ['ip', 'netns', 'exec', A] })
+  const port = server.port
 
   const started = Date.now()
   const { exit, stderr, stats } = await lazyRestore(out, ['--page-server', '--address', ADDR_A, '--port', String(port)], [], ['ip', 'netns', 'exec', B])
@@ -62,7 +55,7 @@ test('(d) two hosts over a 1 Gbit/s veth: every byte, at link speed', async (t) 
   // 1 Gbit/s caps the transfer: it cannot be faster than the link allows.
   t.true(bytes * 8 / seconds <= 1.1e9, `${(bytes / 1e6).toFixed(0)} MB in ${seconds.toFixed(2)} s`)
   t.log(`${(bytes / 1e6).toFixed(0)} MB over 1 Gbit/s in ${seconds.toFixed(2)} s (${((bytes * 8) / seconds / 1e9).toFixed(2)} Gbit/s); fault p99 ${/p99 (\d+) us/.exec(stderr)?.[1]} us`)
-  t.is(await serverExit, 0, log)
+  t.is(await server.exit, 0, server.output())
   await assertMemoryAsDumped(t, w, before)
   w.kill()
 })

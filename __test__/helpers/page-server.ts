@@ -4,12 +4,14 @@ import { spawn } from 'node:child_process'
 import { CLI } from './paths'
 import { waitFor } from './proc'
 
-/** `lazy-pages page-server`, resolving with its port once it listens. */
-export async function startPageServer(images: string, extra: string[] = []) {
+/**
+ * `lazy-pages page-server`, resolving with its port once it listens. `prefix` runs it
+ * under another command (e.g. `ip netns exec NS`), listening on `address`.
+ */
+export async function startPageServer(images: string, extra: string[] = [], { address = '127.0.0.1', prefix = [] as string[] } = {}) {
   // A later --port in `extra` wins over the default ephemeral one.
-  const child = spawn(process.execPath, [CLI, 'page-server', '-D', images, '--address', '127.0.0.1', '--port', '0', '-v3', ...extra], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
+  const argv = [...prefix, process.execPath, CLI, 'page-server', '-D', images, '--address', address, '--port', '0', '-v3', ...extra]
+  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] })
   let out = ''
   child.stdout!.on('data', (d) => (out += d))
   child.stderr!.on('data', (d) => (out += d))
