@@ -7,6 +7,7 @@ import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 
 import { ShapedLink } from './netns'
+import { f1, f2, f3, row, verdict } from './format'
 import { PageServer } from './page-server'
 import { CLI, LPW_TOUCH } from './paths'
 import { run, waitFor } from './proc'
@@ -156,11 +157,6 @@ function failed(name: string, e: Error, server: PageServer): Error {
   return new Error(`remote case "${name}": ${e.message}${server.alive() ? '' : `; ${server.died()}`}`)
 }
 
-const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '–')
-const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '–')
-const f3 = (x: number) => (Number.isFinite(x) ? x.toFixed(3) : '–')
-const row = (cells: Array<string | number>) => `| ${cells.join(' | ')} |`
-
 export function remoteMarkdown(r: RemoteResult): string[] {
   const out = [
     `## Remote: ${r.mib} MiB restored over a ${r.rateGbit} Gbit/s link (veth + tbf between two netns), ${r.touches} random first touches during the transfer`,
@@ -191,7 +187,7 @@ export function remoteTargets(r: RemoteResult): string[] {
       row([
         `remote fault p99 during saturation <= 2 ms: ${c.name}`,
         c.samples ? `${f1(c.p99Us)} µs (${c.samples} faults)` : 'no faults measured',
-        c.samples && c.p99Us <= TARGET_P99_US ? 'met' : '**not met**',
+        verdict(c.samples > 0 && c.p99Us <= TARGET_P99_US),
       ]),
     )
 }

@@ -1,6 +1,7 @@
 // The results as a Markdown table (stdout and latest.md) and JSON (latest.json),
 // with every ratio the targets are stated in.
 import type { FillResult } from './fill'
+import { f1, f2, pct, row, verdict } from './format'
 import type { LatencyResult } from './latency'
 import { remoteMarkdown, remoteTargets, type RemoteResult } from './remote'
 import { workingSetMarkdown, workingSetTargets, type WorkingSetResult } from './working-set'
@@ -14,12 +15,6 @@ export interface BenchResult {
   remote?: RemoteResult
   workingSet?: WorkingSetResult
 }
-
-const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '–')
-const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '–')
-const pct = (x: number) => (Number.isFinite(x) ? `${(x * 100).toFixed(0)} %` : '–')
-const row = (cells: Array<string | number>) => `| ${cells.join(' | ')} |`
-const verdict = (ok: boolean) => (ok ? 'met' : '**not met**')
 
 function fillTable(fill: FillResult[]): string[] {
   const out = [

@@ -7,6 +7,7 @@
 import { existsSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 
+import { f2, f3, row, verdict } from './format'
 import { LPW_HOT } from './paths'
 import { waitFor } from './proc'
 import { lazyRestore, serverName, type Server } from './restore'
@@ -97,9 +98,6 @@ export async function workingSetScenario(mib: number, reps: number, log: (s: str
   return { mib, hotPct: HOT_PCT, hotPages, recorded: { pages: recordedPages, passSecs: recPassSecs, fillDelayMs: RECORD_FILL_DELAY_MS }, cases }
 }
 
-const f3 = (x: number) => (Number.isFinite(x) ? x.toFixed(3) : '–')
-const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '–')
-const row = (cells: Array<string | number>) => `| ${cells.join(' | ')} |`
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]
 
 /** The case without `--prefetch-ws` that a prefetching case is compared with. */
@@ -146,7 +144,7 @@ export function workingSetTargets(r: WorkingSetResult): string[] {
       return row([
         `working-set prefetch cuts time to first loop >= 2x: ${c.name}`,
         `${f3(base?.best ?? NaN)} s → ${f3(c.best)} s = ${f2(ratio)}x`,
-        ratio >= 2 ? 'met' : '**not met**',
+        verdict(ratio >= 2),
       ])
     })
 }
