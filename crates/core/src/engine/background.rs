@@ -38,11 +38,13 @@ const UNREGISTERED_WAIT: Duration = Duration::from_millis(1);
 
 pub(crate) fn run(shared: Arc<Shared>) {
     let mut scratch = Vec::new();
+    let mut forgot_absent = false;
     while !shared.stopping.load(SeqCst) {
         let generation = shared.work_generation();
         let finished = shared.restore_finished.load(SeqCst);
-        if finished {
+        if finished && !forgot_absent {
             forget_absent_working_sets(&shared);
+            forgot_absent = true;
         }
         if shared.prefetch.just_emptied() {
             let pages = shared.all_tasks().iter().map(|t| t.counters.prefetched.load(Relaxed)).sum();
@@ -62,7 +64,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
 }
 
 /// After RESTORE_FINISHED every task has arrived: a working set whose task did not
-/// (or has exited) would keep the queue from ever running dry.
+/// would keep the queue from ever running dry. (One whose task exits later is dropped
+/// by `next_claim`.)
 fn forget_absent_working_sets(shared: &Shared) {
     if shared.prefetch.is_empty() {
         return;
@@ -91,7 +94,12 @@ fn next_claim(shared: &Shared, restore_finished: bool) -> Option<(Arc<Task>, u64
         // is the dump task's own.
         for task in tasks.iter().filter(|t| t.parent.is_none()) {
             let mut st = task.state();
-            if st.exited || st.retired || st.not_before.is_some_and(|t| t > now) {
+            if st.exited || st.retired {
+                // Lock order as in `claim`: this task's state, then the queues.
+                shared.prefetch.retain(|pid| pid != task.pid);
+                continue;
+            }
+            if st.not_before.is_some_and(|t| t > now) {
                 continue;
             }
             if !restore_finished && st.prefetch_not_before.is_some_and(|t| t > now) {
@@ -183,11 +191,12 @@ fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, who: Copier, ge
     let Some(report) = fill_claim(shared, task, id, fill, who) else { return };
     let mut st = task.state();
     st.retry_backoff = Duration::ZERO;
-    let not_yet = who == Copier::Prefetch { early: true } && !report.leftover.is_empty() && !report.gone && report.error.is_none();
+    let early = who == Copier::Prefetch { early: true };
+    let not_yet = early && !report.leftover.is_empty() && !report.gone && report.error.is_none();
     if not_yet {
         st.prefetch_not_before = Some(Instant::now() + UNREGISTERED_WAIT);
         st.prefetch_registered = false;
-    } else if who == (Copier::Prefetch { early: true }) && report.filled > 0 {
+    } else if early && report.filled > 0 {
         st.prefetch_not_before = None;
         st.prefetch_registered = true;
     }
