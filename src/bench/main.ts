@@ -11,6 +11,7 @@ import { drawPng } from './png'
 import { remoteScenario } from './remote'
 import { json, markdown, type BenchResult } from './report'
 import { RESULTS } from './paths'
+import { roundsFor } from './stats'
 import { workingSetScenario } from './working-set'
 
 const SCENARIOS = ['fill', 'latency', 'remote', 'ws'] as const
@@ -29,14 +30,14 @@ async function main(): Promise<void> {
   const only = chosen()
   const log = (s: string) => process.stderr.write(`bench: ${s}\n`)
   const sizes = quick ? [256, 1024] : [1024, 4096]
-  const reps = quick ? 1 : 2
+  const rounds = roundsFor(quick)
   const result: BenchResult = { date: new Date().toISOString(), quick, host: { cpus: cpus().length, kernel: release() }, fill: [] }
-  if (only.has('fill')) for (const mib of sizes) result.fill.push(await fillScenario(mib, reps, log))
+  if (only.has('fill')) for (const mib of sizes) result.fill.push(await fillScenario(mib, rounds, log))
   // The latency process is large so that our fill is still running while it touches.
-  if (only.has('latency')) result.latency = await latencyScenario(quick ? 1024 : 4096, quick ? 2000 : 4000, log)
+  if (only.has('latency')) result.latency = await latencyScenario(quick ? 1024 : 4096, quick ? 2000 : 4000, rounds, log)
   // 1 GiB at 1 Gbit/s is ~9 s per client: long enough for the touches to meet a full link.
-  if (only.has('remote')) result.remote = await remoteScenario(quick ? 512 : 1024, quick ? 1000 : 2000, log)
-  if (only.has('ws')) result.workingSet = await workingSetScenario(quick ? 1024 : 2048, reps, log)
+  if (only.has('remote')) result.remote = await remoteScenario(quick ? 512 : 1024, quick ? 1000 : 2000, rounds, log)
+  if (only.has('ws')) result.workingSet = await workingSetScenario(quick ? 1024 : 2048, rounds, log)
   const md = markdown(result)
   process.stdout.write(md)
   mkdirSync(RESULTS, { recursive: true })

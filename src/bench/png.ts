@@ -116,7 +116,7 @@ export function drawPng(r: BenchResult): Buffer {
   c.text(20, 14, `LAZY-PAGES BENCH ${r.quick ? '(QUICK) ' : ''}${r.date.slice(0, 16).replace('T', ' ')} - ${r.host.cpus} CPUS`, [0, 0, 0], 3)
   const l = r.latency
   cdf(c, l ? `FAULT LATENCY CDF (${l.mib} MIB, ${l.touches} RANDOM TOUCHES)` : 'FAULT LATENCY', l, { x: 80, y: 110, w: 560, h: 430 })
-  const fillGroups = r.fill.map((f) => ({ label: `${f.mib} MIB`, values: [...f.servers.map((s) => s.gbps), ...f.raw.map((p) => p.gbps)] }))
+  const fillGroups = r.fill.map((f) => ({ label: `${f.mib} MIB`, values: [...f.servers.map((s) => f.bytes / 1e9 / s.secs.best), ...f.raw.map((p) => p.gbps)] }))
   const fillNames = ['CRIU LAZY-PAGES', 'OURS --JOBS 1', 'OURS --JOBS 2', 'RAW PROBE 1 THREAD', 'RAW PROBE 2 THREADS']
   bars(c, 'FILL THROUGHPUT (RESTORE START TO ALL PAGES IN)', 'GB/S', fillNames, fillGroups, { x: 780, y: 110, w: 580, h: 430 })
   const rm = r.remote

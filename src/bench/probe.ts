@@ -6,6 +6,8 @@ export interface ProbeFill {
   threads: number
   bytes: number
   secs: number
+  /** CPU of the copying threads in the best run (all threads together). */
+  cpu_secs: number
   gbps: number
 }
 

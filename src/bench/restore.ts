@@ -1,8 +1,10 @@
 // One lazy restore of a dump: a page server (ours or `criu lazy-pages`) started with
 // --status-fd 3, then `criu restore --lazy-pages -d`; timed from the restore's start
-// to the page server's exit, which both servers do once every page is in.
+// to the page server's exit, which both servers do once every page is in. The server's
+// CPU time and memory are measured alike for both (usage.ts).
 import { spawn } from 'node:child_process'
-import { createReadStream, readdirSync } from 'node:fs'
+import { createReadStream, readFileSync, readdirSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import { performance } from 'node:perf_hooks'
@@ -10,6 +12,7 @@ import { Writable, type Readable } from 'node:stream'
 
 import { CLI, CRIU } from './paths'
 import { run, within } from './proc'
+import { childOf, MemorySampler, parseTimes, threadsCpuMs, underTimes, type Usage } from './usage'
 
 export type Server = { kind: 'criu'; args?: string[] } | { kind: 'ours'; args: string[] }
 
@@ -29,28 +32,69 @@ export interface Timing {
   restoreSecs: number
   /** when the restore started, as epoch ms (to compare with a workload's CLOCK_REALTIME). */
   startEpochMs: number
+  /** the page server's CPU time and peak memory. */
+  usage: Usage
 }
+
+let timesFiles = 0
 
 export const serverName = (s: Server) => (s.kind === 'criu' ? `criu lazy-pages ${(s.args ?? []).join(' ')}` : `ours ${s.args.join(' ')}`).trim()
 
 function startServer(server: Server, images: string, prefix: string[]) {
+  const times = join(tmpdir(), `lazy-pages-bench-times-${process.pid}-${timesFiles++}`)
+  rmSync(times, { force: true })
   const argv = [
     ...prefix,
-    ...(server.kind === 'criu'
-      ? [CRIU, 'lazy-pages', '-D', images, '--status-fd', '3', '-o', 'lazy-criu.log', ...(server.args ?? [])]
-      : [process.execPath, CLI, '-D', images, '--status-fd', '3', '-o', 'lazy-ours.log', '--no-progress', ...server.args]),
+    ...underTimes(
+      server.kind === 'criu'
+        ? [CRIU, 'lazy-pages', '-D', images, '--status-fd', '3', '-o', 'lazy-criu.log', ...(server.args ?? [])]
+        : [process.execPath, CLI, '-D', images, '--status-fd', '3', '-o', 'lazy-ours.log', '--no-progress', ...server.args],
+      times,
+    ),
   ]
   const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe', 'pipe'] })
+  // `ip netns exec` execs: child.pid is bash, the server is its one child.
+  let pid: number | undefined
+  const serverPid = () => (pid ??= childOf(child.pid!))
+  const memory = new MemorySampler(serverPid)
   let out = ''
   child.stdout!.on('data', (d) => (out += d))
   child.stderr!.on('data', (d) => (out += d))
   const exit = new Promise<{ code: number | null; at: number }>((resolve) => child.on('exit', (code) => resolve({ code, at: performance.now() })))
   // Readiness is the one byte on fd 3, exactly as `criu lazy-pages` signals it.
+  let startupCpuMs = NaN
   const ready = new Promise<void>((resolve, reject) => {
-    ;(child.stdio[3] as Readable).once('data', () => resolve())
+    ;(child.stdio[3] as Readable).once('data', () => {
+      const p = serverPid()
+      if (p) startupCpuMs = threadsCpuMs(p)
+      resolve()
+    })
     exit.then(({ code }) => reject(new Error(`${serverName(server)} exited (${code}) before ready: ${out}`)))
   })
-  return { child, ready, exit, output: () => out }
+  const usage = (): Usage => {
+    memory.stop()
+    try {
+      return { cpuMs: parseTimes(readFileSync(times, 'utf8')), startupCpuMs, anonMiB: memory.anonMiB, fileMiB: memory.fileMiB }
+    } finally {
+      rmSync(times, { force: true })
+    }
+  }
+  /** On a failure: the server (bash's child) must not outlive the bench holding the tree's uffds. */
+  const kill = () => {
+    memory.stop()
+    // bash exits only after its child did: once it is gone, so is the server (and its pid may be reused).
+    if (child.exitCode !== null || child.signalCode !== null) return
+    const p = serverPid()
+    if (p) {
+      try {
+        process.kill(p, 'SIGKILL')
+      } catch {
+        /* gone */
+      }
+    }
+    child.kill('SIGKILL')
+  }
+  return { child, ready, exit, output: () => out, usage, kill }
 }
 
 /**
@@ -81,9 +125,9 @@ export async function lazyRestore(server: Server, images: string, afterRestore?:
     afterRestore?.()
     const exit = await within(s.exit, timeoutMs, `${name} to bring every page in and exit`)
     if (exit.code !== 0) throw new Error(`${name} exited ${exit.code}: ${s.output().slice(-2000)}`)
-    return { secs: (exit.at - start) / 1000, restoreSecs: (restored - start) / 1000, startEpochMs: performance.timeOrigin + start }
+    return { secs: (exit.at - start) / 1000, restoreSecs: (restored - start) / 1000, startEpochMs: performance.timeOrigin + start, usage: s.usage() }
   } finally {
     // Only does anything on a failure: a server left behind would hold the restored tree's uffds.
-    if (s.child.exitCode === null && s.child.signalCode === null) s.child.kill('SIGKILL')
+    s.kill()
   }
 }

@@ -1,11 +1,13 @@
 //! `lazy-pages-probe`: what userfaultfd alone can do on this machine, so the benchmark
 //! can report the daemon as a fraction of the raw limit measured in the same run.
 //!
-//!   lazy-pages-probe fill  --file F [--threads T] [--chunk-pages N] [--repeat R]
+//!   lazy-pages-probe fill  --file F [--threads T] [--chunk-pages N] [--repeat R] [--populate-pages P]
 //!   lazy-pages-probe fault --file F [--faults N]
 //!
 //! Both print one JSON line on stdout. F is a file already in the page cache (the
 //! bench passes the dump's pages image), mapped the same way the daemon maps it.
+//! `--populate-pages P`: map the source P pages at a time (MADV_POPULATE_READ) ahead of
+//! the copies instead of letting each copy fault its source pages in.
 
 mod fault;
 mod fill;
@@ -14,7 +16,7 @@ mod mem;
 use std::process::exit;
 
 fn usage() -> ! {
-    eprintln!("usage: lazy-pages-probe fill --file F [--threads T] [--chunk-pages N] [--repeat R]");
+    eprintln!("usage: lazy-pages-probe fill --file F [--threads T] [--chunk-pages N] [--repeat R] [--populate-pages P]");
     eprintln!("       lazy-pages-probe fault --file F [--faults N]");
     exit(2)
 }
@@ -26,6 +28,7 @@ struct Args {
     chunk_pages: usize,
     repeat: usize,
     faults: usize,
+    populate_pages: usize,
 }
 
 fn parse(rest: &[String]) -> Args {
@@ -35,6 +38,7 @@ fn parse(rest: &[String]) -> Args {
         chunk_pages: 64,
         repeat: 3,
         faults: 4000,
+        populate_pages: 0,
     };
     let mut it = rest.iter();
     while let Some(name) = it.next() {
@@ -52,6 +56,7 @@ fn parse(rest: &[String]) -> Args {
             "--chunk-pages" => a.chunk_pages = num(),
             "--repeat" => a.repeat = num(),
             "--faults" => a.faults = num(),
+            "--populate-pages" => a.populate_pages = num(),
             _ => usage(),
         }
     }
@@ -68,7 +73,13 @@ fn main() {
     };
     let a = parse(rest);
     let out = match cmd.as_str() {
-        "fill" => fill::run(&a.file, a.threads, a.chunk_pages, a.repeat),
+        "fill" => fill::run(
+            &a.file,
+            a.threads,
+            a.chunk_pages,
+            a.repeat,
+            a.populate_pages,
+        ),
         "fault" => fault::run(&a.file, a.faults),
         _ => usage(),
     };

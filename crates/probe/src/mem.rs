@@ -105,3 +105,14 @@ pub fn copy(uffd: &Uffd, src: *const u8, dst: *mut u8, len: usize) -> io::Result
     }
     Ok(())
 }
+
+/// Maps `len` bytes of a file mapping at `ptr` into our page tables (MADV_POPULATE_READ).
+pub fn populate(ptr: *mut u8, len: usize) -> io::Result<()> {
+    // SAFETY: `ptr..ptr+len` lies inside a live read-only mapping; populating only
+    // faults its pages in.
+    let r = unsafe { libc::madvise(ptr.cast(), len, libc::MADV_POPULATE_READ) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
