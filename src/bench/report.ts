@@ -5,6 +5,7 @@ import { f1, f2, f3, pct, row, verdict } from './format'
 import type { LatencyResult } from './latency'
 import type { Spread } from './stats'
 import { remoteMarkdown, remoteTargets, type RemoteResult } from './remote'
+import { scaleMarkdown, type ScaleResult } from './scale'
 import { workingSetMarkdown, workingSetTargets, type WorkingSetResult } from './working-set'
 
 export interface BenchResult {
@@ -15,6 +16,7 @@ export interface BenchResult {
   latency?: LatencyResult
   remote?: RemoteResult
   workingSet?: WorkingSetResult
+  scale?: ScaleResult
 }
 
 function fillTable(fill: FillResult[]): string[] {
@@ -111,6 +113,7 @@ export function markdown(r: BenchResult): string {
   }
   if (r.remote) lines.push(...remoteMarkdown(r.remote), '')
   if (r.workingSet) lines.push(...workingSetMarkdown(r.workingSet), '')
+  if (r.scale) lines.push(...scaleMarkdown(r.scale), '')
   lines.push(
     '## Targets',
     '',

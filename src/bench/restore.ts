@@ -23,6 +23,8 @@ export interface RestoreOptions {
   restoreArgs?: string[]
   /** Each wait (server ready, restore, server exit) gives up after this; the server is killed. */
   timeoutMs?: number
+  /** Runs the `criu restore` command (default: `run`), e.g. inside its own namespaces. */
+  runRestore?: (argv: string[], timeoutMs: number) => Promise<{ code: number | null }>
 }
 
 export interface Timing {
@@ -111,7 +113,7 @@ async function warmPages(images: string): Promise<void> {
 
 /** `afterRestore` runs as soon as `criu restore -d` returns, while pages may still be arriving. */
 export async function lazyRestore(server: Server, images: string, afterRestore?: () => void, opts: RestoreOptions = {}): Promise<Timing> {
-  const { prefix = [], restoreArgs = [], timeoutMs = 600_000 } = opts
+  const { prefix = [], restoreArgs = [], timeoutMs = 600_000, runRestore = (a: string[], ms: number) => run(a[0], a.slice(1), ms) } = opts
   await warmPages(images)
   const s = startServer(server, images, prefix)
   const name = serverName(server)
@@ -119,7 +121,7 @@ export async function lazyRestore(server: Server, images: string, afterRestore?:
     await within(s.ready, timeoutMs, `${name} to get ready`)
     const start = performance.now()
     const argv = [...prefix, CRIU, 'restore', '-D', images, '--lazy-pages', '-d', '-o', 'restore.log', ...restoreArgs]
-    const r = await run(argv[0], argv.slice(1), timeoutMs)
+    const r = await runRestore(argv, timeoutMs)
     const restored = performance.now()
     if (r.code !== 0) throw new Error(`criu restore --lazy-pages with ${name} failed (${r.code}): see ${images}/restore.log`)
     afterRestore?.()

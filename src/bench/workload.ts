@@ -47,6 +47,13 @@ export class Dumped {
     return line
   }
 
+  /** Like check(), for a copy restored elsewhere: its pid and state directory as seen from here. */
+  async checkCopy(state: string, pid: number): Promise<string> {
+    const line = await verify(state, pid)
+    if (!line.startsWith('ok ') || fnvOf(line) !== this.fnv) throw new Error(`restored copy (pid ${pid}) failed verification: ${line} (want fnv=${this.fnv})`)
+    return line
+  }
+
   /** End the restored process and wait until its pid can be restored again. */
   async kill(): Promise<void> {
     try {
