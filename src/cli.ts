@@ -73,7 +73,7 @@ export function buildProgram(rawArgs: string[] = []): Command {
       "with --page-server and a lazy-pages page server: a second connection for faults, so they never queue behind background pages (CRIU's page server takes one connection: not for it)",
     )
     .addOption(new Option('--criu-version <version>', "the page server's CRIU wire format (default: from the images)").choices(['4.1', '4.2']))
-    .option('--connect-timeout <seconds>', 'fail if no restore connects within this time (0 = wait forever)', nonNegativeInt('--connect-timeout'), 300)
+    .option('--connect-timeout <seconds>', 'fail if no restore connects within this time, or if its handshake (connect to "restore finished") then takes longer (0 = wait forever)', nonNegativeInt('--connect-timeout'), 300)
     .option('--jobs <n>', 'background fill threads (default: one per CPU, at most 2)', positiveInt('--jobs'), DEFAULT_JOBS)
     .option('--chunk-pages <n>', 'pages per background copy (bounds how long a fault can wait behind one)', positiveInt('--chunk-pages'), 64)
     .option('--fill-delay <ms>', 'after restore finishes, serve only faults (and a --prefetch-ws working set) for this long before the background fill starts', nonNegativeInt('--fill-delay'), 0)

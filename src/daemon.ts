@@ -34,8 +34,6 @@ export interface DaemonCliOptions extends ServiceOptions {
   progress: boolean
 }
 
-const HANDSHAKE_TIMEOUT_MS = 120_000
-
 export function runDaemon(opts: DaemonCliOptions, rawArgs: string[]): Promise<number> {
   return runService(opts, rawArgs, (ctx) => serve(opts, ctx))
 }
@@ -57,7 +55,8 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
       imagesDir,
       workDir,
       connectTimeoutMs: opts.connectTimeout * 1000,
-      handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
+      // The whole handshake (connect to "restore finished") gets as long as the connect.
+      handshakeTimeoutMs: opts.connectTimeout * 1000,
       fillDelayMs: opts.fillDelay,
       jobs: opts.jobs,
       chunkPages: opts.chunkPages,

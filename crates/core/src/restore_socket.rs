@@ -289,7 +289,11 @@ impl RestoreConn {
             return Err(bad("the control message carrying the uffd was truncated"));
         }
         match fds.len() {
-            1 => Ok(fds.remove(0)),
+            1 => {
+                let fd = fds.remove(0);
+                check_is_uffd(&fd).map_err(|what| bad(&what))?;
+                Ok(fd)
+            }
             0 => Err(bad("the message after the pid carried no SCM_RIGHTS uffd")),
             n => Err(bad(&format!("expected one uffd, got {n} descriptors"))),
         }
@@ -299,6 +303,36 @@ impl RestoreConn {
 impl AsFd for RestoreConn {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
+    }
+}
+
+/// A descriptor that is not a userfaultfd (a pipe, an eventfd, /dev/null) would fail on
+/// its first ioctl, or look like a task that exited: refuse it here, saying what it is.
+fn check_is_uffd(fd: &OwnedFd) -> Result<(), String> {
+    let not = |what: &str| Err(format!("the descriptor it sent is {what}, not a userfaultfd"));
+    let stat = match nix::sys::stat::fstat(fd.as_fd()) {
+        Ok(stat) => stat,
+        Err(e) => return not(&format!("unreadable (fstat: {e})")),
+    };
+    // Regular files, devices, pipes, sockets and directories have a file type; only an
+    // anon inode may be a userfaultfd (its type bits are 0 or S_IFREG depending on the kernel).
+    let kind = stat.st_mode & nix::libc::S_IFMT;
+    if kind != 0 && kind != nix::libc::S_IFREG {
+        return not(&describe_fd(fd));
+    }
+    // The anon inode's name tells userfaultfd from eventfd, signalfd, timerfd...
+    let link = describe_fd(fd);
+    if link != "anon_inode:[userfaultfd]" {
+        return not(&link);
+    }
+    Ok(())
+}
+
+/// What /proc says the descriptor is ("anon_inode:[eventfd]", "pipe:[123]", a path).
+fn describe_fd(fd: &OwnedFd) -> String {
+    match fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
+        Ok(target) => target.display().to_string(),
+        Err(e) => format!("unknown ({e})"),
     }
 }
 

@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineSummary, PageSource, TaskWorkingSet, UnservedNote};
 use crate::images::{Dump, ImageError, TaskState};
@@ -28,6 +29,9 @@ pub enum SessionError {
     Restore(#[from] RestoreError),
     #[error("criu restore sent task {pid}, which is not a live task of the dump in {dir}")]
     UnknownTask { pid: i32, dir: PathBuf },
+    /// The handshake contradicts the pstree: nothing of it can be served safely.
+    #[error("criu restore sent task {pid} {problem} (dump in {dir})")]
+    BadTask { pid: i32, problem: String, dir: PathBuf },
     #[error("{0}")]
     Engine(#[from] EngineError),
     #[error("aborted")]
@@ -58,8 +62,9 @@ pub type SessionCallback = Arc<dyn Fn(SessionEvent) + Send + Sync>;
 pub struct SessionConfig {
     /// None: wait for `criu restore` forever (what `criu lazy-pages` does).
     pub connect_timeout: Option<Duration>,
-    /// Longest pause allowed inside the handshake (between two task messages).
-    pub handshake_timeout: Duration,
+    /// Bounds the whole handshake, from the connect to RESTORE_FINISHED (None: forever,
+    /// as `criu lazy-pages` waits); a peer that stalls anywhere in it is dropped.
+    pub handshake_timeout: Option<Duration>,
     /// Serve only faults for this long after restore finished, then start the
     /// background fill (lets a warming-up process have the whole bandwidth).
     pub fill_delay: Duration,
@@ -72,7 +77,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             connect_timeout: None,
-            handshake_timeout: Duration::from_secs(120),
+            handshake_timeout: Some(Duration::from_secs(120)),
             fill_delay: Duration::ZERO,
             prefetch: Arc::default(),
             engine: EngineConfig::default(),
@@ -272,11 +277,22 @@ impl Session {
         handle: &SessionHandle,
         events: &SessionCallback,
     ) -> Result<(), SessionError> {
+        let deadline = config.handshake_timeout.map(|t| Instant::now() + t);
+        let mut seen = HashSet::new();
         // CRIU sends one message per pstree entry, zombies included, threads not.
         for _ in 0..self.dump.tasks.len() {
-            let msg = self.recv_task(conn, config, handle)?;
+            let msg = self.recv_task(conn, config, deadline, handle)?;
+            let pid = match &msg {
+                TaskMsg::Zombie { pid } | TaskMsg::Live { pid, .. } => *pid,
+            };
+            if !seen.insert(pid) {
+                return Err(self.bad_task(pid, "twice"));
+            }
             match msg {
-                TaskMsg::Zombie { pid } => events(SessionEvent::Zombie { pid: pid as u32 }),
+                TaskMsg::Zombie { pid } => {
+                    self.check_zombie(pid)?;
+                    events(SessionEvent::Zombie { pid: pid as u32 })
+                }
                 TaskMsg::Live { pid, uffd } => {
                     let ranges = self.lazy_ranges(pid)?;
                     let lazy_pages = ranges.pages();
@@ -289,7 +305,11 @@ impl Session {
             handle.check_abort()?;
             match conn.wait_finished(Some(TICK)) {
                 Ok(()) => break,
-                Err(RestoreError::Timeout(_)) => {
+                Err(RestoreError::BadMarker(word)) => return Err(self.extra_task(word)),
+                Err(RestoreError::Timeout(what)) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(self.handshake_timeout(what, config).into());
+                    }
                     // A dead engine (fatal error) must not leave us waiting on criu.
                     if engine.wait(Some(Duration::ZERO)) && !engine.is_finished() {
                         return Ok(());
@@ -316,20 +336,53 @@ impl Session {
         Ok(())
     }
 
-    fn recv_task(&self, conn: &mut RestoreConn, config: &SessionConfig, handle: &SessionHandle) -> Result<TaskMsg, SessionError> {
-        let mut waited = Duration::ZERO;
+    fn recv_task(
+        &self,
+        conn: &mut RestoreConn,
+        config: &SessionConfig,
+        deadline: Option<Instant>,
+        handle: &SessionHandle,
+    ) -> Result<TaskMsg, SessionError> {
         loop {
             handle.check_abort()?;
             match conn.recv_task(Some(TICK)) {
                 Err(RestoreError::Timeout(what)) => {
-                    waited += TICK;
-                    if waited >= config.handshake_timeout {
-                        return Err(RestoreError::Timeout(format!("{what} from criu restore ({} s)", waited.as_secs())).into());
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(self.handshake_timeout(what, config).into());
                     }
                 }
                 other => return Ok(other?),
             }
         }
+    }
+
+    fn handshake_timeout(&self, what: String, config: &SessionConfig) -> RestoreError {
+        let secs = config.handshake_timeout.unwrap_or_default().as_secs();
+        RestoreError::Timeout(format!("{what} (the handshake on {} must end within {secs} s)", self.listener.path().display()))
+    }
+
+    fn bad_task(&self, pid: i32, problem: &str) -> SessionError {
+        SessionError::BadTask { pid, problem: problem.to_string(), dir: self.dump.dir.clone() }
+    }
+
+    /// A live task announced as a zombie would get none of its pages, silently.
+    fn check_zombie(&self, pid: i32) -> Result<(), SessionError> {
+        match u32::try_from(pid).ok().and_then(|p| self.dump.task(p)) {
+            Some(task) if task.state == TaskState::Zombie => Ok(()),
+            Some(_) => Err(self.bad_task(pid, "as a zombie, but it is a live process in the pstree: it would get none of its pages")),
+            None => Err(self.bad_task(pid, "as a zombie, but it is not in the pstree")),
+        }
+    }
+
+    /// Where RESTORE_FINISHED was due, another task message came.
+    fn extra_task(&self, word: u32) -> SessionError {
+        let pid = word as i32;
+        // Anything that cannot be a pid (pid_max is at most 2^22) is just a wrong marker.
+        if pid == 0 || pid.unsigned_abs() > 1 << 22 {
+            return RestoreError::BadMarker(word).into();
+        }
+        let n = self.dump.tasks.len();
+        self.bad_task(pid.saturating_abs(), &format!("after all {n} tasks of the pstree: more tasks than the dump has"))
     }
 
     fn lazy_ranges(&self, pid: i32) -> Result<LazyRanges, SessionError> {

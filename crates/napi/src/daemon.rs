@@ -291,7 +291,8 @@ impl Task for Prepare {
         let defaults = EngineConfig::default();
         let config = SessionConfig {
             connect_timeout: ms(o.connect_timeout_ms),
-            handshake_timeout: ms(o.handshake_timeout_ms).unwrap_or(SessionConfig::default().handshake_timeout),
+            // 0 = forever, like --connect-timeout 0.
+            handshake_timeout: ms(o.handshake_timeout_ms),
             fill_delay: ms(o.fill_delay_ms).unwrap_or_default(),
             prefetch: Arc::new(to_working_set(o.prefetch_working_set.unwrap_or_default())?),
             engine: EngineConfig {
