@@ -133,6 +133,12 @@ export interface ImageTaskSummary {
   bytes: number
 }
 
+/**
+ * Takes `<dir>/lazy-pages.lock` for the rest of this process's life, or rejects with
+ * one line naming the pid that holds it. Never waits.
+ */
+export declare function lockWorkDirForLife(dir: string): Promise<void>
+
 /** Version of the native addon; the CLI checks it matches package.json. */
 export declare function nativeVersion(): string
 

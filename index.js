@@ -837,6 +837,7 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.LazyDaemon = nativeBinding.LazyDaemon
 module.exports.LazyPageServer = nativeBinding.LazyPageServer
+module.exports.lockWorkDirForLife = nativeBinding.lockWorkDirForLife
 module.exports.nativeVersion = nativeBinding.nativeVersion
 module.exports.prepareDaemon = nativeBinding.prepareDaemon
 module.exports.preparePageServer = nativeBinding.preparePageServer

@@ -6,6 +6,7 @@ import { join } from 'node:path'
 import { checksums, assertMemoryAsDumped } from './helpers/check'
 import { lazyPages } from './helpers/cli'
 import { restoreLogTail, startLazyRestore } from './helpers/criu'
+import { startDaemon } from './helpers/daemon'
 import { dumpAndWait } from './helpers/dumped'
 import { alive, run, waitFor } from './helpers/proc'
 import { Workload } from './helpers/workload'
@@ -45,9 +46,51 @@ test('--pidfile that exists is refused (created exclusively, like CRIU)', async 
   await dumpAndWait(w)
   const first = await lazyPages(['-D', w.images, '-d', '--pidfile', 'p.pid', '--connect-timeout', '2'])
   t.is(first.code, 0, first.stderr)
-  const again = await lazyPages(['-D', w.images, '-d', '--pidfile', 'p.pid', '--connect-timeout', '2'])
+  // Another work dir: the same one would be refused earlier, by its lock.
+  const other = join(w.dir, 'other-work')
+  mkdirSync(other, { recursive: true })
+  const again = await lazyPages(['-D', w.images, '-W', other, '-d', '--pidfile', join(w.images, 'p.pid'), '--connect-timeout', '2'])
   t.is(again.code, 1)
   t.regex(again.stderr, /p\.pid: cannot create pidfile/)
+})
+
+test('a second daemon on the same work dir refuses, naming the first, and leaves it serving', async (t) => {
+  const w = await Workload.start('cli-second', ['tree', '--mib', '8', '--children', '1'])
+  const before = await checksums(w)
+  await dumpAndWait(w)
+  const first = await startDaemon(w.images, ['-o', 'first.log', '--connect-timeout', '60'])
+  const sock = join(w.images, 'lazy-pages.socket')
+  const inode = statSync(sock).ino
+  const log = readFileSync(join(w.images, 'first.log'), 'utf8')
+  const lockLine = new RegExp(`^lazy-pages: another lazy-pages \\(pid ${first.child.pid}\\) is serving work dir ${w.images}: it holds lazy-pages\\.lock$`)
+  for (const args of [[], ['-d', '--pidfile', 'second.pid']]) {
+    const second = await lazyPages(['-D', w.images, '-o', 'first.log', '--connect-timeout', '2', ...args], 20_000)
+    t.is(second.code, 1, args.join(' '))
+    t.regex(second.stderr.trim(), lockLine, args.join(' '))
+    t.is(second.stderr.trim().split('\n').length, 1, second.stderr)
+  }
+  t.is(statSync(sock).ino, inode, "the first's socket is untouched")
+  t.is(readFileSync(join(w.images, 'first.log'), 'utf8'), log, "the first's log is untouched")
+  t.false(existsSync(join(w.images, 'second.pid')))
+  // The first still serves a real restore.
+  t.is(await startLazyRestore(w.images).done, 0, restoreLogTail(w.images))
+  t.is((await first.exit).code, 0, first.stderr())
+  await assertMemoryAsDumped(t, w, before)
+  w.kill()
+})
+
+test('a daemon killed by SIGKILL leaves its work dir lock free for the next one', async (t) => {
+  const w = await Workload.start('cli-lock-kill9', ['dense', '--mib', '4'])
+  await dumpAndWait(w)
+  const first = await startDaemon(w.images, ['--connect-timeout', '60'])
+  first.child.kill('SIGKILL')
+  await first.exit
+  t.true(existsSync(join(w.images, 'lazy-pages.lock')), 'the lock file stays (never unlinked)')
+  const next = await startDaemon(w.images, ['--connect-timeout', '1'])
+  t.regex(readFileSync(join(w.images, 'lazy-pages.lock'), 'utf8'), new RegExp(`^${next.child.pid}$`), 'the holder pid inside')
+  const exit = await next.exit
+  t.is(exit.code, 1)
+  t.regex(next.stderr(), /timed out waiting for criu restore to connect/)
 })
 
 test('a peer that is neither root nor our uid is turned away', async (t) => {

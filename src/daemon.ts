@@ -35,7 +35,17 @@ export interface DaemonCliOptions extends ServiceOptions {
 }
 
 export function runDaemon(opts: DaemonCliOptions, rawArgs: string[]): Promise<number> {
-  return runService(opts, rawArgs, (ctx) => serve(opts, ctx))
+  return runService(opts, rawArgs, (ctx) => serve(opts, ctx), lockWorkDir)
+}
+
+/** One daemon per work dir: a second one is refused before it touches the first's
+ * socket, log or pidfile (a kernel lock, so a daemon that died holds nothing). */
+async function lockWorkDir(workDir: string): Promise<void> {
+  try {
+    await native.lockWorkDirForLife(workDir)
+  } catch (err) {
+    throw new UserError(oneLine(err))
+  }
 }
 
 async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, log, ready }: ServiceContext): Promise<number> {

@@ -18,6 +18,9 @@ export interface ServiceOptions {
   verbosity: number
 }
 
+/** Run before anything in the work dir is opened (the log is truncated on open). */
+export type WorkDirGuard = (workDir: string) => Promise<void>
+
 export interface ServiceContext {
   imagesDir: string
   workDir: string
@@ -27,7 +30,12 @@ export interface ServiceContext {
   ready: () => void
 }
 
-export async function runService(opts: ServiceOptions, rawArgs: string[], body: (ctx: ServiceContext) => Promise<number>): Promise<number> {
+export async function runService(
+  opts: ServiceOptions,
+  rawArgs: string[],
+  body: (ctx: ServiceContext) => Promise<number>,
+  guard?: WorkDirGuard,
+): Promise<number> {
   const imagesDir = resolve(opts.imagesDir)
   const workDir = resolve(opts.workDir ?? imagesDir)
   const inWorkDir = (p: string) => (isAbsolute(p) ? p : join(workDir, p))
@@ -41,17 +49,20 @@ export async function runService(opts: ServiceOptions, rawArgs: string[], body: 
   }
 
   const log = new Logger(opts.verbosity)
-  if (opts.logFile) log.toFile(opts.logFile === '-' ? '-' : inWorkDir(opts.logFile))
+  let logging = false
   const ready = () => {
     if (!isDetachedChild() && opts.statusFd !== undefined) signalStatusFd(opts.statusFd)
     notifyParent()
   }
   try {
+    await guard?.(workDir)
+    if (opts.logFile) log.toFile(opts.logFile === '-' ? '-' : inWorkDir(opts.logFile))
+    logging = true
     return await body({ imagesDir, workDir, inWorkDir, log, ready })
   } catch (err) {
     const message = oneLine(err)
     // On stderr the CLI prints it once; a log file gets it too.
-    if (opts.logFile) log.error(message)
+    if (opts.logFile && logging) log.error(message)
     notifyParent(message)
     throw err instanceof UserError ? err : new UserError(message)
   } finally {

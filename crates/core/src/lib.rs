@@ -10,3 +10,4 @@ pub mod restore_socket;
 pub mod session;
 pub mod transform;
 pub mod uffd;
+pub mod workdir_lock;

@@ -5,6 +5,7 @@ mod daemon;
 mod images;
 mod page_server;
 mod transform;
+mod workdir_lock;
 
 use napi_derive::napi;
 
