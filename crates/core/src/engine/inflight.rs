@@ -28,6 +28,11 @@ impl InFlightSet {
         self.next_id
     }
 
+    /// Whether claim `id` is still owned by its copier (task exit takes every claim).
+    pub fn has(&self, id: u64) -> bool {
+        self.claims.iter().any(|c| c.id == id)
+    }
+
     pub fn contains(&self, addr: u64) -> bool {
         self.claims.iter().any(|c| c.pieces.contains(addr))
     }

@@ -50,6 +50,14 @@
 //!    first in the working set). Anywhere else ENOENT means the VMA is gone and the
 //!    pages are dropped; dropping a not-yet-registered page would leave it to be
 //!    answered with the zero page once it faults.
+//! 6. **Each lazy page is counted exactly once, by whoever takes it out of the
+//!    task's state, under the state lock.** Pending pages are counted when they leave
+//!    pending; an in-flight claim's pages by its copier when it settles the claim, or,
+//!    if the task exits first (exit, kill, exec, a fill or fault meeting ESRCH), by the
+//!    exit path, which counts every claim still in flight as dropped and takes it away.
+//!    A copier that finds its claim taken when its ioctls return counts nothing: the
+//!    pages it may have copied into the dying mm were counted already. REMOVE/UNMAP
+//!    take pages out of claims only under the exclusive gate, so never mid-ioctl.
 
 mod background;
 mod config;

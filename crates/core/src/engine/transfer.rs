@@ -59,7 +59,8 @@ pub(crate) const SLICE_PAGES: u64 = 16;
 
 /// Fills claim `id` of `task` and settles its bookkeeping: filled pages are counted,
 /// leftovers go back to pending (or count as dropped if the task is gone).
-/// None when the claim no longer exists (the task exited meanwhile).
+/// None when the claim no longer exists (the task exited meanwhile, and its exit
+/// counted the claim as dropped).
 pub(crate) fn fill_claim(shared: &Shared, task: &Task, id: u64, fill: Fill<'_>, who: Copier) -> Option<FillReport> {
     let mut total = FillReport::default();
     let mut first = true;
@@ -81,6 +82,12 @@ pub(crate) fn fill_claim(shared: &Shared, task: &Task, id: u64, fill: Fill<'_>, 
         let (report, unfinished) = fill_pieces(uffd, &pieces, fill, who.unregistered_is_retry(), &yield_now);
 
         let mut st = task.state();
+        if !st.inflight.has(id) {
+            // Invariant 6: the task exited while these ioctls ran, and its exit counted
+            // every page of this claim as dropped; counting them here too would count
+            // them twice (whatever the kernel did with them, the task is gone).
+            return None;
+        }
         let c = &task.counters;
         TaskCounters::add(if who == Copier::Fault { &c.faulted } else { &c.background }, report.filled);
         if matches!(who, Copier::Prefetch { .. }) {
