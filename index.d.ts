@@ -85,6 +85,11 @@ export interface DaemonOptions {
    */
   reconnectMs?: number
   /**
+   * With page_server: a request, or a reply partly received, with no byte
+   * from the server for this long is fatal (absent: the client's default).
+   */
+  stallTimeoutMs?: number
+  /**
    * With page_server: a second connection for faults (our page server
    * only: CRIU's takes one connection).
    */

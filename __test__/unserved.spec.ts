@@ -4,6 +4,7 @@
 // one, and never reports a checksum, right or wrong.
 import test, { type ExecutionContext } from 'ava'
 import { readFileSync, rmSync } from 'node:fs'
+import { createServer, type AddressInfo, type Socket } from 'node:net'
 import { join } from 'node:path'
 
 import { checksums } from './helpers/check'
@@ -162,14 +163,14 @@ async function withServerKilled(
   }
 }
 
-test('remote: the page server killed mid-transfer, no --reconnect: exit 1, one line naming the peer, unserved pages poisoned, the process dies by SIGBUS', async (t) => {
+test('remote: the page server killed during --fill-delay, no --reconnect: exit 1 at once, one line naming the peer, unserved pages poisoned, the process dies by SIGBUS', async (t) => {
   await withServerKilled(t, 'unserved-remote', 256, async ({ w, before, report, pid, peer, daemon, killedAt, trace }) => {
-    // Its reader sees EOF at once, but the engine learns of it only when it next asks
-    // for pages: here when the fill starts, after --fill-delay.
+    // Nothing is asked during --fill-delay, but the socket is watched all the same:
+    // the drop ends the daemon at once, not when the fill would next ask.
     const exit = await exitWithin(daemon, FILL_DELAY_MS + 10_000)
     t.is(exit.code, 1, daemon.stderr())
-    t.true(exit.at - killedAt < FILL_DELAY_MS + 3000, `exited ${exit.at - killedAt} ms after the kill`)
-    const { unserved } = assertPoisonedLine(t, daemon.stderr(), report, new RegExp(`^lazy-pages: task ${pid}: .*${peer}`))
+    t.true(exit.at - killedAt < 1500, `exited ${exit.at - killedAt} ms after the kill, within the ${FILL_DELAY_MS} ms fill delay`)
+    const { unserved } = assertPoisonedLine(t, daemon.stderr(), report, new RegExp(`^lazy-pages: .*${peer}`))
     t.log(`${unserved} of ${report.total.lazy} lazy pages poisoned; daemon exited ${exit.at - killedAt} ms after the kill`)
     t.log(daemon.stderr().trim().split('\n').pop())
     assertDiedBySigbus(t, w, pid, await askToVerify(w, pid), before, trace)
@@ -178,19 +179,84 @@ test('remote: the page server killed mid-transfer, no --reconnect: exit 1, one l
 
 test('remote: a fault waiting on a page server that died: its page is poisoned, not left waiting, and the process dies by SIGBUS', async (t) => {
   await withServerKilled(t, 'unserved-fault', 64, async ({ w, before, report, pid, peer, daemon, trace }) => {
-    // Still within the fill delay: the verification's first touch of an unserved page
-    // is the daemon's next request, which fails while the process waits on it.
+    // Still within the fill delay. The daemon notices the drop at once, so it has
+    // usually stopped and poisoned the page before the verification's first touch; if
+    // not, that touch's request fails while the process waits on it. Either way the
+    // page is poisoned, never left waiting.
     const askedAt = Date.now()
     const outcome = await askToVerify(w, pid)
     const exit = await exitWithin(daemon, FILL_DELAY_MS + 10_000)
     t.is(exit.code, 1, daemon.stderr())
     // The engine stops at once, and the session does not wait out --fill-delay.
     t.true(exit.at - askedAt < 2000, `exited ${exit.at - askedAt} ms after SIGUSR1, within the ${FILL_DELAY_MS} ms fill delay`)
-    const { unserved, poisoned } = assertPoisonedLine(t, daemon.stderr(), report, new RegExp(`^lazy-pages: task ${pid}: .*${peer}`), true)
+    const { unserved, poisoned } = assertPoisonedLine(t, daemon.stderr(), report, new RegExp(`^lazy-pages: .*${peer}`), true)
     t.log(`${poisoned} of ${unserved} unserved pages poisoned (${report.total.lazy} lazy); daemon exited ${exit.at - askedAt} ms after SIGUSR1`)
     t.log(daemon.stderr().trim().split('\n').pop())
     assertDiedBySigbus(t, w, pid, outcome, before, trace)
   })
+})
+
+/**
+ * A lying page server: answers the first GET (CRIU 4.1 layout, 24-byte header) with
+ * a reply header and then nothing, holding the connection open; later requests get
+ * nothing at all.
+ */
+async function headerThenNothing() {
+  const sockets: Socket[] = []
+  let answeredAt = 0
+  const server = createServer((sock) => {
+    sockets.push(sock)
+    let got = Buffer.alloc(0)
+    sock.on('data', (d: Buffer) => {
+      got = Buffer.concat([got, d])
+      if (answeredAt || got.length < 24) return
+      const reply = Buffer.from(got.subarray(0, 24))
+      reply.writeUInt32LE((0x4 << 16) | 6, 0) // PE_PRESENT << 16 | PS_IOV_ADD_F, the rest echoed
+      sock.write(reply)
+      answeredAt = Date.now()
+    })
+    sock.on('error', () => {})
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as AddressInfo).port
+  const close = () => {
+    for (const s of sockets) s.destroy()
+    server.close()
+  }
+  return { port, close, answeredAt: () => answeredAt }
+}
+
+test('remote: a page server that sends a reply header and then nothing: --stall-timeout ends it, one line naming the peer, the process dies by SIGBUS', async (t) => {
+  const r = await remoteDump('unserved-stall', 16)
+  r.server.child.kill('SIGKILL')
+  const fake = await headerThenNothing()
+  const trace = SigbusTrace.open(TRACE)
+  const args = ['--page-server', '--address', '127.0.0.1', '--port', String(fake.port), '--criu-version', '4.1', '--fill-delay', '60000', '--stall-timeout', '2']
+  let daemon: DaemonRun | undefined
+  let restore: ReturnType<typeof startLazyRestore> | undefined
+  try {
+    daemon = await startDaemon(r.out, args)
+    restore = startLazyRestore(r.out)
+    // criu's restorer may fault on a lazy page itself; if not, the first touch is the
+    // process's own once it is asked to verify. Either way one GET is all that is asked.
+    const restored = await Promise.race([restore.done, daemon.exit.then(() => 'daemon exited')])
+    let outcome: string | undefined
+    if (restored === 0) outcome = await askToVerify(r.w, r.pid)
+    const exit = await exitWithin(daemon, 15_000)
+    t.is(exit.code, 1, daemon.stderr())
+    t.true(fake.answeredAt() > 0, 'the page server was asked')
+    t.true(exit.at - fake.answeredAt() < 4000, `exited ${exit.at - fake.answeredAt()} ms after the reply header, stall timeout 2 s`)
+    const port = fake.port
+    assertPoisonedLine(t, daemon.stderr(), r.report, new RegExp(`^lazy-pages: .*page server 127\\.0\\.0\\.1:${port}: reading \\d+ pages of task ${r.pid} at 0x[0-9a-f]+: sent nothing for 2s`), true)
+    t.log(daemon.stderr().trim().split('\n').pop())
+    if (outcome) assertDiedBySigbus(t, r.w, r.pid, outcome, r.before, trace)
+  } finally {
+    daemon?.child.kill('SIGKILL')
+    restore?.kill('SIGKILL')
+    fake.close()
+    trace?.close()
+    await killAndWait(r.w, r.report)
+  }
 })
 
 test('local: SIGTERM to the daemon mid-restore: exit 1, unserved pages poisoned, the process dies by SIGBUS', async (t) => {

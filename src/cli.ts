@@ -69,6 +69,12 @@ export function buildProgram(rawArgs: string[] = []): Command {
       0,
     )
     .option(
+      '--stall-timeout <seconds>',
+      'with --page-server: fail when the page server sends nothing for this long while a request is unanswered or a reply partly received',
+      positiveInt('--stall-timeout'),
+      60,
+    )
+    .option(
       '--urgent-connection',
       "with --page-server and a lazy-pages page server: a second connection for faults, so they never queue behind background pages (CRIU's page server takes one connection: not for it)",
     )

@@ -25,6 +25,7 @@ export interface DaemonCliOptions extends ServiceOptions {
   port?: number
   criuVersion?: string
   reconnect: number
+  stallTimeout: number
   urgentConnection?: boolean
   chunkPages: number
   prefetch: string
@@ -73,6 +74,7 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
       pageServer: opts.pageServer ? hostPort(opts.address!, opts.port!) : undefined,
       criuVersion: opts.criuVersion,
       reconnectMs: opts.reconnect * 1000,
+      stallTimeoutMs: opts.stallTimeout * 1000,
       urgentConnection: !!opts.urgentConnection,
       recordWorkingSet: !!opts.recordWs,
       prefetchWorkingSet: prefetch,

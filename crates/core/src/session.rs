@@ -164,6 +164,13 @@ impl Remote {
             Remote::Two(r) => r.close(),
         }
     }
+
+    fn failure(&self) -> Option<String> {
+        match self {
+            Remote::One(r) => r.failure(),
+            Remote::Two(r) => r.failure(),
+        }
+    }
 }
 
 impl Session {
@@ -249,6 +256,7 @@ impl Session {
         let mut rejected = Vec::new();
         loop {
             handle.check_abort()?;
+            self.check_source()?;
             let mut on_reject = |e: &RestoreError| {
                 rejected.push(e.to_string());
                 events(SessionEvent::Rejected { message: e.to_string() });
@@ -303,6 +311,7 @@ impl Session {
         }
         loop {
             handle.check_abort()?;
+            self.check_source()?;
             match conn.wait_finished(Some(TICK)) {
                 Ok(()) => break,
                 Err(RestoreError::BadMarker(word)) => return Err(self.extra_task(word)),
@@ -322,6 +331,8 @@ impl Session {
         let fill_at = std::time::Instant::now() + config.fill_delay;
         while std::time::Instant::now() < fill_at {
             handle.check_abort()?;
+            // A page server that went away during the delay: say so now, not when it ends.
+            self.check_source()?;
             // A dead engine must not keep the restore waiting out the delay: its faults
             // would hang unserved, and nothing would be poisoned, until the delay ends.
             if engine.wait(Some(Duration::ZERO)) && !engine.is_finished() {
@@ -359,6 +370,15 @@ impl Session {
     fn handshake_timeout(&self, what: String, config: &SessionConfig) -> RestoreError {
         let secs = config.handshake_timeout.unwrap_or_default().as_secs();
         RestoreError::Timeout(format!("{what} (the handshake on {} must end within {secs} s)", self.listener.path().display()))
+    }
+
+    /// A remote page source that already failed (e.g. its connection dropped while
+    /// nothing was asked) ends the session at once instead of at the next request.
+    fn check_source(&self) -> Result<(), SessionError> {
+        match self.remote.as_ref().and_then(Remote::failure) {
+            Some(message) => Err(SessionError::Source(message)),
+            None => Ok(()),
+        }
     }
 
     fn bad_task(&self, pid: i32, problem: &str) -> SessionError {

@@ -37,6 +37,9 @@ pub struct DaemonOptions {
     /// With page_server: reconnect and resume for up to this long if the
     /// connection drops (0 or absent: a drop is fatal, as CRIU's server needs).
     pub reconnect_ms: Option<u32>,
+    /// With page_server: a request, or a reply partly received, with no byte
+    /// from the server for this long is fatal (absent: the client's default).
+    pub stall_timeout_ms: Option<u32>,
     /// With page_server: a second connection for faults (our page server
     /// only: CRIU's takes one connection).
     pub urgent_connection: Option<bool>,
@@ -282,7 +285,9 @@ impl Task for Prepare {
                 // Clamped as EngineConfig::normalized clamps it: a larger value would only
                 // let background chunks pass as faults.
                 let fault_span_pages = o.fault_pages.map_or(EngineConfig::default().fault_pages, u64::from).clamp(1, 16);
-                let config = RemoteConfig { version, reconnect, urgent_connection, fault_span_pages, ..RemoteConfig::default() };
+                let defaults = RemoteConfig::default();
+                let stall_timeout = o.stall_timeout_ms.filter(|&ms| ms > 0).map_or(defaults.stall_timeout, |ms| Duration::from_millis(ms.into()));
+                let config = RemoteConfig { version, reconnect, urgent_connection, fault_span_pages, stall_timeout, ..defaults };
                 PageOrigin::Remote { addr: addr.clone(), config }
             }
         };

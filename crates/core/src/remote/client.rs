@@ -174,6 +174,13 @@ impl RemotePages {
         &self.shared.config
     }
 
+    /// The fatal error, if the connection already failed: the reader watches the
+    /// socket even while nothing is asked, so a drop shows here at once (with
+    /// `reconnect`, only once reconnecting gave up).
+    pub fn failure(&self) -> Option<String> {
+        self.shared.lock().fatal.clone()
+    }
+
     /// `pages()` with the caller saying whether a thread is blocked on the span.
     pub fn fetch<'a>(
         &'a self,

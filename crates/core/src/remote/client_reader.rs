@@ -127,7 +127,7 @@ fn read_replies(shared: &Shared, stream: &mut TcpStream) -> Result<(), End> {
         // The first 4 bytes are either a header's cmd or the i32 CLOSE reply;
         // which one is due is known only once they arrive (CLOSE may be sent
         // while this read is already waiting).
-        read_full(shared, stream, &mut head[..CLOSE_REPLY_LEN]).map_err(|s| describe(shared, s, "a reply header"))?;
+        read_full(shared, stream, &mut head[..CLOSE_REPLY_LEN], false).map_err(|s| describe(shared, s, "a reply header"))?;
         if shared.lock().wire.front() == Some(&Sent::Close) {
             let code = i32::from_le_bytes([head[0], head[1], head[2], head[3]]);
             shared.lock().wire.pop_front();
@@ -136,14 +136,14 @@ fn read_replies(shared: &Shared, stream: &mut TcpStream) -> Result<(), End> {
                 _ => Err(End::Fatal(format!("page server {peer} answered CLOSE with {code}"))),
             };
         }
-        read_full(shared, stream, &mut head[CLOSE_REPLY_LEN..hlen]).map_err(|s| describe(shared, s, "a reply header"))?;
+        read_full(shared, stream, &mut head[CLOSE_REPLY_LEN..hlen], true).map_err(|s| describe(shared, s, "a reply header"))?;
         let reply = IovHeader::decode(shared.config.version, &head[..hlen]).map_err(|e| End::Fatal(format!("page server {peer}: {e}")))?;
         let mut landing = shared.lock().land(&reply, Instant::now()).map_err(|why| End::Fatal(format!("page server {peer} {why}")))?;
         let bytes = (landing.pages * PAGE_SIZE) as usize;
         let start = landing.offset as usize;
         let what = format!("{} pages of task {} at {:#x}", landing.pages, landing.seg.pid, landing.seg.vaddr);
         let read = match landing.buf.as_mut().and_then(|b| b.get_mut(start..start + bytes)) {
-            Some(dst) => read_full(shared, stream, dst),
+            Some(dst) => read_full(shared, stream, dst, true),
             None => discard(shared, stream, bytes),
         };
         // Give the buffer back before reporting, so the book stays consistent.
@@ -157,8 +157,10 @@ fn read_replies(shared: &Shared, stream: &mut TcpStream) -> Result<(), End> {
 }
 
 /// Fills `buf`, waking every socket timeout tick to notice shutdown and a
-/// peer that went silent with requests outstanding.
-fn read_full(shared: &Shared, stream: &mut TcpStream, buf: &mut [u8]) -> Result<(), Stop> {
+/// peer that went silent with requests outstanding. `partial`: `buf` continues a
+/// reply already begun (its header is in, so its request is no longer counted as
+/// on the wire), which a silent peer must not leave hanging either.
+fn read_full(shared: &Shared, stream: &mut TcpStream, buf: &mut [u8], partial: bool) -> Result<(), Stop> {
     let mut got = 0;
     let mut last_byte = Instant::now();
     while got < buf.len() {
@@ -172,7 +174,7 @@ fn read_full(shared: &Shared, stream: &mut TcpStream, buf: &mut [u8]) -> Result<
                 last_byte = Instant::now();
             }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                let waiting = got > 0 || shared.lock().on_wire() > 0;
+                let waiting = partial || got > 0 || shared.lock().on_wire() > 0;
                 if waiting && last_byte.elapsed() >= shared.config.stall_timeout {
                     return Err(Stop::Stalled(format!("sent nothing for {:?}", shared.config.stall_timeout)));
                 }
@@ -193,7 +195,7 @@ fn discard(shared: &Shared, stream: &mut TcpStream, len: usize) -> Result<(), St
     let mut left = len;
     while left > 0 {
         let n = left.min(sink.len());
-        read_full(shared, stream, &mut sink[..n])?;
+        read_full(shared, stream, &mut sink[..n], true)?;
         left -= n;
     }
     Ok(())

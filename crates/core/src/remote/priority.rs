@@ -22,6 +22,11 @@ impl PrioritySource {
         Ok(PrioritySource { bulk, urgent })
     }
 
+    /// The first connection's fatal error, if either failed.
+    pub fn failure(&self) -> Option<String> {
+        self.urgent.failure().or_else(|| self.bulk.failure())
+    }
+
     /// Closes both sessions; the first error wins, but both are tried so the
     /// server can end either way.
     pub fn close(&self) -> Result<(), SourceError> {
