@@ -11,15 +11,18 @@ import { oneLine, UserError } from './errors'
 const pkg: { version: string } = require('../package.json')
 
 /**
- * Background fill threads by default: one per CPU, at most two. Each fill thread is
- * bound by the kernel's per-page work in UFFDIO_COPY (its user-space share is under
- * 1 % in perf), so a second thread on a second CPU nearly doubles the rate (raw probe
- * on 2 vCPUs: 1 thread 4.1 GB/s, 2 threads 7.4-8.0 GB/s; `npm run bench` shows our
- * --jobs 1 and 2 side by side). A second thread on a single CPU only competes with the
- * fault thread and the restored process; beyond two, nothing was measured (the bench
- * machine has two CPUs), so more stays a choice: --jobs N.
+ * Background fill threads by default: one CPU is left to the fault thread and the
+ * restored process, the rest fill, at least 1 and at most 2 (1 on this 2-CPU VM). A fill
+ * thread never sleeps while pages are pending, so fill threads on every CPU leave a
+ * faulting process waiting for a CPU: on this 2-vCPU VM, shared with other work, faults
+ * during a 4 GiB fill took p99 18-27 ms / max 40-48 ms with 2 fill threads against
+ * 0.1-0.5 ms / 2-6 ms with one, while the fill itself was no faster with 2 (1 GiB best
+ * 0.68 s with 1 thread, 0.71 s with 2; raw probe 2.63 vs 2.89 GB/s). On idle CPUs a
+ * second thread does pay (raw probe 4.1 vs 7.4-8.0 GB/s, ours 1.55x in a quiet hour):
+ * hence 2 from 3 CPUs on. Above two nothing was measured (the bench machine has two
+ * CPUs), so more stays a choice: --jobs N.
  */
-const DEFAULT_JOBS = Math.min(availableParallelism(), 2)
+const DEFAULT_JOBS = Math.max(1, Math.min(availableParallelism() - 1, 2))
 
 function nonNegativeInt(name: string) {
   return (value: string): number => {
@@ -80,7 +83,7 @@ export function buildProgram(rawArgs: string[] = []): Command {
     )
     .addOption(new Option('--criu-version <version>', "the page server's CRIU wire format (default: from the images)").choices(['4.1', '4.2']))
     .option('--connect-timeout <seconds>', 'fail if no restore connects within this time, or if its handshake (connect to "restore finished") then takes longer (0 = wait forever)', nonNegativeInt('--connect-timeout'), 300)
-    .option('--jobs <n>', 'background fill threads (default: one per CPU, at most 2)', positiveInt('--jobs'), DEFAULT_JOBS)
+    .option('--jobs <n>', 'background fill threads (default: CPUs - 1, at least 1, at most 2)', positiveInt('--jobs'), DEFAULT_JOBS)
     .option('--chunk-pages <n>', 'pages per background copy (bounds how long a fault can wait behind one)', positiveInt('--chunk-pages'), 64)
     .option('--fill-delay <ms>', 'after restore finishes, serve only faults (and a --prefetch-ws working set) for this long before the background fill starts', nonNegativeInt('--fill-delay'), 0)
     .addOption(

@@ -42,6 +42,7 @@ const FILL_DELAY_MS = 3000
 const CASES: Array<{ name: string; server: Server }> = [
   { name: 'ours idle (--fill-delay)', server: { kind: 'ours', args: ['--fill-delay', String(FILL_DELAY_MS)] } },
   { name: 'ours during fill', server: { kind: 'ours', args: [] } },
+  { name: 'ours during fill, --jobs 2', server: { kind: 'ours', args: ['--jobs', '2'] } },
   { name: 'criu during fill', server: { kind: 'criu' } },
 ]
 
