@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Barrier;
 use std::time::Instant;
 
-use crate::mem::{copy, map_file, populate, registered_region, warm_cache, PAGE};
+use crate::mem::{anon_buffer, copy, map_file, populate, registered_region, warm_cache, PAGE};
 
 pub fn run(
     path: &str,
@@ -14,6 +14,7 @@ pub fn run(
     chunk_pages: usize,
     repeat: usize,
     populate_pages: usize,
+    pread: bool,
 ) -> io::Result<String> {
     warm_cache(path)?;
     let mut best = f64::INFINITY;
@@ -35,6 +36,13 @@ pub fn run(
                     s.spawn(move || -> io::Result<f64> {
                         let (first, end) = ((t * share).min(pages), ((t + 1) * share).min(pages));
                         barrier.wait();
+                        // `pread`: CRIU's way, the bytes read into one reused buffer first.
+                        let file = std::fs::File::open(path)?;
+                        let buf = if pread {
+                            Some(anon_buffer(chunk_pages * PAGE)?)
+                        } else {
+                            None
+                        };
                         let cpu0 = thread_cpu_secs();
                         let mut p = first;
                         let mut populated = first;
@@ -45,9 +53,21 @@ pub fn run(
                                 populate(src.ptr.wrapping_add(p * PAGE), len * PAGE)?;
                                 populated = p + len;
                             }
-                            unsafe {
-                                copy(uffd, src.ptr.add(p * PAGE), dst.ptr.add(p * PAGE), n * PAGE)?
+                            let from = match &buf {
+                                Some(b) => {
+                                    // SAFETY: `b` is a live private mapping of chunk_pages pages.
+                                    let slice =
+                                        unsafe { std::slice::from_raw_parts_mut(b.ptr, n * PAGE) };
+                                    std::os::unix::fs::FileExt::read_exact_at(
+                                        &file,
+                                        slice,
+                                        (p * PAGE) as u64,
+                                    )?;
+                                    b.ptr.cast_const()
+                                }
+                                None => unsafe { src.ptr.add(p * PAGE) },
                             };
+                            unsafe { copy(uffd, from, dst.ptr.add(p * PAGE), n * PAGE)? };
                             p += n;
                         }
                         Ok(thread_cpu_secs() - cpu0)
@@ -67,7 +87,7 @@ pub fn run(
     }
     let gbps = bytes as f64 / 1e9 / best;
     Ok(format!(
-        r#"{{"mode":"fill","threads":{threads},"chunk_pages":{chunk_pages},"populate_pages":{populate_pages},"bytes":{bytes},"secs":{best:.6},"cpu_secs":{best_cpu:.6},"gbps":{gbps:.4}}}"#
+        r#"{{"mode":"fill","threads":{threads},"chunk_pages":{chunk_pages},"populate_pages":{populate_pages},"pread":{pread},"bytes":{bytes},"secs":{best:.6},"cpu_secs":{best_cpu:.6},"gbps":{gbps:.4}}}"#
     ))
 }
 

@@ -1,13 +1,14 @@
 //! `lazy-pages-probe`: what userfaultfd alone can do on this machine, so the benchmark
 //! can report the daemon as a fraction of the raw limit measured in the same run.
 //!
-//!   lazy-pages-probe fill  --file F [--threads T] [--chunk-pages N] [--repeat R] [--populate-pages P]
+//!   lazy-pages-probe fill  --file F [--threads T] [--chunk-pages N] [--repeat R] [--populate-pages P] [--pread 1]
 //!   lazy-pages-probe fault --file F [--faults N]
 //!
 //! Both print one JSON line on stdout. F is a file already in the page cache (the
 //! bench passes the dump's pages image), mapped the same way the daemon maps it.
 //! `--populate-pages P`: map the source P pages at a time (MADV_POPULATE_READ) ahead of
-//! the copies instead of letting each copy fault its source pages in.
+//! the copies instead of letting each copy fault its source pages in. `--pread 1`: read
+//! each chunk into one reused buffer and copy from there (how `criu lazy-pages` does it).
 
 mod fault;
 mod fill;
@@ -16,7 +17,7 @@ mod mem;
 use std::process::exit;
 
 fn usage() -> ! {
-    eprintln!("usage: lazy-pages-probe fill --file F [--threads T] [--chunk-pages N] [--repeat R] [--populate-pages P]");
+    eprintln!("usage: lazy-pages-probe fill --file F [--threads T] [--chunk-pages N] [--repeat R] [--populate-pages P] [--pread 1]");
     eprintln!("       lazy-pages-probe fault --file F [--faults N]");
     exit(2)
 }
@@ -29,6 +30,7 @@ struct Args {
     repeat: usize,
     faults: usize,
     populate_pages: usize,
+    pread: bool,
 }
 
 fn parse(rest: &[String]) -> Args {
@@ -39,6 +41,7 @@ fn parse(rest: &[String]) -> Args {
         repeat: 3,
         faults: 4000,
         populate_pages: 0,
+        pread: false,
     };
     let mut it = rest.iter();
     while let Some(name) = it.next() {
@@ -57,6 +60,7 @@ fn parse(rest: &[String]) -> Args {
             "--repeat" => a.repeat = num(),
             "--faults" => a.faults = num(),
             "--populate-pages" => a.populate_pages = num(),
+            "--pread" => a.pread = num() == 1,
             _ => usage(),
         }
     }
@@ -79,6 +83,7 @@ fn main() {
             a.chunk_pages,
             a.repeat,
             a.populate_pages,
+            a.pread,
         ),
         "fault" => fault::run(&a.file, a.faults),
         _ => usage(),

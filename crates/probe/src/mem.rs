@@ -116,3 +116,24 @@ pub fn populate(ptr: *mut u8, len: usize) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A private anonymous buffer of `len` bytes, every page already touched (as a reused
+/// read buffer is).
+pub fn anon_buffer(len: usize) -> io::Result<Map> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE;
+    // SAFETY: a fresh anonymous mapping; nothing else refers to that range.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            -1,
+            0,
+        )
+    };
+    Ok(Map {
+        ptr: check(ptr)?,
+        len,
+    })
+}
