@@ -11,7 +11,12 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 
 /** A prepared daemon: images validated, `lazy-pages.socket` listening. */
 export declare class LazyDaemon {
-  get socketPath(): string
+  /** Where criu restore connects; null when resuming (nothing listens then). */
+  get socketPath(): string | null
+  /** Set when this daemon resumes the restore of one that died. */
+  get resumed(): ResumeInfo | null
+  /** The guardian holding this restore's uffds (null without one). */
+  get guardianPid(): number | null
   /** Processes in the dump's pstree: CRIU sends one message per process. */
   get expectedTasks(): number
   /**
@@ -28,7 +33,7 @@ export declare class LazyDaemon {
    * faults in order (null otherwise).
    */
   recordedWorkingSet(): Array<WorkingSetTask> | null
-  /** Give up: stop serving (the restored tasks get zeros for what is left). */
+  /** Give up: stop serving; every page not served yet is poisoned (SIGBUS on touch). */
   abort(): void
 }
 
@@ -45,7 +50,7 @@ export declare class LazyPageServer {
 
 /** One event of a running daemon. `kind` says which fields are set. */
 export interface DaemonEvent {
-  /** connected | rejected | task | zombie | restore-finished | fault | forked | exited | task-done | progress | working-set-fetched | error | finished */
+  /** connected | rejected | guarded | resumed | task | zombie | restore-finished | fault | forked | exited | task-done | progress | working-set-fetched | warning | error | finished */
   kind: string
   pid?: number
   task?: number
@@ -101,6 +106,15 @@ export interface DaemonOptions {
   recordWorkingSet?: boolean
   /** Fetch these pages first, from the moment each task's uffd arrives. */
   prefetchWorkingSet?: Array<WorkingSetTask>
+  /**
+   * The `lazy-pages-guardian` binary: started before listening, it holds every uffd
+   * so that this daemon's death never leaves zeros (absent: no guardian).
+   */
+  guardianProgram?: string
+  /** How long the guardian waits for a resume after this daemon died. */
+  resumeTimeoutMs?: number
+  /** The daemon's log file, where the guardian writes its line too. */
+  logFile?: string
 }
 
 export interface DaemonStats {
@@ -211,6 +225,14 @@ export interface RebaseTaskReport {
   presentBefore: number
   presentAfter: number
   movedToParent: number
+}
+
+/** This daemon took over from a guardian whose daemon died. */
+export interface ResumeInfo {
+  guardianPid: number
+  /** The daemon that died (0: unknown). */
+  lostDaemon: number
+  tasks: number
 }
 
 /**

@@ -97,6 +97,12 @@ export function buildProgram(rawArgs: string[] = []): Command {
       'write each process\'s working set here (relative to the work dir): the lazy pages it faulted on, in order (background fill brings pages before they fault, so record with a --fill-delay that covers the start-up you want to capture)',
     )
     .option('--prefetch-ws <file>', 'fetch the pages of this working set (from --record-ws on the same dump) first, as soon as each process arrives (relative to the work dir)')
+    .option(
+      '--resume-timeout <seconds>',
+      'if this daemon dies before every page is in, its guardian keeps the restored processes waiting this long for the same command to be run again (which resumes), then poisons every unserved page (SIGBUS on touch, never zeros)',
+      nonNegativeInt('--resume-timeout'),
+      60,
+    )
     .option('--no-progress', 'no progress bar, even on a TTY')
     .action(async (opts) => {
       const { runDaemon } = await import('./daemon')

@@ -1,9 +1,9 @@
 // `lazy-pages [options]`: serve one `criu restore --lazy-pages`, as `criu lazy-pages`
 // does. The Rust session does all socket, uffd and page I/O on its own threads; this
 // file wires options, readiness signals, policy, logs and the final report.
-import { constants } from 'node:fs'
+import { constants, existsSync } from 'node:fs'
 import { access, writeFile } from 'node:fs/promises'
-import { dirname, resolve } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 
 import type { DaemonEvent, LazyDaemon } from '../index'
 import { oneLine, UserError } from './errors'
@@ -12,6 +12,7 @@ import { native } from './native'
 import { strategyByName } from './policy'
 import { runService, type ServiceContext, type ServiceOptions } from './service'
 import { ProgressBar } from './progress'
+import { takeSignals } from './signals'
 import { buildSummary, formatSummary } from './summary'
 import { TaskTracker } from './tracker'
 import { readWorkingSet, workingSetPages, writeWorkingSet } from './working-set'
@@ -33,6 +34,14 @@ export interface DaemonCliOptions extends ServiceOptions {
   recordWs?: string
   prefetchWs?: string
   progress: boolean
+  resumeTimeout: number
+}
+
+/** The guardian binary shipped next to the addon (LAZY_PAGES_GUARDIAN overrides). */
+export function guardianProgram(): string {
+  const path = process.env.LAZY_PAGES_GUARDIAN || join(__dirname, '..', 'lazy-pages-guardian')
+  if (!existsSync(path)) throw new UserError(`the guardian ${path} is missing (npm run build:native builds it); without it a daemon that dies leaves zeros behind, so none starts`)
+  return path
 }
 
 export function runDaemon(opts: DaemonCliOptions, rawArgs: string[]): Promise<number> {
@@ -60,7 +69,24 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
   // Found out now, not after the whole restore, when the recording would be lost.
   if (opts.recordWs) await checkWritableDir(inWorkDir(opts.recordWs), '--record-ws')
   const prefetch = opts.prefetchWs ? await readWorkingSet(inWorkDir(opts.prefetchWs)) : undefined
-  let daemon: LazyDaemon
+  const guardian = guardianProgram()
+
+  // From here on no signal ends us by its default action (which would close the uffds
+  // with pages unserved): see signals.ts.
+  let daemon: LazyDaemon | undefined
+  let aborting = false
+  const signals = takeSignals({
+    stop: (signal) => {
+      aborting = true
+      log.error(`${signal}: aborting; pages not yet served are poisoned: a restored process that touches one gets SIGBUS`)
+      daemon?.abort()
+    },
+    again: (signal) => log.warn(`${signal}: already aborting; the unserved pages are poisoned before the daemon exits`),
+    hangUp: () => {
+      log.reopen()
+      log.info(`SIGHUP: ignored, the restore goes on${log.file ? `; log ${log.file} reopened` : ''}`)
+    },
+  })
   try {
     daemon = await native.prepareDaemon({
       imagesDir,
@@ -78,30 +104,32 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
       urgentConnection: !!opts.urgentConnection,
       recordWorkingSet: !!opts.recordWs,
       prefetchWorkingSet: prefetch,
+      guardianProgram: guardian,
+      resumeTimeoutMs: opts.resumeTimeout * 1000,
+      logFile: log.file,
     })
   } catch (err) {
     throw new UserError(oneLine(err))
   }
-  log.info(`images ${imagesDir}: ${daemon.expectedTasks} processes; listening on ${daemon.socketPath}`)
+  // A stop asked for while we prepared: the session sees it before serving anything.
+  if (aborting) daemon.abort()
+  const resumed = daemon.resumed ?? undefined
+  if (resumed) log.info(`images ${imagesDir}: resuming ${resumed.tasks} tasks from guardian pid ${resumed.guardianPid} (daemon pid ${resumed.lostDaemon} died)`)
+  else log.info(`images ${imagesDir}: ${daemon.expectedTasks} processes; listening on ${daemon.socketPath}; guardian pid ${daemon.guardianPid}`)
   if (prefetch) log.info(`working set ${opts.prefetchWs}: ${workingSetPages(prefetch)} pages of ${prefetch.length} tasks go first`)
   ready()
 
   const tracker = new TaskTracker()
   const strategy = strategyByName(opts.prefetch)
   const bar = ProgressBar.enabledFor(process.stderr, opts.progress && !opts.logFile) ? new ProgressBar() : undefined
+  const served = daemon
   const onEvent = (event: DaemonEvent) => {
     tracker.on(event)
-    strategy.onEvent(event, daemon)
+    strategy.onEvent(event, served)
     logEvent(log, event)
     if (event.kind === 'progress' && bar) bar.update(event.donePages ?? 0, event.totalPages ?? 0)
   }
 
-  const stop = (signal: NodeJS.Signals) => {
-    log.error(`${signal}: aborting; pages not yet served are poisoned: a restored process that touches one gets SIGBUS`)
-    daemon.abort()
-  }
-  process.once('SIGINT', stop)
-  process.once('SIGTERM', stop)
   let stats
   try {
     stats = await daemon.serve(onEvent)
@@ -109,11 +137,11 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
     throw new UserError(oneLine(err))
   } finally {
     bar?.clear()
-    process.off('SIGINT', stop)
-    process.off('SIGTERM', stop)
+    // Served or poisoned, and the guardian let go: what is left is the report.
+    signals.done((signal) => log.warn(`${signal}: ignored, the restore is over; finishing the report`))
   }
 
-  const summary = buildSummary(imagesDir, stats, tracker)
+  const summary = buildSummary(imagesDir, stats, tracker, resumed)
   for (const line of formatSummary(summary)) log.msg(line)
   if (opts.statsJson) await writeFile(inWorkDir(opts.statsJson), JSON.stringify(summary, null, 2) + '\n')
   if (opts.recordWs) {
@@ -137,6 +165,15 @@ function logEvent(log: Logger, e: DaemonEvent): void {
       break
     case 'rejected':
       log.warn(e.message ?? 'rejected a connection')
+      break
+    case 'guarded':
+      log.debug(`guardian pid ${e.pid} holds every uffd from the moment it arrives`)
+      break
+    case 'resumed':
+      log.info(e.message ?? 'resumed')
+      break
+    case 'warning':
+      log.warn(e.message ?? 'engine warning')
       break
     case 'zombie':
       log.info(`pid ${e.pid} is a zombie: nothing to serve`)

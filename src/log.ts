@@ -27,7 +27,23 @@ export class Logger {
       this.sinkOverride = process.stdout
       return
     }
+    this.path = path
     this.stream = createWriteStream(path, { flags: 'w', mode: 0o644 })
+  }
+
+  private path: string | undefined
+
+  /** The log file, if lines go to one ("-" and stderr are not files). */
+  get file(): string | undefined {
+    return this.path
+  }
+
+  /** SIGHUP under -d, as daemons do: append to the file at the same path anew (it may have been rotated away). */
+  reopen(): void {
+    if (!this.path || !this.stream) return
+    const old = this.stream
+    this.stream = createWriteStream(this.path, { flags: 'a', mode: 0o644 })
+    old.end()
   }
 
   private sinkOverride: NodeJS.WritableStream | undefined

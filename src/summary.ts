@@ -11,9 +11,11 @@ export interface Summary {
   faults: { count: number; p50Us: number; p99Us: number; maxUs: number }
   droppedFaultEvents: number
   reconciles: boolean
+  /** Set when this daemon took the restore over from a guardian whose daemon died. */
+  resumed?: { guardianPid: number; lostDaemon: number; tasks: number }
 }
 
-export function buildSummary(imagesDir: string, stats: DaemonStats, tracker: TaskTracker): Summary {
+export function buildSummary(imagesDir: string, stats: DaemonStats, tracker: TaskTracker, resumed?: Summary['resumed']): Summary {
   const tasks = stats.tasks.map((t) => ({ ...t, reconciles: reconciles(t) }))
   const total = { tasks: tasks.length, lazy: 0, faulted: 0, background: 0, prefetched: 0, zero: 0, exists: 0, dropped: 0, exited: 0 }
   for (const t of tasks) {
@@ -35,6 +37,7 @@ export function buildSummary(imagesDir: string, stats: DaemonStats, tracker: Tas
     faults: { count: stats.faults, p50Us: stats.faultP50Us, p99Us: stats.faultP99Us, maxUs: stats.faultMaxUs },
     droppedFaultEvents: stats.droppedFaultEvents,
     reconciles: tasks.every((t) => t.reconciles),
+    ...(resumed ? { resumed } : {}),
   }
 }
 
@@ -51,6 +54,12 @@ export function formatSummary(s: Summary): string[] {
   })
   const secs = (s.elapsedMs / 1000).toFixed(2)
   const rate = s.elapsedMs > 0 ? ((s.total.faulted + s.total.background) * 4096) / 1e9 / (s.elapsedMs / 1000) : 0
+  if (s.resumed) {
+    lines.push(
+      `resumed: took over ${s.resumed.tasks} tasks from guardian pid ${s.resumed.guardianPid} after daemon pid ${s.resumed.lostDaemon} died; ` +
+        `the ${s.total.exists} pages it had already copied count as already present`,
+    )
+  }
   lines.push(
     `total: ${s.total.tasks} tasks (${s.zombies.length} zombies, ${s.total.exited} exited), ${s.total.lazy} lazy pages (${mib(s.total.lazy)}) = ` +
       `${s.total.faulted} faulted + ${s.total.background} background + ${s.total.dropped} dropped + ${s.total.exists} already present; ` +

@@ -2,6 +2,7 @@
 //! dependency on Node. The napi crate is a thin wrapper over this one.
 
 pub mod engine;
+pub mod guardian;
 pub mod images;
 pub mod local_pages;
 pub mod ranges;

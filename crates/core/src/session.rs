@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineSummary, PageSource, TaskWorkingSet, UnservedNote};
+use crate::guardian::link::{GuardianConfig, GuardianError, GuardianLink, GuardianState};
 use crate::images::{Dump, ImageError, TaskState};
 use crate::ranges::{LazyRange, LazyRanges};
 use crate::restore_socket::{RestoreConn, RestoreError, RestoreListener, TaskMsg};
@@ -34,6 +35,14 @@ pub enum SessionError {
     BadTask { pid: i32, problem: String, dir: PathBuf },
     #[error("{0}")]
     Engine(#[from] EngineError),
+    #[error("{0}")]
+    Guardian(#[from] GuardianError),
+    #[error("resuming from the guardian (pid {guardian}): {source}; the guardian poisons every page still missing: a restored process that touches one gets SIGBUS")]
+    ResumeFailed {
+        guardian: u32,
+        #[source]
+        source: Box<SessionError>,
+    },
     #[error("aborted")]
     Aborted,
     #[error("{source}; {note}")]
@@ -53,6 +62,11 @@ pub enum SessionEvent {
     Task { pid: u32, task: u32, lazy_pages: u64 },
     Zombie { pid: u32 },
     RestoreFinished,
+    /// A guardian was started for this restore.
+    Guarded { guardian_pid: u32 },
+    /// This daemon took over from `lost_daemon`, which died: `tasks` uffds came back
+    /// from the guardian.
+    Resumed { guardian_pid: u32, lost_daemon: i32, tasks: u32, restore_finished: bool },
     Engine(EngineEvent),
 }
 
@@ -147,7 +161,16 @@ pub struct Session {
     source: Arc<dyn PageSource>,
     /// Kept to say goodbye (PS_IOV_CLOSE) so the serving side ends cleanly.
     remote: Option<Remote>,
-    listener: RestoreListener,
+    start: Start,
+    guardian: Option<Arc<GuardianLink>>,
+}
+
+/// How the restore reaches us.
+enum Start {
+    /// A new restore: `criu restore` connects to `lazy-pages.socket`.
+    Listen(RestoreListener),
+    /// A daemon serving this work dir died; its guardian handed its tasks back.
+    Resume(GuardianState),
 }
 
 /// The remote source, kept to close it.
@@ -175,10 +198,54 @@ impl Remote {
 
 impl Session {
     /// Reads and checks every image before binding, so bad images fail before any
-    /// restore can connect.
-    pub fn prepare(images_dir: &Path, work_dir: &Path, origin: PageOrigin) -> Result<Session, SessionError> {
+    /// restore can connect. With `guardian`, finds the guardian of a daemon that died
+    /// serving this work dir and resumes from it (nothing is bound then), or starts a
+    /// new guardian before listening.
+    pub fn prepare(images_dir: &Path, work_dir: &Path, origin: PageOrigin, guardian: Option<&GuardianConfig>) -> Result<Session, SessionError> {
         let dump = Arc::new(Dump::open(images_dir)?);
-        let (source, remote): (Arc<dyn PageSource>, _) = match origin {
+        let found = match guardian {
+            Some(_) => GuardianLink::find(work_dir)?,
+            None => None,
+        };
+        let (link, resume) = match found {
+            Some((link, state)) if !state.tasks.is_empty() => (Some(link), Some(state)),
+            // A guardian with nothing to hand over serves a new restore just as well.
+            Some((link, _)) => (Some(link), None),
+            None => (None, None),
+        };
+        let source = match Self::source(&dump, origin) {
+            Ok(source) => source,
+            Err(e) => {
+                return Err(match (&link, &resume) {
+                    (Some(link), Some(_)) => {
+                        link.abandon();
+                        SessionError::ResumeFailed { guardian: link.pid(), source: Box::new(e) }
+                    }
+                    _ => e,
+                })
+            }
+        };
+        let (source, remote) = source;
+        let (start, link) = match resume {
+            Some(state) => (Start::Resume(state), link),
+            None => {
+                // The guardian listens before we do: no uffd can arrive unprotected.
+                let link = match (link, guardian) {
+                    (Some(link), _) => Some(link),
+                    (None, Some(config)) => Some(GuardianLink::spawn(work_dir, config)?),
+                    (None, None) => None,
+                };
+                let listener = RestoreListener::bind(work_dir)
+                    .map_err(|source| SessionError::Listen { path: work_dir.join(crate::restore_socket::SOCKET_NAME), source })?;
+                (Start::Listen(listener), link)
+            }
+        };
+        Ok(Session { dump, source, remote, start, guardian: link.map(Arc::new) })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn source(dump: &Arc<Dump>, origin: PageOrigin) -> Result<(Arc<dyn PageSource>, Option<Remote>), SessionError> {
+        Ok(match origin {
             PageOrigin::Local => {
                 (Arc::new(crate::local_pages::LocalPages::new(dump.clone()).map_err(SessionError::Source)?), None)
             }
@@ -196,14 +263,27 @@ impl Session {
                 );
                 (remote.clone(), Some(Remote::One(remote)))
             }
-        };
-        let listener = RestoreListener::bind(work_dir)
-            .map_err(|source| SessionError::Listen { path: work_dir.join(crate::restore_socket::SOCKET_NAME), source })?;
-        Ok(Session { dump, source, remote, listener })
+        })
     }
 
-    pub fn socket_path(&self) -> &Path {
-        self.listener.path()
+    /// Resuming from a guardian: (its pid, the daemon that died, tasks handed back).
+    pub fn resuming(&self) -> Option<(u32, i32, usize)> {
+        match &self.start {
+            Start::Resume(state) => Some((state.guardian_pid, state.lost_daemon, state.tasks.len())),
+            Start::Listen(_) => None,
+        }
+    }
+
+    pub fn guardian_pid(&self) -> Option<u32> {
+        self.guardian.as_ref().map(|g| g.pid())
+    }
+
+    /// Where criu restore connects (None when resuming: nothing listens then).
+    pub fn socket_path(&self) -> Option<&Path> {
+        match &self.start {
+            Start::Listen(listener) => Some(listener.path()),
+            Start::Resume(_) => None,
+        }
     }
 
     pub fn dump(&self) -> &Arc<Dump> {
@@ -212,21 +292,55 @@ impl Session {
 
     /// Serves one restore to the end. Returns the final stats once every task has
     /// all its pages (or exited).
-    pub fn run(self, config: SessionConfig, handle: Arc<SessionHandle>, events: SessionCallback) -> Result<EngineSummary, SessionError> {
-        let mut conn = self.accept(&config, &handle, &events)?;
-        let peer = conn.peer();
-        events(SessionEvent::Connected { peer_pid: peer.pid, peer_uid: peer.uid });
+    pub fn run(mut self, config: SessionConfig, handle: Arc<SessionHandle>, events: SessionCallback) -> Result<EngineSummary, SessionError> {
+        let result = self.run_engine(&config, &handle, &events);
+        // Ended in order: every page is in, or our engine poisoned what it could not
+        // serve (a resume that could not take its tasks over abandoned them first).
+        if let Some(guardian) = &self.guardian {
+            guardian.quit();
+        }
+        result
+    }
+
+    fn run_engine(&mut self, config: &SessionConfig, handle: &Arc<SessionHandle>, events: &SessionCallback) -> Result<EngineSummary, SessionError> {
+        let resumed = match &mut self.start {
+            Start::Resume(state) => Some(std::mem::replace(
+                state,
+                GuardianState { guardian_pid: state.guardian_pid, restore_finished: false, restore_peer: 0, lost_daemon: 0, tasks: Vec::new() },
+            )),
+            Start::Listen(_) => None,
+        };
+        let mut conn = match resumed {
+            Some(_) => None,
+            None => {
+                if let Some(pid) = self.guardian_pid() {
+                    events(SessionEvent::Guarded { guardian_pid: pid });
+                }
+                let conn = self.accept(config, handle, events)?;
+                let peer = conn.peer();
+                events(SessionEvent::Connected { peer_pid: peer.pid, peer_uid: peer.uid });
+                self.record(events, |g| g.restore_peer(peer.pid));
+                Some(conn)
+            }
+        };
 
         let engine_events = events.clone();
-        let engine = Arc::new(Engine::start(
-            self.source.clone(),
-            config.engine.clone(),
-            Box::new(move |e| engine_events(SessionEvent::Engine(e))),
-        )?);
+        let engine = Engine::start(self.source.clone(), config.engine.clone(), Box::new(move |e| engine_events(SessionEvent::Engine(e))));
+        let engine = Arc::new(match engine {
+            Ok(engine) => engine,
+            Err(e) => return Err(self.abandon_if(resumed.is_some(), e.into())),
+        });
+        if let Some(guardian) = &self.guardian {
+            engine.set_journal(guardian.clone());
+        }
         engine.prefetch(&config.prefetch);
         *handle.engine.lock().map_err(|_| SessionError::Aborted)? = Some(engine.clone());
 
-        let result = self.serve(&mut conn, &engine, &config, &handle, &events);
+        let result = match (conn.as_mut(), resumed) {
+            (Some(conn), _) => self.serve(conn, &engine, config, handle, events),
+            (None, Some(state)) => self.serve_resumed(state, &engine, handle, events),
+            (None, None) => unreachable!("a session either listens or resumes"),
+        };
         if result.is_err() {
             engine.shutdown();
         }
@@ -251,7 +365,70 @@ impl Session {
         Ok(summary)
     }
 
+    /// Puts a session-level fact on the guardian's record; a lost guardian is one warning.
+    fn record(&self, events: &SessionCallback, send: impl FnOnce(&GuardianLink) -> Result<(), String>) {
+        if let Some(guardian) = &self.guardian {
+            if let Err(message) = send(guardian) {
+                let message = format!("{message}; serving on without a guardian: if this daemon dies now, unserved pages read as zeros");
+                events(SessionEvent::Engine(EngineEvent::Warning { message }));
+            }
+        }
+    }
+
+    /// A resume that fails before its engine holds every task tells the guardian to
+    /// poison them now (closing our copies alone would change nothing, and the guardian
+    /// would wait out its timeout).
+    fn abandon_if(&self, resuming: bool, err: SessionError) -> SessionError {
+        match &self.guardian {
+            Some(guardian) if resuming => {
+                guardian.abandon();
+                SessionError::ResumeFailed { guardian: guardian.pid(), source: Box::new(err) }
+            }
+            _ => err,
+        }
+    }
+
+    /// Serves the tasks a guardian handed back. criu restore is gone (or going): there is
+    /// no socket; the fill starts once the restorer is done (it registers each task's
+    /// ranges after sending its uffd), with no fill delay.
+    fn serve_resumed(&self, state: GuardianState, engine: &Engine, handle: &SessionHandle, events: &SessionCallback) -> Result<(), SessionError> {
+        let count = state.tasks.len() as u32;
+        for task in state.tasks {
+            let lazy_pages = task.ranges.pages();
+            let id = match engine.add_resumed_task(task.pid, task.parent, task.uffd, task.ranges) {
+                Ok(id) if id == task.id => id,
+                Ok(id) => {
+                    let e = SessionError::Source(format!("resumed task {} came back as task {id}", task.id));
+                    return Err(self.abandon_if(true, e));
+                }
+                Err(e) => return Err(self.abandon_if(true, e.into())),
+            };
+            events(SessionEvent::Task { pid: task.pid, task: id, lazy_pages });
+        }
+        events(SessionEvent::Resumed {
+            guardian_pid: state.guardian_pid,
+            lost_daemon: state.lost_daemon,
+            tasks: count,
+            restore_finished: state.restore_finished,
+        });
+        if !state.restore_finished {
+            // ENOENT means "not registered yet" until then (engine invariant 5).
+            while state.restore_peer > 0 && still_running(state.restore_peer) {
+                handle.check_abort()?;
+                std::thread::sleep(TICK);
+            }
+            self.record(events, |g| g.restore_finished());
+            events(SessionEvent::RestoreFinished);
+        }
+        engine.restore_finished();
+        while !engine.wait(Some(TICK)) {
+            handle.check_abort()?;
+        }
+        Ok(())
+    }
+
     fn accept(&self, config: &SessionConfig, handle: &SessionHandle, events: &SessionCallback) -> Result<RestoreConn, SessionError> {
+        let Start::Listen(listener) = &self.start else { return Err(SessionError::Aborted) };
         let deadline = config.connect_timeout.map(|t| std::time::Instant::now() + t);
         let mut rejected = Vec::new();
         loop {
@@ -261,11 +438,11 @@ impl Session {
                 rejected.push(e.to_string());
                 events(SessionEvent::Rejected { message: e.to_string() });
             };
-            match self.listener.accept_with(Some(TICK), &mut on_reject) {
+            match listener.accept_with(Some(TICK), &mut on_reject) {
                 Err(RestoreError::Timeout(what)) => {
                     if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
                         let secs = config.connect_timeout.unwrap_or_default().as_secs();
-                        let mut msg = format!("{what} on {} ({secs} s)", self.listener.path().display());
+                        let mut msg = format!("{what} on {} ({secs} s)", listener.path().display());
                         if !rejected.is_empty() {
                             msg = format!("{msg}; meanwhile {}", rejected.join("; "));
                         }
@@ -327,6 +504,7 @@ impl Session {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.record(events, |g| g.restore_finished());
         events(SessionEvent::RestoreFinished);
         let fill_at = std::time::Instant::now() + config.fill_delay;
         while std::time::Instant::now() < fill_at {
@@ -432,4 +610,12 @@ fn wait_unique(mut engine: Arc<Engine>) -> Engine {
             }
         }
     }
+}
+
+/// `pid` exists and is not a zombie.
+fn still_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')))
+        .unwrap_or(false)
 }

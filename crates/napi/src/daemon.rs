@@ -9,6 +9,7 @@ use std::time::Duration;
 use lazy_pages_core::engine::{EngineConfig, EngineEvent, EngineStats, PageRun, TaskStats, TaskWorkingSet};
 use lazy_pages_core::ranges::PAGE_SIZE;
 use lazy_pages_core::remote::RemoteConfig;
+use lazy_pages_core::guardian::link::GuardianConfig;
 use lazy_pages_core::session::{PageOrigin, Session, SessionConfig, SessionEvent, SessionHandle};
 use napi::bindgen_prelude::{AsyncTask, Object};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -48,6 +49,22 @@ pub struct DaemonOptions {
     pub record_working_set: Option<bool>,
     /// Fetch these pages first, from the moment each task's uffd arrives.
     pub prefetch_working_set: Option<Vec<WorkingSetTask>>,
+    /// The `lazy-pages-guardian` binary: started before listening, it holds every uffd
+    /// so that this daemon's death never leaves zeros (absent: no guardian).
+    pub guardian_program: Option<String>,
+    /// How long the guardian waits for a resume after this daemon died.
+    pub resume_timeout_ms: Option<u32>,
+    /// The daemon's log file, where the guardian writes its line too.
+    pub log_file: Option<String>,
+}
+
+/// This daemon took over from a guardian whose daemon died.
+#[napi(object)]
+pub struct ResumeInfo {
+    pub guardian_pid: u32,
+    /// The daemon that died (0: unknown).
+    pub lost_daemon: i32,
+    pub tasks: u32,
 }
 
 /// One dump task's working set: `pages[i]` pages from run-time address `addrs[i]`,
@@ -167,7 +184,7 @@ impl From<EngineStats> for DaemonStats {
 /// One event of a running daemon. `kind` says which fields are set.
 #[napi(object)]
 pub struct DaemonEvent {
-    /// connected | rejected | task | zombie | restore-finished | fault | forked | exited | task-done | progress | working-set-fetched | error | finished
+    /// connected | rejected | guarded | resumed | task | zombie | restore-finished | fault | forked | exited | task-done | progress | working-set-fetched | warning | error | finished
     pub kind: String,
     pub pid: Option<u32>,
     pub task: Option<u32>,
@@ -214,6 +231,15 @@ fn to_js_event(event: SessionEvent) -> DaemonEvent {
         }
         SessionEvent::Zombie { pid } => DaemonEvent { pid: Some(pid), ..DaemonEvent::new("zombie") },
         SessionEvent::RestoreFinished => DaemonEvent::new("restore-finished"),
+        SessionEvent::Guarded { guardian_pid } => DaemonEvent { pid: Some(guardian_pid), ..DaemonEvent::new("guarded") },
+        SessionEvent::Resumed { guardian_pid, lost_daemon, tasks, restore_finished } => DaemonEvent {
+            pid: Some(guardian_pid),
+            message: Some(format!(
+                "resumed: guardian pid {guardian_pid} handed over {tasks} tasks of daemon pid {lost_daemon}, which died{}",
+                if restore_finished { "" } else { " before criu restore finished" }
+            )),
+            ..DaemonEvent::new("resumed")
+        },
         SessionEvent::Engine(e) => match e {
             EngineEvent::Fault { pid, task, addr, pages } => DaemonEvent {
                 pid: Some(pid),
@@ -238,6 +264,7 @@ fn to_js_event(event: SessionEvent) -> DaemonEvent {
                 ..DaemonEvent::new("progress")
             },
             EngineEvent::Error { message } => DaemonEvent { message: Some(message), ..DaemonEvent::new("error") },
+            EngineEvent::Warning { message } => DaemonEvent { message: Some(message), ..DaemonEvent::new("warning") },
             EngineEvent::WorkingSetFetched { pages, elapsed } => DaemonEvent {
                 pages: Some(pages as f64),
                 elapsed_ms: Some(elapsed.as_secs_f64() * 1000.0),
@@ -260,7 +287,9 @@ pub struct LazyDaemon {
     session: Mutex<Option<Session>>,
     handle: Arc<SessionHandle>,
     config: SessionConfig,
-    socket: String,
+    socket: Option<String>,
+    resumed: Option<ResumeInfo>,
+    guardian_pid: Option<u32>,
     tasks: u32,
 }
 
@@ -291,7 +320,13 @@ impl Task for Prepare {
                 PageOrigin::Remote { addr: addr.clone(), config }
             }
         };
-        let session = Session::prepare(&PathBuf::from(&o.images_dir), &PathBuf::from(&o.work_dir), origin).map_err(err)?;
+        let guardian = o.guardian_program.as_ref().map(|program| GuardianConfig {
+            program: PathBuf::from(program),
+            resume_timeout: Duration::from_millis(o.resume_timeout_ms.unwrap_or(60_000).into()),
+            log_file: o.log_file.as_ref().map(PathBuf::from),
+        });
+        let session =
+            Session::prepare(&PathBuf::from(&o.images_dir), &PathBuf::from(&o.work_dir), origin, guardian.as_ref()).map_err(err)?;
         let ms = |v: Option<u32>| v.filter(|&v| v > 0).map(|v| Duration::from_millis(v.into()));
         let defaults = EngineConfig::default();
         let config = SessionConfig {
@@ -309,7 +344,9 @@ impl Task for Prepare {
             },
         };
         Ok(LazyDaemon {
-            socket: session.socket_path().display().to_string(),
+            socket: session.socket_path().map(|p| p.display().to_string()),
+            resumed: session.resuming().map(|(guardian_pid, lost_daemon, tasks)| ResumeInfo { guardian_pid, lost_daemon, tasks: tasks as u32 }),
+            guardian_pid: session.guardian_pid(),
             tasks: session.dump().tasks.len() as u32,
             session: Mutex::new(Some(session)),
             handle: Arc::new(SessionHandle::default()),
@@ -330,9 +367,22 @@ pub fn prepare_daemon(options: DaemonOptions) -> AsyncTask<Prepare> {
 
 #[napi]
 impl LazyDaemon {
+    /// Where criu restore connects; null when resuming (nothing listens then).
     #[napi(getter)]
-    pub fn socket_path(&self) -> String {
+    pub fn socket_path(&self) -> Option<String> {
         self.socket.clone()
+    }
+
+    /// Set when this daemon resumes the restore of one that died.
+    #[napi(getter)]
+    pub fn resumed(&self) -> Option<ResumeInfo> {
+        self.resumed.as_ref().map(|r| ResumeInfo { guardian_pid: r.guardian_pid, lost_daemon: r.lost_daemon, tasks: r.tasks })
+    }
+
+    /// The guardian holding this restore's uffds (null without one).
+    #[napi(getter)]
+    pub fn guardian_pid(&self) -> Option<u32> {
+        self.guardian_pid
     }
 
     /// Processes in the dump's pstree: CRIU sends one message per process.
@@ -402,7 +452,7 @@ impl LazyDaemon {
         self.handle.recorded_working_set().map(|sets| sets.iter().map(from_working_set).collect())
     }
 
-    /// Give up: stop serving (the restored tasks get zeros for what is left).
+    /// Give up: stop serving; every page not served yet is poisoned (SIGBUS on touch).
     #[napi]
     pub fn abort(&self) {
         self.handle.abort();

@@ -12,6 +12,7 @@ use crate::ranges::LazyRanges;
 use crate::uffd::{self, ReadStatus, UffdEvent, UnregisterOutcome};
 
 use super::fault_loop::FaultLoop;
+use super::journal::SpaceEvent;
 use super::task::Task;
 use super::EngineEvent;
 
@@ -39,6 +40,11 @@ impl FaultLoop {
             }
             let mut st = task.state();
             for event in events {
+                if let Some(space) = space_event(&event) {
+                    // On record first: a daemon that dies after acting on it must not
+                    // leave a successor copying into a range the process dropped.
+                    self.shared.journal(|j| j.event(task.id, &space));
+                }
                 match event {
                     UffdEvent::Fault { addr, .. } => faults.push(addr),
                     UffdEvent::Remap { from, to, len } => {
@@ -103,5 +109,15 @@ impl FaultLoop {
                 message: format!("task {} (pid {}): forked child lost: {e}", parent.id, parent.pid),
             }),
         }
+    }
+}
+
+fn space_event(event: &UffdEvent) -> Option<SpaceEvent> {
+    match *event {
+        UffdEvent::Remove { start, end } => Some(SpaceEvent::Remove { start, end }),
+        UffdEvent::Unmap { start, end } => Some(SpaceEvent::Unmap { start, end }),
+        UffdEvent::Remap { from, to, len } => Some(SpaceEvent::Remap { from, to, len }),
+        // A forked child is put on record with its uffd when it is adopted.
+        UffdEvent::Fault { .. } | UffdEvent::Fork { .. } | UffdEvent::Unknown(_) => None,
     }
 }

@@ -230,6 +230,7 @@ impl FaultLoop {
             // ordinary anonymous fault (no lazy page is left to lose).
             drop(uffd);
         }
+        self.shared.journal(|j| j.task_done(task.id));
         self.shared.notifier.send(EngineEvent::TaskDone { pid: task.pid, task: task.id, stats: task.snapshot() });
     }
 }

@@ -66,6 +66,7 @@ mod error;
 mod fault_loop;
 mod gate;
 mod inflight;
+mod journal;
 mod notify;
 mod serve;
 mod shared;
@@ -84,6 +85,7 @@ use std::time::Duration;
 
 pub use config::EngineConfig;
 pub use error::{EngineError, UnservedNote};
+pub use journal::{Journal, SpaceEvent};
 pub use notify::{EngineEvent, EventCallback};
 pub use source::{PageData, PageSource, SourceError};
 pub use stats::{EngineStats, EngineSummary, LatencySnapshot, TaskStats};
@@ -141,6 +143,34 @@ impl Engine {
     pub fn add_task(&self, pid: u32, uffd: OwnedFd, ranges: LazyRanges) -> Result<u32, EngineError> {
         let uffd = crate::uffd::uffd_from_owned(uffd);
         let task = self.shared.add_task(pid, None, uffd, ranges)?;
+        self.shared.poke();
+        Ok(task.id)
+    }
+
+    /// Puts every task added from now on, and every address-space event, on record
+    /// before acting on it (`journal.rs`). Call before `add_task`.
+    pub fn set_journal(&self, journal: Arc<dyn journal::Journal>) {
+        self.shared.set_journal(journal);
+    }
+
+    /// Takes over a task another daemon was serving when it died: `ranges` are the lazy
+    /// pages it had not been told were dropped (pages it copied meanwhile are found
+    /// present: EEXIST). Wakes every thread of the task blocked on a fault whose message
+    /// the dead daemon read: its fault comes again and is served here.
+    pub fn add_resumed_task(&self, pid: u32, parent: Option<u32>, uffd: OwnedFd, ranges: LazyRanges) -> Result<u32, EngineError> {
+        let uffd = crate::uffd::uffd_from_owned(uffd);
+        let task = self.shared.add_task(pid, parent, uffd, ranges)?;
+        // The whole user address space, not just the lazy ranges: the dead daemon may
+        // have read a fault on a never-dumped page too. Waking costs nothing where no
+        // thread waits; UFFDIO_WAKE refuses addresses below mmap_min_addr.
+        const USER_START: u64 = 0x1_0000;
+        const USER_END: u64 = 0x7fff_ffff_f000;
+        if let Some(uffd) = task.gate_shared().as_ref() {
+            // A task that exited meanwhile refuses (ESRCH); nothing waits there then.
+            if let Err(e) = crate::uffd::wake(uffd, USER_START, USER_END - USER_START) {
+                self.shared.notifier.send(EngineEvent::Warning { message: format!("task {} (pid {pid}): {e}", task.id) });
+            }
+        }
         self.shared.poke();
         Ok(task.id)
     }

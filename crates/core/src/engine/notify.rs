@@ -27,6 +27,8 @@ pub enum EngineEvent {
     /// Something went wrong that the engine survived (or the fatal error, just before
     /// it stops).
     Error { message: String },
+    /// Something the restore goes on without (e.g. the guardian was lost).
+    Warning { message: String },
     /// The working set given to `Engine::prefetch` has been claimed to the last page
     /// (`pages` copied so far), `elapsed` after the engine started.
     WorkingSetFetched { pages: u64, elapsed: Duration },

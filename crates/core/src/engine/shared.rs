@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
@@ -14,6 +15,7 @@ use crate::uffd::Uffd;
 use super::notify::{lock, Notifier};
 use super::stats::{EngineStats, LatencyHistogram};
 use super::task::Task;
+use super::journal::Journal;
 use super::working_set::{FaultLog, PrefetchQueues};
 use super::{EngineConfig, EngineError, EngineEvent, PageSource};
 
@@ -55,6 +57,9 @@ pub(crate) struct Shared {
     pub notifier: Notifier,
     pub latency: LatencyHistogram,
     pub started: Instant,
+    /// Where tasks and address-space events are put on record before they are acted
+    /// on (`journal.rs`); None without a guardian, or once it failed.
+    journal: Mutex<Option<Arc<dyn Journal>>>,
 }
 
 impl Shared {
@@ -84,6 +89,7 @@ impl Shared {
             notifier: Notifier::new(fault_cap),
             latency: LatencyHistogram::default(),
             started: Instant::now(),
+            journal: Mutex::new(None),
         })
     }
 
@@ -103,6 +109,8 @@ impl Shared {
         crate::uffd::set_nonblocking(&uffd).map_err(|e| EngineError::Setup(e.into()))?;
         let mut tasks = self.tasks.write().unwrap_or_else(|e| e.into_inner());
         let id = tasks.len() as u32;
+        // On record before the task is watched, so before any of its pages is served.
+        self.journal(|j| j.task(id, pid, parent, uffd.as_fd(), &pending));
         self.epoll
             .add(&uffd, EpollEvent::new(EpollFlags::EPOLLIN, u64::from(id)))
             .map_err(|e| EngineError::Setup(e.into()))?;
@@ -111,6 +119,21 @@ impl Shared {
         drop(tasks);
         self.bump_work();
         Ok(task)
+    }
+
+    pub fn set_journal(&self, journal: Arc<dyn Journal>) {
+        *lock(&self.journal) = Some(journal);
+    }
+
+    /// Puts something on record; a journal that fails is dropped with one warning.
+    pub fn journal(&self, record: impl FnOnce(&dyn Journal) -> Result<(), String>) {
+        let Some(journal) = lock(&self.journal).clone() else { return };
+        if let Err(e) = record(&*journal) {
+            *lock(&self.journal) = None;
+            self.notifier.send(EngineEvent::Warning {
+                message: format!("{e}; serving on without a guardian: if this daemon dies now, unserved pages read as zeros"),
+            });
+        }
     }
 
     pub fn poke(&self) {

@@ -1,0 +1,404 @@
+//! The guardian process itself (`lazy-pages-guardian`): holds a duplicate of every uffd
+//! of a restore so that the kernel cannot zero-fill unserved pages when the daemon dies.
+//!
+//! One thread, one poll over: the connected daemon, the resume socket, and a signalfd.
+//! * Daemon connected: it journals tasks (with their uffds), address-space events,
+//!   retired tasks, the restore's progress; the keeper applies each to its copy of the
+//!   task's lazy ranges. It never reads a uffd then: it is not on the fault path.
+//! * Daemon gone without `Quit`: orphaned. A daemon that connects to the resume socket
+//!   within the resume timeout gets every held uffd back with its ranges (the keeper
+//!   keeps its own copies until told `Quit`, so a second death is covered too).
+//!   Otherwise every lazy page not yet present is poisoned (EEXIST marks those that are
+//!   in), one line says how many, and the keeper exits 1.
+//!
+//! What may go wrong: a daemon killed between reading an event and journaling it (a few
+//! microseconds) loses that event; a kernel without UFFDIO_POISON (< 6.6) cannot be
+//! protected, which the line then says.
+
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{accept4, bind, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+
+use crate::engine::SpaceEvent;
+use crate::ranges::{page_floor, LazyRanges, PAGE_SIZE};
+use crate::uffd::{self, FillOutcome, ReadStatus, Uffd, UffdEvent};
+
+use super::wire::{self, Msg, NO_PARENT};
+
+pub struct KeeperConfig {
+    /// The resume socket (`<work dir>/lazy-pages.guardian`).
+    pub socket: PathBuf,
+    pub resume_timeout: Duration,
+    /// Where the one line goes (appended); stderr when None.
+    pub log: Option<PathBuf>,
+}
+
+struct Held {
+    id: u32,
+    pid: u32,
+    parent: u32,
+    uffd: OwnedFd,
+    ranges: LazyRanges,
+}
+
+struct Keeper {
+    config: KeeperConfig,
+    tasks: Vec<Held>,
+    restore_finished: bool,
+    restore_peer: i32,
+    daemon: Option<(OwnedFd, i32)>,
+    /// The last daemon that went away without `Quit`.
+    lost: i32,
+    orphaned_at: Option<Instant>,
+}
+
+/// Runs the guardian for the daemon on `first` (a connected SOCK_SEQPACKET); returns
+/// the process exit status.
+pub fn run(first: OwnedFd, config: KeeperConfig) -> i32 {
+    let mut keeper = Keeper {
+        config,
+        tasks: Vec::new(),
+        restore_finished: false,
+        restore_peer: 0,
+        daemon: None,
+        lost: 0,
+        orphaned_at: None,
+    };
+    match keeper.serve(first) {
+        Ok(code) => {
+            let _ = std::fs::remove_file(&keeper.config.socket);
+            code
+        }
+        Err(e) => {
+            // Whatever failed, unserved pages must not be left to zero-fill.
+            let why = format!("internal error ({e})");
+            keeper.poison_and_say(&why);
+            let _ = std::fs::remove_file(&keeper.config.socket);
+            2
+        }
+    }
+}
+
+impl Keeper {
+    fn serve(&mut self, first: OwnedFd) -> Result<i32, String> {
+        let mask = terminating_signals();
+        mask.thread_block().map_err(|e| format!("blocking signals: {e}"))?;
+        let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(|e| format!("signalfd: {e}"))?;
+        let listener = self.listen().map_err(|e| format!("{}: cannot listen: {e}", self.config.socket.display()))?;
+        let pid = peer_pid(&first);
+        self.hand_over(&first).map_err(|e| format!("greeting daemon pid {pid}: {e}"))?;
+        self.daemon = Some((first, pid));
+        loop {
+            let timeout = match self.orphaned_at {
+                Some(at) => {
+                    let left = self.config.resume_timeout.saturating_sub(at.elapsed());
+                    if left.is_zero() {
+                        let why = format!(
+                            "daemon pid {} died and no daemon resumed within {} s",
+                            self.lost,
+                            self.config.resume_timeout.as_secs()
+                        );
+                        self.poison_and_say(&why);
+                        return Ok(1);
+                    }
+                    PollTimeout::try_from(left.as_millis().min(60_000) as u32 + 1).unwrap_or(PollTimeout::MAX)
+                }
+                None => PollTimeout::NONE,
+            };
+            let (daemon_ready, listener_ready, signalled) = {
+                let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN), PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+                if let Some((d, _)) = &self.daemon {
+                    fds.push(PollFd::new(d.as_fd(), PollFlags::POLLIN));
+                }
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => return Err(format!("poll: {e}")),
+                }
+                let hit = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                (fds.get(2).is_some_and(hit), hit(&fds[0]), hit(&fds[1]))
+            };
+            if signalled {
+                if let Ok(Some(info)) = sigfd.read_signal() {
+                    if let Some(code) = self.on_signal(info.ssi_signo as i32) {
+                        return Ok(code);
+                    }
+                }
+            }
+            if daemon_ready {
+                if let Some(code) = self.from_daemon() {
+                    return Ok(code);
+                }
+            }
+            if listener_ready {
+                self.accept(&listener);
+            }
+        }
+    }
+
+    fn listen(&self) -> nix::Result<OwnedFd> {
+        let path = &self.config.socket;
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Errno::from_raw(e.raw_os_error().unwrap_or(0))),
+            _ => {}
+        }
+        let sock = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+        bind(sock.as_raw_fd(), &UnixAddr::new(path)?)?;
+        // Peers are checked by uid too; the mode keeps strangers from connecting at all.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|_| Errno::EPERM)?;
+        listen(&sock, Backlog::new(4)?)?;
+        Ok(sock)
+    }
+
+    /// Greets a daemon: what it missed (nothing for a new restore), then its tasks, each
+    /// renumbered in order so that they get the same ids in the daemon's new engine.
+    fn hand_over(&mut self, sock: &OwnedFd) -> nix::Result<()> {
+        self.tasks.sort_by_key(|t| t.id);
+        let renumber: Vec<(u32, u32)> = self.tasks.iter().enumerate().map(|(i, t)| (t.id, i as u32)).collect();
+        for (i, t) in self.tasks.iter_mut().enumerate() {
+            t.id = i as u32;
+            t.parent = renumber.iter().find(|(old, _)| *old == t.parent).map_or(NO_PARENT, |&(_, new)| new);
+        }
+        let hello = Msg::Hello {
+            guardian_pid: std::process::id(),
+            restore_finished: self.restore_finished,
+            restore_peer: self.restore_peer,
+            lost_daemon: self.lost,
+            tasks: self.tasks.len() as u32,
+        };
+        wire::send_msg(sock.as_fd(), &hello)?;
+        for t in &self.tasks {
+            wire::send_task(sock.as_fd(), t.id, t.pid, t.parent, t.uffd.as_fd(), &t.ranges)?;
+        }
+        wire::send_msg(sock.as_fd(), &Msg::EndOfState)
+    }
+
+    /// One message from the daemon; Some(exit status) when the keeper is done.
+    fn from_daemon(&mut self) -> Option<i32> {
+        let (sock, pid) = self.daemon.as_ref()?;
+        let pid = *pid;
+        let msg = match wire::recv(sock.as_fd()) {
+            Err(Errno::EAGAIN | Errno::EINTR) => return None,
+            Ok(Some(msg)) => msg,
+            // Closed without `Quit`, or unreadable: the daemon is gone.
+            Ok(None) | Err(_) => {
+                self.daemon = None;
+                self.lost = pid;
+                if self.tasks.is_empty() {
+                    return Some(0);
+                }
+                self.orphaned_at = Some(Instant::now());
+                return None;
+            }
+        };
+        match msg {
+            Msg::Task { id, pid, parent, ranges, fd: Some(uffd) } => {
+                // A resumed daemon re-journals the tasks it was handed: same id, same
+                // uffd context; keep the newest descriptor and ranges.
+                self.tasks.retain(|t| t.id != id);
+                self.tasks.push(Held { id, pid, parent, uffd, ranges: ranges.into_iter().collect() });
+            }
+            Msg::Ranges { id, ranges } => {
+                if let Some(t) = self.tasks.iter_mut().find(|t| t.id == id) {
+                    ranges.into_iter().for_each(|r| {
+                        t.ranges.insert(r);
+                    });
+                }
+            }
+            Msg::Event { id, event } => {
+                if let Some(t) = self.tasks.iter_mut().find(|t| t.id == id) {
+                    event.apply(&mut t.ranges);
+                }
+            }
+            Msg::TaskDone { id } => self.tasks.retain(|t| t.id != id),
+            Msg::RestorePeer { pid } => self.restore_peer = pid,
+            Msg::RestoreFinished => self.restore_finished = true,
+            Msg::Quit => return Some(0),
+            Msg::Abandon => {
+                self.poison_and_say(&format!("daemon pid {pid} could not resume (its page source is gone)"));
+                return Some(1);
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn accept(&mut self, listener: &OwnedFd) {
+        let Ok(fd) = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) else { return };
+        // SAFETY: accept4 just returned this descriptor and nothing else owns it.
+        let conn: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+        let me = nix::unistd::geteuid().as_raw();
+        let Ok(cred) = getsockopt(&conn, sockopt::PeerCredentials) else { return };
+        if cred.uid() != 0 && cred.uid() != me {
+            return;
+        }
+        if let Some((_, pid)) = &self.daemon {
+            let _ = wire::send_msg(conn.as_fd(), &Msg::Busy { daemon_pid: *pid });
+            return;
+        }
+        if self.hand_over(&conn).is_ok() {
+            self.daemon = Some((conn, cred.pid()));
+            self.orphaned_at = None;
+        }
+    }
+
+    /// A terminating signal: with a daemon serving, leave quietly (the daemon goes on
+    /// without us); orphaned, poison now rather than let the uffds close unprotected.
+    fn on_signal(&mut self, signo: i32) -> Option<i32> {
+        if signo == libc::SIGHUP || signo == libc::SIGPIPE {
+            return None;
+        }
+        if self.daemon.is_some() || self.tasks.is_empty() {
+            return Some(0);
+        }
+        let name = Signal::try_from(signo).map_or_else(|_| signo.to_string(), |s| s.as_str().to_string());
+        self.poison_and_say(&format!("daemon pid {} died and the guardian got {name}", self.lost));
+        Some(1)
+    }
+
+    fn poison_and_say(&mut self, why: &str) {
+        let tasks = self.tasks.len();
+        let mut poisoned = 0;
+        let mut failure = None;
+        let mut queue: Vec<Held> = std::mem::take(&mut self.tasks);
+        while let Some(task) = queue.pop() {
+            match poison_task(task, &mut queue) {
+                Ok(n) => poisoned += n,
+                Err(e) => failure = Some(e),
+            }
+        }
+        let line = match failure {
+            None => format!(
+                "lazy-pages guardian: {why}: poisoned {poisoned} unserved lazy pages of {tasks} tasks: a restored process that touches one gets SIGBUS, never zeros"
+            ),
+            Some(e) => format!(
+                "lazy-pages guardian: {why}: poisoned {poisoned} unserved lazy pages of {tasks} tasks, then poisoning failed ({e}): the rest read zeros"
+            ),
+        };
+        self.say(&line);
+    }
+
+    fn say(&self, line: &str) {
+        let written = self.config.log.as_ref().is_some_and(|path| {
+            std::fs::OpenOptions::new().append(true).create(true).open(path).and_then(|mut f| writeln!(f, "{line}")).is_ok()
+        });
+        if !written {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
+    }
+}
+
+/// Poisons every page of `task`'s ranges that is not present. Unread events (the kernel
+/// refuses fills while one is queued) are read and applied first: dropped ranges are
+/// not poisoned, a forked child joins `queue` with the same ranges.
+fn poison_task(task: Held, queue: &mut Vec<Held>) -> Result<u64, String> {
+    let uffd: Uffd = uffd::uffd_from_owned(task.uffd);
+    let mut ranges = task.ranges;
+    let mut buf = uffd::EventBuffer::new(64);
+    let mut poisoned = 0;
+    let mut cursor = 0u64;
+    'ranges: loop {
+        let next = ranges.iter().find(|r| r.end > cursor);
+        let Some(r) = next else { break };
+        let end = r.end;
+        let mut at = cursor.max(r.start);
+        let mut step = end - at;
+        while at < end {
+            let len = step.min(end - at);
+            match uffd::poison(&uffd, at, len).map_err(|e| e.to_string())? {
+                FillOutcome::Done(_) => {
+                    poisoned += len / PAGE_SIZE;
+                    at += len;
+                    step = end - at;
+                }
+                FillOutcome::Partial(bytes) => {
+                    let bytes = page_floor(bytes).clamp(PAGE_SIZE, len);
+                    poisoned += bytes / PAGE_SIZE;
+                    at += bytes;
+                }
+                FillOutcome::Exists => at += PAGE_SIZE,
+                FillOutcome::Unmapped if len > PAGE_SIZE => step = page_floor(len / 2).max(PAGE_SIZE),
+                FillOutcome::Unmapped => {
+                    at += PAGE_SIZE;
+                    step = end.saturating_sub(at);
+                }
+                FillOutcome::Gone => return Ok(poisoned),
+                FillOutcome::Changing => {
+                    if !apply_unread(&uffd, &mut buf, &mut ranges, task.pid, queue) {
+                        return Ok(poisoned);
+                    }
+                    cursor = at;
+                    continue 'ranges;
+                }
+            }
+        }
+        cursor = end;
+    }
+    Ok(poisoned)
+}
+
+/// Reads what is queued on a uffd nobody else reads any more; false if the task is gone.
+fn apply_unread(uffd: &Uffd, buf: &mut uffd::EventBuffer, ranges: &mut LazyRanges, pid: u32, queue: &mut Vec<Held>) -> bool {
+    let mut events = Vec::new();
+    match uffd::read_events(uffd, buf, &mut events) {
+        Ok(ReadStatus::Read(_)) => {}
+        // EAGAIN with nothing to read: the event is being delivered; try again.
+        Ok(ReadStatus::Empty) => std::thread::sleep(Duration::from_millis(1)),
+        Ok(ReadStatus::Closed) | Err(_) => return false,
+    }
+    for event in events {
+        match event {
+            UffdEvent::Remove { start, end } => {
+                let _ = uffd::unregister(uffd, start, end.saturating_sub(start));
+                SpaceEvent::Remove { start, end }.apply(ranges);
+            }
+            UffdEvent::Unmap { start, end } => {
+                SpaceEvent::Unmap { start, end }.apply(ranges);
+            }
+            UffdEvent::Remap { from, to, len } => {
+                SpaceEvent::Remap { from, to, len }.apply(ranges);
+            }
+            UffdEvent::Fork { uffd } => queue.push(Held { id: u32::MAX, pid, parent: NO_PARENT, uffd, ranges: ranges.clone() }),
+            // Poisoning its page wakes the faulting thread; other faults are on pages that
+            // are not lazy and zero-fill once the uffd closes, as they should.
+            UffdEvent::Fault { .. } | UffdEvent::Unknown(_) => {}
+        }
+    }
+    true
+}
+
+/// Signals that end a process by default, taken through the signalfd instead.
+fn terminating_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTERM,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGALRM,
+        Signal::SIGVTALRM,
+        Signal::SIGPROF,
+        Signal::SIGPIPE,
+        Signal::SIGIO,
+        Signal::SIGPWR,
+        Signal::SIGSTKFLT,
+        Signal::SIGXCPU,
+        Signal::SIGXFSZ,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+fn peer_pid(sock: &OwnedFd) -> i32 {
+    getsockopt(sock, sockopt::PeerCredentials).map_or(0, |c| c.pid())
+}
