@@ -2,6 +2,7 @@
 // server does all socket and page I/O; this wires options, readiness and logs.
 import type { PageServerEvent } from '../index'
 import { native } from './native'
+import { takeSignals } from './signals'
 import { runService, type ServiceContext, type ServiceOptions } from './service'
 
 export interface PageServerCliOptions extends ServiceOptions {
@@ -26,9 +27,20 @@ async function serve(opts: PageServerCliOptions, { imagesDir, log, ready }: Serv
   // CRIU logs the port it got; scripts read it from here.
   log.msg(`Using ${server.port} port (${server.address}, CRIU ${server.criuVersion} wire format${opts.keepServing ? ', serving any number of restores' : ''})`)
   ready()
-  const stop = () => server.stop()
-  process.once('SIGINT', stop)
-  process.once('SIGTERM', stop)
+  // A closed terminal must not cut restores off mid-transfer; any other terminating
+  // signal ends the sessions in order (their clients see a clean close, not a reset
+  // halfway through a reply) instead of killing us outright (signals.ts).
+  const signals = takeSignals({
+    stop: (signal) => {
+      log.warn(`${signal}: stopping; sessions in progress end now`)
+      server.stop()
+    },
+    again: (signal) => log.warn(`${signal}: already stopping`),
+    hangUp: () => {
+      log.reopen()
+      log.info(`SIGHUP: ignored, serving on${log.file ? `; log ${log.file} reopened` : ''}`)
+    },
+  })
   try {
     const summary = await server.serve((e: PageServerEvent) => {
       if (e.kind === 'session-started') log.info(`session from ${e.peer}`)
@@ -39,7 +51,6 @@ async function serve(opts: PageServerCliOptions, { imagesDir, log, ready }: Serv
     log.msg(`page server: ${summary.sessions} sessions (${summary.failedSessions} failed), ${summary.requests} requests, ${summary.pages} pages served`)
     return summary.failedSessions > 0 && !opts.keepServing ? 1 : 0
   } finally {
-    process.off('SIGINT', stop)
-    process.off('SIGTERM', stop)
+    signals.done((signal) => log.warn(`${signal}: ignored, the page server is exiting`))
   }
 }

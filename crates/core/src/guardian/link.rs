@@ -63,6 +63,7 @@ pub struct GuardianState {
 }
 
 /// The daemon's connection to its guardian; the engine's journal.
+#[derive(Debug)]
 pub struct GuardianLink {
     sock: OwnedFd,
     path: PathBuf,
