@@ -58,6 +58,11 @@
 //!    A copier that finds its claim taken when its ioctls return counts nothing: the
 //!    pages it may have copied into the dying mm were counted already. REMOVE/UNMAP
 //!    take pages out of claims only under the exclusive gate, so never mid-ioctl.
+//! 7. **On record before acted on.** With a journal (`journal.rs`, the guardian), a
+//!    task's uffd and ranges are recorded before the task is watched, and an
+//!    address-space event before it is applied (still under the exclusive gate, so the
+//!    record and the read are one step for every fill). A successor that resumes from
+//!    the record never copies into a range the process dropped, and finds every uffd.
 
 mod background;
 mod config;

@@ -114,10 +114,17 @@ pub fn send_msg(sock: BorrowedFd<'_>, msg: &Msg) -> nix::Result<()> {
 /// Receives one message; `Ok(None)` when the peer closed the connection. EAGAIN passes
 /// through for non-blocking sockets. A malformed datagram is `EBADMSG`.
 pub fn recv(sock: BorrowedFd<'_>) -> nix::Result<Option<Msg>> {
-    let mut buf = vec![0u8; MAX_MSG];
+    thread_local! {
+        // One buffer per thread: the guardian receives every event through here.
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; MAX_MSG]);
+    }
+    BUF.with(|buf| recv_with(sock, &mut buf.borrow_mut()))
+}
+
+fn recv_with(sock: BorrowedFd<'_>, buf: &mut [u8]) -> nix::Result<Option<Msg>> {
     let mut space = nix::cmsg_space!([RawFd; 4]);
     let (n, fds) = {
-        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut iov = [IoSliceMut::new(buf)];
         let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
         let mut fds = Vec::new();
         for cmsg in msg.cmsgs()? {
