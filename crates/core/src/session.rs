@@ -415,6 +415,7 @@ impl Session {
             // ENOENT means "not registered yet" until then (engine invariant 5).
             while state.restore_peer > 0 && still_running(state.restore_peer) {
                 handle.check_abort()?;
+                self.check_source()?;
                 std::thread::sleep(TICK);
             }
             self.record(events, |g| g.restore_finished());
@@ -547,7 +548,7 @@ impl Session {
 
     fn handshake_timeout(&self, what: String, config: &SessionConfig) -> RestoreError {
         let secs = config.handshake_timeout.unwrap_or_default().as_secs();
-        RestoreError::Timeout(format!("{what} (the handshake on {} must end within {secs} s)", self.listener.path().display()))
+        RestoreError::Timeout(format!("{what} (the handshake on {} must end within {secs} s)", self.socket_path().unwrap_or(Path::new("?")).display()))
     }
 
     /// A remote page source that already failed (e.g. its connection dropped while
