@@ -91,10 +91,15 @@ fn a_daemon_that_dies_unresumed_leaves_poison_never_zeros() {
 
 #[test]
 fn a_resuming_daemon_gets_every_uffd_back_with_the_events_applied_and_a_second_is_turned_away() {
-    let dir = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    // A work dir deeper than a sockaddr_un holds, as CRIU users have.
+    let dir = root.path().join("a-work-dir-nested-deeper-than-the-108-bytes-a-unix-socket-address-holds").join("and-then-some");
+    std::fs::create_dir_all(&dir).unwrap();
+    assert!(dir.join("lazy-pages.guardian").as_os_str().len() > 108);
+    let dir = dir.as_path();
     let region = Region::new(16);
     let uffd = region.uffd();
-    let (daemon, keeper) = start_keeper(dir.path(), Duration::from_secs(30));
+    let (daemon, keeper) = start_keeper(dir, Duration::from_secs(30));
 
     let mut ranges = all_pages(&region);
     wire::send_task(daemon.as_fd(), 3, 77, NO_PARENT, uffd.as_fd(), &ranges).unwrap();
@@ -111,7 +116,7 @@ fn a_resuming_daemon_gets_every_uffd_back_with_the_events_applied_and_a_second_i
 
     // The keeper notices the death on its own time; until then it answers busy.
     let (link, state) = loop {
-        match GuardianLink::find(dir.path()) {
+        match GuardianLink::find(dir) {
             Ok(Some(found)) => break found,
             Err(GuardianError::Busy { .. }) => std::thread::sleep(Duration::from_millis(10)),
             other => panic!("{other:?}"),
@@ -123,11 +128,11 @@ fn a_resuming_daemon_gets_every_uffd_back_with_the_events_applied_and_a_second_i
     assert_eq!((task.id, task.pid, task.parent), (0, 77, None), "renumbered from 0; its parent is gone");
     assert_eq!(task.ranges, ranges);
 
-    match GuardianLink::find(dir.path()) {
+    match GuardianLink::find(dir) {
         Err(GuardianError::Busy { daemon, .. }) => assert_eq!(daemon, std::process::id() as i32),
         other => panic!("a second daemon must be turned away, got {other:?}"),
     }
     link.quit();
     assert_eq!(keeper.join().unwrap(), 0);
-    assert!(!dir.path().join("lazy-pages.guardian").exists(), "socket removed on exit");
+    assert!(!dir.join("lazy-pages.guardian").exists(), "socket removed on exit");
 }

@@ -25,7 +25,7 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{accept4, bind, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{accept4, bind, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType};
 
 use crate::engine::SpaceEvent;
 use crate::ranges::{page_floor, LazyRanges, PAGE_SIZE};
@@ -150,7 +150,8 @@ impl Keeper {
             _ => {}
         }
         let sock = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
-        bind(sock.as_raw_fd(), &UnixAddr::new(path)?)?;
+        let (addr, _dir) = super::unix_addr(path).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)))?;
+        bind(sock.as_raw_fd(), &addr)?;
         // Peers are checked by uid too; the mode keeps strangers from connecting at all.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|_| Errno::EPERM)?;
         listen(&sock, Backlog::new(4)?)?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{connect, socket, socketpair, AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{connect, socket, socketpair, AddressFamily, SockFlag, SockType};
 
 use crate::engine::{Journal, SpaceEvent};
 use crate::ranges::LazyRanges;
@@ -79,7 +79,7 @@ impl GuardianLink {
         let path = work_dir.join(super::SOCKET_NAME);
         let talk = |what: String| GuardianError::Talk { path: path.clone(), what };
         let sock = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).map_err(|e| talk(e.to_string()))?;
-        let addr = UnixAddr::new(&path).map_err(|e| talk(e.to_string()))?;
+        let (addr, _dir) = super::unix_addr(&path).map_err(|e| talk(e.to_string()))?;
         match connect(sock.as_raw_fd(), &addr) {
             Ok(()) => {}
             // No guardian, or a stale socket of one that is gone.

@@ -42,3 +42,20 @@ pub mod wire;
 
 /// The resume socket, relative to the work dir (next to `lazy-pages.socket`).
 pub const SOCKET_NAME: &str = "lazy-pages.guardian";
+
+/// The address of the socket at `path`. sun_path holds 107 bytes; a deeper work dir is
+/// reached through /proc/self/fd/<dir>/<name>, and the returned directory must stay
+/// open until the bind or connect is done.
+pub(crate) fn unix_addr(path: &std::path::Path) -> std::io::Result<(nix::sys::socket::UnixAddr, Option<std::fs::File>)> {
+    use std::os::fd::AsRawFd;
+    const SUN_PATH_MAX: usize = 107;
+    if path.as_os_str().len() <= SUN_PATH_MAX {
+        return Ok((nix::sys::socket::UnixAddr::new(path)?, None));
+    }
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => (std::fs::File::open(dir)?, name),
+        _ => return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput)),
+    };
+    let short = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+    Ok((nix::sys::socket::UnixAddr::new(&short)?, Some(dir)))
+}
