@@ -9,6 +9,7 @@ mod client_window;
 mod lazy_index;
 mod priority;
 mod server;
+mod server_admission;
 mod server_session;
 mod version;
 pub mod wire;

@@ -9,10 +9,14 @@
 //! bulk and an urgent one, see `PrioritySource`). Memory use does not depend on the image size: page data goes from
 //! the pages file to the socket with sendfile.
 //!
+//! Hostile or idle peers cannot lock real clients out: a request must be complete
+//! within `request_timeout` of its first byte, one address holds at most
+//! `max_sessions_per_peer` sessions, and when every slot is taken the longest-idle
+//! session makes room (`server_admission.rs`).
+//!
 //! The process must ignore SIGPIPE (Rust binaries and Node both do): sendfile
 //! to a socket whose peer vanished raises it and has no MSG_NOSIGNAL.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -21,6 +25,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::lazy_index::LazyIndex;
+use super::server_admission::{Admission, SessionSlot};
 use super::server_session::{ServerSession, SessionStats};
 use super::wire::WireVersion;
 use crate::images::Dump;
@@ -45,8 +50,15 @@ pub struct PageServerConfig {
     pub keep_serving: bool,
     /// Replies carry at most this many pages (CRIU's client asks <= 1024).
     pub max_request_pages: u64,
-    /// Connections served at once; more are closed at accept.
+    /// Connections served at once; when all are taken, the longest-idle session
+    /// (idle >= 1 s) is cut to make room, else the new one is closed at accept.
     pub max_sessions: usize,
+    /// Connections one peer address may hold at once.
+    pub max_sessions_per_peer: usize,
+    /// A request must be complete within this of its first byte (a client trickling
+    /// its header is cut). Waiting for a request is not bounded: clients connect long
+    /// before they ask (a daemon waiting for `criu restore`, `--fill-delay`).
+    pub request_timeout: Duration,
     /// A client that reads nothing for this long is dropped.
     pub send_timeout: Duration,
 }
@@ -60,6 +72,8 @@ impl Default for PageServerConfig {
             keep_serving: false,
             max_request_pages: 1024,
             max_sessions: 64,
+            max_sessions_per_peer: 32,
+            request_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(60),
         }
     }
@@ -157,7 +171,7 @@ impl PageServer {
     /// client's sessions have all ended (other clients are refused meanwhile).
     pub fn run(self) -> Result<ServeSummary, ServerError> {
         let totals = Arc::new(Totals::default());
-        let live: Arc<Mutex<HashMap<u64, TcpStream>>> = Arc::default();
+        let live = Arc::new(Mutex::new(Admission::new(self.config.max_sessions, self.config.max_sessions_per_peer)));
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         let mut next_id = 0u64;
         // Without keep_serving: the IP of the one client being served.
@@ -200,19 +214,29 @@ impl PageServer {
                     _ => {}
                 }
             }
-            if threads.len() >= self.config.max_sessions.max(1) {
-                (self.events)(ServerEvent::Refused { peer, reason: format!("{} sessions already running", threads.len()) });
-                continue;
-            }
             if let Err(e) = self.prepare(&stream) {
                 (self.events)(ServerEvent::Refused { peer, reason: format!("socket setup failed: {e}") });
                 continue;
             }
-            next_id += 1;
-            if let Ok(clone) = stream.try_clone() {
-                lock(&live).insert(next_id, clone);
-            }
+            let clone = match stream.try_clone() {
+                Ok(clone) => clone,
+                Err(e) => {
+                    (self.events)(ServerEvent::Refused { peer, reason: format!("socket setup failed: {e}") });
+                    continue;
+                }
+            };
+            let slot = {
+                let mut admission = lock(&live);
+                if let Err(why) = admission.admit(peer.ip()) {
+                    drop(admission);
+                    (self.events)(ServerEvent::Refused { peer, reason: why.to_string() });
+                    continue;
+                }
+                next_id += 1;
+                admission.insert(next_id, clone, peer.ip())
+            };
             let job = SessionJob {
+                slot,
                 id: next_id,
                 stream,
                 peer,
@@ -226,7 +250,7 @@ impl PageServer {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {
                     (self.events)(ServerEvent::Refused { peer, reason: format!("cannot start a thread: {e}") });
-                    if let Some(s) = lock(&live).remove(&next_id) {
+                    if let Some(s) = lock(&live).remove(next_id) {
                         let _ = s.shutdown(std::net::Shutdown::Both);
                     }
                     continue;
@@ -249,22 +273,21 @@ impl PageServer {
 
 /// Waits for the session threads; once stopped, cuts the live sessions (an
 /// idle client would otherwise hold its thread, and this wait, forever).
-fn wait_sessions(stop: &AtomicBool, mut threads: Vec<JoinHandle<()>>, live: &Mutex<HashMap<u64, TcpStream>>) {
+fn wait_sessions(stop: &AtomicBool, mut threads: Vec<JoinHandle<()>>, live: &Mutex<Admission>) {
     loop {
         threads.retain(|t| !t.is_finished());
         if threads.is_empty() {
             return;
         }
         if stop.load(SeqCst) {
-            for stream in lock(live).values() {
-                let _ = stream.shutdown(std::net::Shutdown::Both);
-            }
+            lock(live).cut_all();
         }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 struct SessionJob {
+    slot: Arc<SessionSlot>,
     id: u64,
     stream: TcpStream,
     peer: SocketAddr,
@@ -272,7 +295,7 @@ struct SessionJob {
     config: PageServerConfig,
     events: ServerCallback,
     totals: Arc<Totals>,
-    live: Arc<Mutex<HashMap<u64, TcpStream>>>,
+    live: Arc<Mutex<Admission>>,
 }
 
 impl SessionJob {
@@ -285,10 +308,15 @@ impl SessionJob {
             index: &self.index,
             version: self.config.version,
             max_request_pages: self.config.max_request_pages,
+            request_timeout: self.config.request_timeout,
+            slot: &self.slot,
         };
-        let error = session.run(&mut stats).err().map(|e| e.to_string());
+        let mut error = session.run(&mut stats).err().map(|e| e.to_string());
         drop(session);
-        lock(&self.live).remove(&self.id);
+        lock(&self.live).remove(self.id);
+        if self.slot.evicted() {
+            error = Some(format!("client {}: idle while every session slot was taken: closed to make room for a new client", self.peer));
+        }
         self.totals.add(&stats, error.is_some());
         (self.events)(ServerEvent::SessionEnded { peer: self.peer, stats, error });
     }

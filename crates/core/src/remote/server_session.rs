@@ -6,8 +6,10 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
 
 use super::lazy_index::{Invalid, LazyIndex};
+use super::server_admission::SessionSlot;
 use super::wire::{IovHeader, WireVersion, MAX_HEADER_LEN, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_GET};
 use super::zero_copy::{send_file_range, send_header};
 use crate::images::PAGE_SIZE;
@@ -44,6 +46,9 @@ pub(crate) struct ServerSession<'a> {
     pub index: &'a LazyIndex,
     pub version: WireVersion,
     pub max_request_pages: u64,
+    /// A request begun must be complete within this.
+    pub request_timeout: Duration,
+    pub slot: &'a SessionSlot,
 }
 
 impl ServerSession<'_> {
@@ -53,9 +58,11 @@ impl ServerSession<'_> {
         let mut buf = [0u8; MAX_HEADER_LEN];
         let len = self.version.header_len();
         loop {
+            self.slot.idle();
             if !self.read_header(&mut buf[..len])? {
                 return Ok(());
             }
+            self.slot.busy();
             // Cannot fail: the slice has exactly the layout's length.
             let Ok(header) = IovHeader::decode(self.version, &buf[..len]) else { return Ok(()) };
             match header.cmd {
@@ -93,22 +100,46 @@ impl ServerSession<'_> {
         Ok(())
     }
 
-    /// Ok(false) on a clean EOF before the first byte of a header.
+    /// Ok(false) on a clean EOF before the first byte of a header. Waiting for the
+    /// first byte is unbounded; the rest must come within `request_timeout`.
     fn read_header(&mut self, buf: &mut [u8]) -> Result<bool, SessionError> {
         let mut got = 0;
-        while got < buf.len() {
+        let mut deadline: Option<Instant> = None;
+        let result = loop {
+            if got == buf.len() {
+                break Ok(true);
+            }
+            if got > 0 {
+                let end = *deadline.get_or_insert_with(|| Instant::now() + self.request_timeout);
+                let left = end.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    let e = io::Error::new(io::ErrorKind::TimedOut, format!("{got} of {} bytes in {:?}", buf.len(), self.request_timeout));
+                    break Err(self.io("reading a request header (too slow)", e));
+                }
+                if let Err(e) = self.stream.set_read_timeout(Some(left)) {
+                    break Err(self.io("setting the request deadline", e));
+                }
+            }
             match self.stream.read(&mut buf[got..]) {
-                Ok(0) if got == 0 => return Ok(false),
+                Ok(0) if got == 0 => break Ok(false),
                 Ok(0) => {
                     let e = io::Error::new(io::ErrorKind::UnexpectedEof, format!("after {got} of {} bytes", buf.len()));
-                    return Err(self.io("reading a request header", e));
+                    break Err(self.io("reading a request header", e));
                 }
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.io("reading a request header", e)),
+                // The deadline's own timeout: checked at the top of the loop.
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) && deadline.is_some() => {}
+                Err(e) => break Err(self.io("reading a request header", e)),
+            }
+        };
+        // Only a header that came in pieces set a timeout; the next waits unbounded again.
+        if deadline.is_some() {
+            if let Err(e) = self.stream.set_read_timeout(None) {
+                return Err(self.io("clearing the request deadline", e));
             }
         }
-        Ok(true)
+        result
     }
 
     fn io(&self, what: &str, source: io::Error) -> SessionError {
