@@ -7,8 +7,8 @@
 //! a touch raises SIGBUS. Runs only after all engine threads have stopped, so nothing
 //! else issues ioctls or reads events meanwhile.
 
-use crate::ranges::{page_floor, LazyRange, PAGE_SIZE};
-use crate::uffd::{self, FillOutcome, Uffd, UffdError};
+use crate::ranges::LazyRange;
+use crate::uffd::{self, PoisonEnd, UffdError};
 
 use super::shared::Shared;
 
@@ -38,10 +38,11 @@ pub(crate) fn poison_unserved(shared: &Shared) -> Unserved {
         let gate = task.gate_shared();
         let Some(uffd) = gate.as_ref() else { continue };
         for range in &ranges {
-            match poison_range(uffd, range) {
-                Ok((pages, more)) => {
+            // Blocked: an unread event stops every ioctl now that nobody reads it.
+            match uffd::poison_span(uffd, range.start, range.end) {
+                Ok((pages, end)) => {
                     out.poisoned += pages;
-                    if !more {
+                    if end != PoisonEnd::Done {
                         break;
                     }
                 }
@@ -53,33 +54,4 @@ pub(crate) fn poison_unserved(shared: &Shared) -> Unserved {
         }
     }
     out
-}
-
-/// Poisons one range; returns the pages poisoned and whether the task can take more
-/// (false: it is gone, or an unread event blocks every ioctl now that nobody reads it).
-fn poison_range(uffd: &Uffd, range: &LazyRange) -> Result<(u64, bool), UffdError> {
-    let mut cur = range.start;
-    let mut step = range.len();
-    let mut done = 0;
-    while cur < range.end {
-        let len = step.min(range.end - cur);
-        match uffd::poison(uffd, cur, len)? {
-            FillOutcome::Done(_) => {
-                done += len / PAGE_SIZE;
-                cur += len;
-                step = range.end - cur;
-            }
-            FillOutcome::Partial(bytes) => {
-                let bytes = page_floor(bytes).clamp(PAGE_SIZE, len);
-                done += bytes / PAGE_SIZE;
-                cur += bytes;
-            }
-            // Present already (its copy landed), or not ours to poison any more.
-            FillOutcome::Exists => cur += PAGE_SIZE,
-            FillOutcome::Unmapped if len > PAGE_SIZE => step = page_floor(len / 2).max(PAGE_SIZE),
-            FillOutcome::Unmapped => cur += PAGE_SIZE,
-            FillOutcome::Changing | FillOutcome::Gone => return Ok((done, false)),
-        }
-    }
-    Ok((done, true))
 }

@@ -28,8 +28,8 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{accept4, bind, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType};
 
 use crate::engine::SpaceEvent;
-use crate::ranges::{page_floor, LazyRanges, PAGE_SIZE};
-use crate::uffd::{self, FillOutcome, ReadStatus, Uffd, UffdEvent};
+use crate::ranges::LazyRanges;
+use crate::uffd::{self, PoisonEnd, ReadStatus, Uffd, UffdEvent};
 
 use super::wire::{self, Msg, NO_PARENT};
 
@@ -305,42 +305,26 @@ fn poison_task(task: Held, queue: &mut Vec<Held>) -> Result<u64, String> {
     let mut buf = uffd::EventBuffer::new(64);
     let mut poisoned = 0;
     let mut cursor = 0u64;
-    'ranges: loop {
+    let mut stalls = 0;
+    loop {
         let next = ranges.iter().find(|r| r.end > cursor);
         let Some(r) = next else { break };
-        let end = r.end;
-        let mut at = cursor.max(r.start);
-        let mut step = end - at;
-        while at < end {
-            let len = step.min(end - at);
-            match uffd::poison(&uffd, at, len).map_err(|e| e.to_string())? {
-                FillOutcome::Done(_) => {
-                    poisoned += len / PAGE_SIZE;
-                    at += len;
-                    step = end - at;
+        let (pages, end) = uffd::poison_span(&uffd, cursor.max(r.start), r.end).map_err(|e| e.to_string())?;
+        poisoned += pages;
+        match end {
+            PoisonEnd::Done => cursor = r.end,
+            PoisonEnd::Gone => break,
+            PoisonEnd::Blocked { at } => {
+                // Bounded: a task whose address space stays "changing" for seconds is
+                // not one we can help any more.
+                stalls = if at == cursor { stalls + 1 } else { 0 };
+                if stalls > 2000 || !apply_unread(&uffd, &mut buf, &mut ranges, task.pid, queue) {
+                    break;
                 }
-                FillOutcome::Partial(bytes) => {
-                    let bytes = page_floor(bytes).clamp(PAGE_SIZE, len);
-                    poisoned += bytes / PAGE_SIZE;
-                    at += bytes;
-                }
-                FillOutcome::Exists => at += PAGE_SIZE,
-                FillOutcome::Unmapped if len > PAGE_SIZE => step = page_floor(len / 2).max(PAGE_SIZE),
-                FillOutcome::Unmapped => {
-                    at += PAGE_SIZE;
-                    step = end.saturating_sub(at);
-                }
-                FillOutcome::Gone => return Ok(poisoned),
-                FillOutcome::Changing => {
-                    if !apply_unread(&uffd, &mut buf, &mut ranges, task.pid, queue) {
-                        return Ok(poisoned);
-                    }
-                    cursor = at;
-                    continue 'ranges;
-                }
+                // The event may have moved or dropped what lies ahead: look again from here.
+                cursor = at;
             }
         }
-        cursor = end;
     }
     Ok(poisoned)
 }

@@ -67,6 +67,52 @@ pub fn poison(uffd: &Uffd, dst: u64, len: u64) -> Result<FillOutcome, UffdError>
     })
 }
 
+/// How a `poison_span` ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoisonEnd {
+    /// Every page of the span is poisoned or was present already.
+    Done,
+    /// An unread fork/remap/remove/unmap event blocks every ioctl from `at` on: whoever
+    /// reads the uffd must consume it before the rest can be poisoned.
+    Blocked { at: u64 },
+    /// The task is gone.
+    Gone,
+}
+
+/// Poisons every page of `[start, end)` that is not present (EEXIST skips one page;
+/// a hole with no VMA is stepped over by halving). Returns the pages poisoned.
+pub fn poison_span(uffd: &Uffd, start: u64, end: u64) -> Result<(u64, PoisonEnd), UffdError> {
+    const PAGE: u64 = crate::ranges::PAGE_SIZE;
+    let mut at = start;
+    let mut step = end.saturating_sub(at);
+    let mut poisoned = 0;
+    while at < end {
+        let len = step.min(end - at);
+        match poison(uffd, at, len)? {
+            FillOutcome::Done(_) => {
+                poisoned += len / PAGE;
+                at += len;
+                step = end - at;
+            }
+            FillOutcome::Partial(bytes) => {
+                let bytes = crate::ranges::page_floor(bytes).clamp(PAGE, len);
+                poisoned += bytes / PAGE;
+                at += bytes;
+            }
+            // Present already (its copy landed), or not ours to poison any more.
+            FillOutcome::Exists => at += PAGE,
+            FillOutcome::Unmapped if len > PAGE => step = crate::ranges::page_floor(len / 2).max(PAGE),
+            FillOutcome::Unmapped => {
+                at += PAGE;
+                step = end.saturating_sub(at);
+            }
+            FillOutcome::Changing => return Ok((poisoned, PoisonEnd::Blocked { at })),
+            FillOutcome::Gone => return Ok((poisoned, PoisonEnd::Gone)),
+        }
+    }
+    Ok((poisoned, PoisonEnd::Done))
+}
+
 /// Issues a fill ioctl until it answers with something other than EINTR. `call` issues
 /// it once and returns its result with the count the kernel wrote back.
 fn run_fill(op: &'static str, dst: u64, len: u64, mut call: impl FnMut() -> (nix::Result<i32>, i64)) -> Result<FillOutcome, UffdError> {

@@ -13,6 +13,6 @@ mod range_ops;
 
 pub use error::UffdError;
 pub use event::{read_events, ReadStatus, UffdEvent};
-pub use fill::{copy, poison, zeropage, FillOutcome};
+pub use fill::{copy, poison, poison_span, zeropage, FillOutcome, PoisonEnd};
 pub use range_ops::{set_nonblocking, uffd_from_owned, uffd_into_owned, unregister, wake, UnregisterOutcome};
 pub use userfaultfd::{EventBuffer, Uffd};
