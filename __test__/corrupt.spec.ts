@@ -1,12 +1,13 @@
 // Bad images: each gets a one-line error naming the file, exit 1, never a panic.
 import test from 'ava'
-import { cpSync, readdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, readdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
 import { lazyPages } from './helpers/cli'
 import { dump } from './helpers/criu'
 import { readPagemap } from './helpers/pagemap'
 import { SCRATCH } from './helpers/paths'
+import { run } from './helpers/proc'
 import { Workload } from './helpers/workload'
 
 let base = ''
@@ -125,4 +126,58 @@ test('wrong mm magic', async (t) => {
 
 test('missing images dir', async (t) => {
   await assertRejected(t, join(SCRATCH, 'corrupt', 'nowhere'), /nowhere/)
+})
+
+/** The images command and the daemon on `dir`: each must refuse at once with one line matching `names`. */
+async function assertRefusedQuickly(t: any, dir: string, names: RegExp) {
+  for (const args of [['images', '-D', dir], ['-D', dir, '--connect-timeout', '5']]) {
+    const started = Date.now()
+    // Killed after 10 s: a reader blocked on a FIFO fails the test instead of hanging it.
+    const r = await lazyPages(args, 10_000)
+    const what = `${args[0]}: exit ${r.code} ${r.signal ?? ''} after ${Date.now() - started} ms: ${r.stderr}`
+    t.is(r.code, 1, what)
+    const lines = r.stderr.trim().split('\n')
+    t.is(lines.length, 1, what)
+    t.regex(lines[0], names, what)
+    t.false(existsSync(join(dir, 'lazy-pages.socket')), 'never listened')
+  }
+}
+
+const imageNames = () => ['inventory.img', 'pstree.img', `core-${pid}.img`, `mm-${pid}.img`, `pagemap-${pid}.img`, readdirSync(base).find((f) => /^pages-\d+\.img$/.test(f))!]
+
+test('a FIFO in place of any image file: refused at once, naming it, by images and the daemon', async (t) => {
+  for (const name of imageNames()) {
+    const dir = corruptCopy(`fifo-${name}`, (d) => rmSync(join(d, name)))
+    const made = await run('mkfifo', [join(dir, name)])
+    t.is(made.code, 0, made.stderr)
+    await assertRefusedQuickly(t, dir, new RegExp(`^lazy-pages: ${dir}/${name.replace('.', '\\.')}: .*is a FIFO, not a regular file$`))
+  }
+})
+
+test('a symlink to a device in place of an image: refused, naming it', async (t) => {
+  const name = `core-${pid}.img`
+  const dir = corruptCopy('chardev', (d) => {
+    rmSync(join(d, name))
+    symlinkSync('/dev/null', join(d, name))
+  })
+  await assertRefusedQuickly(t, dir, new RegExp(`^lazy-pages: ${dir}/core-${pid}\\.img: .*is a character device, not a regular file$`))
+})
+
+test('a metadata image past the size bound is refused before it is read', async (t) => {
+  const name = `mm-${pid}.img`
+  // Sparse: 300 MiB that take no disk.
+  const dir = corruptCopy('huge-mm', (d) => truncateSync(join(d, name), 300 << 20))
+  await assertRefusedQuickly(t, dir, new RegExp(`^lazy-pages: ${dir}/mm-${pid}\\.img: image is 314572800 bytes, more than the 268435456 a metadata image may have$`))
+})
+
+test('a symlink to a regular image file is still read', async (t) => {
+  const dir = corruptCopy('symlinked', (d) => {
+    for (const name of imageNames()) {
+      cpSync(join(d, name), join(d, `${name}.real`))
+      rmSync(join(d, name))
+      symlinkSync(`${name}.real`, join(d, name))
+    }
+  })
+  const r = await lazyPages(['images', '-D', dir, '--json'])
+  t.is(r.code, 0, r.stderr)
 })

@@ -47,10 +47,10 @@ pub fn read_image(
     type_magic: u32,
     head: HeadMagic,
 ) -> Result<Option<ImageFile>, ImageError> {
-    let data = match std::fs::read(path) {
+    let data = match super::open::read_metadata(path) {
         Ok(data) => data,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(ImageError::io(path, "cannot read image", &e)),
+        Err(e) if super::open::is_missing(&e) => return Ok(None),
+        Err(e) => return Err(e),
     };
     let mut pos = 0usize;
     if head == HeadMagic::Present {

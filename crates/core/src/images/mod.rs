@@ -8,6 +8,7 @@ pub mod framing;
 mod inventory;
 mod memory;
 mod mm;
+pub mod open;
 mod pagemap;
 mod pages;
 pub mod proto;

@@ -1,7 +1,6 @@
 //! pages-<id>.img: raw page bytes, mapped read-only so faults are served
 //! straight from the page cache without a copy into our own buffers.
 
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -26,9 +25,9 @@ impl PagesFile {
         if needed == 0 {
             return Ok(PagesFile { path, map: None });
         }
-        let file = File::open(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => ImageError {
-                io_kind: Some(e.kind()),
+        let file = super::open::open_regular(&path, "pages file").map_err(|e| match e.io_kind {
+            Some(io::ErrorKind::NotFound) => ImageError {
+                io_kind: e.io_kind,
                 ..ImageError::new(
                     &path,
                     format!(
@@ -37,7 +36,7 @@ impl PagesFile {
                     ),
                 )
             },
-            _ => ImageError::io(&path, "cannot open pages file", &e),
+            _ => e,
         })?;
         let len = file
             .metadata()

@@ -81,8 +81,9 @@ impl LazyIndex {
             let file = match files.get(path) {
                 Some(file) => file.clone(),
                 None => {
-                    let file = File::open(path)
-                        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: cannot open pages file: {e}", path.display())))?;
+                    let file = crate::images::open::open_regular(path, "pages file").map_err(|e| {
+                        std::io::Error::new(e.io_kind.unwrap_or(std::io::ErrorKind::InvalidData), e.to_string())
+                    })?;
                     let file = Arc::new(file);
                     files.insert(path.to_path_buf(), file.clone());
                     file
