@@ -99,6 +99,8 @@ export interface DaemonOptions {
    * only: CRIU's takes one connection).
    */
   urgentConnection?: boolean
+  /** With page_server: `--tls` (absent: plain TCP). */
+  tls?: TlsOptions
   /**
    * Keep every lazy-page fault of the dump's tasks, in order
    * (`recordedWorkingSet()` after `serve`).
@@ -179,6 +181,8 @@ export interface PageServerOptions {
   keepServing: boolean
   criuVersion?: string
   maxRequestPages?: number
+  /** `--tls` (absent: plain TCP). */
+  tls?: TlsOptions
 }
 
 export interface PageServerSummary {
@@ -276,6 +280,15 @@ export interface TaskReport {
   inFlight: number
   exited: boolean
   done: boolean
+}
+
+/** CRIU's `--tls-*` file options (absent: CRIU's default paths). */
+export interface TlsOptions {
+  cacert?: string
+  cacrl?: string
+  cert?: string
+  key?: string
+  noCnVerify?: boolean
 }
 
 /**

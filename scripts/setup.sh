@@ -23,6 +23,8 @@ libs=$(ldconfig -p)
 grep -Eq 'libclang(-[0-9.]+)?\.so' <<<"$libs" || missing+=(libclang1-14 libclang-common-14-dev)
 command -v make >/dev/null || missing+=(make)
 command -v gcc >/dev/null || missing+=(gcc)
+# the --tls tests make their certificates with openssl
+command -v openssl >/dev/null || missing+=(openssl)
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing build packages: ${missing[*]}"
     apt-get update -qq

@@ -6,6 +6,7 @@ import { Command, InvalidArgumentError, Option } from 'commander'
 
 import { DEFAULT_VERBOSITY, normalizeVerbosity } from './argv'
 import { oneLine, UserError } from './errors'
+import { addTlsOptions } from './tls'
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const pkg: { version: string } = require('../package.json')
@@ -82,6 +83,8 @@ export function buildProgram(rawArgs: string[] = []): Command {
       "with --page-server and a lazy-pages page server: a second connection for faults, so they never queue behind background pages (CRIU's page server takes one connection: not for it)",
     )
     .addOption(new Option('--criu-version <version>', "the page server's CRIU wire format (default: from the images)").choices(['4.1', '4.2']))
+  addTlsOptions(program, 'page server')
+  program
     .option('--connect-timeout <seconds>', 'fail if no restore connects within this time, or if its handshake (connect to "restore finished") then takes longer (0 = wait forever)', nonNegativeInt('--connect-timeout'), 300)
     .option('--jobs <n>', 'background fill threads (default: CPUs - 1, at least 1, at most 2)', positiveInt('--jobs'), DEFAULT_JOBS)
     .option('--chunk-pages <n>', 'pages per background copy (bounds how long a fault can wait behind one)', positiveInt('--chunk-pages'), 64)
@@ -143,7 +146,7 @@ export function buildProgram(rawArgs: string[] = []): Command {
       await runSplit(opts)
     })
 
-  program
+  const pageServer = program
     .command('page-server')
     .description('serve the lazy pages of a dump over CRIU\'s page-server protocol, to lazy-pages --page-server or criu lazy-pages --page-server')
     .option('-D, --images-dir <dir>', 'images directory of a normal dump', '.')
@@ -152,6 +155,8 @@ export function buildProgram(rawArgs: string[] = []): Command {
     .option('--keep-serving', 'serve any number of restores, concurrently (default: exit after one session, as CRIU)')
     .option('--lazy-pages', 'accepted for `criu page-server --lazy-pages` compatibility (always on)')
     .addOption(new Option('--criu-version <version>', 'wire format to speak (default: from the images)').choices(['4.1', '4.2']))
+  addTlsOptions(pageServer, 'client')
+  pageServer
     .option('-W, --work-dir <dir>', 'work directory for relative -o and --pidfile (default: the images dir)')
     .option('-d, --daemon', 'detach once listening')
     .option('--pidfile <file>', 'with --daemon: write the server pid here')

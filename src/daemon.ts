@@ -10,6 +10,7 @@ import { oneLine, UserError } from './errors'
 import { Level, Logger } from './log'
 import { native } from './native'
 import { strategyByName } from './policy'
+import { tlsOptions, type TlsCliOptions } from './tls'
 import { runService, type ServiceContext, type ServiceOptions } from './service'
 import { ProgressBar } from './progress'
 import { takeSignals } from './signals'
@@ -17,7 +18,7 @@ import { buildSummary, formatSummary } from './summary'
 import { TaskTracker } from './tracker'
 import { readWorkingSet, workingSetPages, writeWorkingSet } from './working-set'
 
-export interface DaemonCliOptions extends ServiceOptions {
+export interface DaemonCliOptions extends ServiceOptions, TlsCliOptions {
   connectTimeout: number
   fillDelay: number
   jobs: number
@@ -63,6 +64,7 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
   if (!opts.pageServer && (opts.address || opts.port)) throw new UserError('--address and --port need --page-server')
   if (!opts.pageServer && opts.reconnect) throw new UserError('--reconnect needs --page-server')
   if (!opts.pageServer && opts.urgentConnection) throw new UserError('--urgent-connection needs --page-server')
+  if (!opts.pageServer && opts.tls) throw new UserError('--tls needs --page-server')
   if (opts.recordWs && opts.prefetchWs && resolve(inWorkDir(opts.recordWs)) === resolve(inWorkDir(opts.prefetchWs))) {
     throw new UserError(`--record-ws and --prefetch-ws both name ${opts.recordWs}: a prefetched restore faults on little, so it would overwrite the working set with a near-empty one`)
   }
@@ -102,6 +104,7 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
       reconnectMs: opts.reconnect * 1000,
       stallTimeoutMs: opts.stallTimeout * 1000,
       urgentConnection: !!opts.urgentConnection,
+      tls: opts.pageServer ? tlsOptions(opts) : undefined,
       recordWorkingSet: !!opts.recordWs,
       prefetchWorkingSet: prefetch,
       guardianProgram: guardian,

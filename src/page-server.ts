@@ -4,8 +4,9 @@ import type { PageServerEvent } from '../index'
 import { native } from './native'
 import { takeSignals } from './signals'
 import { runService, type ServiceContext, type ServiceOptions } from './service'
+import { isLoopback, tlsOptions, type TlsCliOptions } from './tls'
 
-export interface PageServerCliOptions extends ServiceOptions {
+export interface PageServerCliOptions extends ServiceOptions, TlsCliOptions {
   address?: string
   port: number
   keepServing?: boolean
@@ -23,9 +24,13 @@ async function serve(opts: PageServerCliOptions, { imagesDir, log, ready }: Serv
     port: opts.port,
     keepServing: !!opts.keepServing,
     criuVersion: opts.criuVersion,
+    tls: tlsOptions(opts),
   })
   // CRIU logs the port it got; scripts read it from here.
   log.msg(`Using ${server.port} port (${server.address}, CRIU ${server.criuVersion} wire format${opts.keepServing ? ', serving any number of restores' : ''})`)
+  if (!opts.tls && !isLoopback(server.address)) {
+    log.warn(`page server listens on ${server.address} without --tls: anyone who can reach port ${server.port} can read this dump's memory`)
+  }
   ready()
   // A closed terminal must not cut restores off mid-transfer; any other terminating
   // signal ends the sessions in order (their clients see a clean close, not a reset

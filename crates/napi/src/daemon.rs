@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lazy_pages_core::engine::{EngineConfig, EngineEvent, EngineStats, PageRun, TaskStats, TaskWorkingSet};
 use lazy_pages_core::ranges::PAGE_SIZE;
-use lazy_pages_core::remote::RemoteConfig;
+use lazy_pages_core::remote::{RemoteConfig, TlsClient};
 use lazy_pages_core::guardian::link::GuardianConfig;
 use lazy_pages_core::session::{PageOrigin, Session, SessionConfig, SessionEvent, SessionHandle};
 use napi::bindgen_prelude::{AsyncTask, Object};
@@ -44,6 +44,8 @@ pub struct DaemonOptions {
     /// With page_server: a second connection for faults (our page server
     /// only: CRIU's takes one connection).
     pub urgent_connection: Option<bool>,
+    /// With page_server: `--tls` (absent: plain TCP).
+    pub tls: Option<crate::tls::TlsOptions>,
     /// Keep every lazy-page fault of the dump's tasks, in order
     /// (`recordedWorkingSet()` after `serve`).
     pub record_working_set: Option<bool>,
@@ -316,7 +318,11 @@ impl Task for Prepare {
                 let fault_span_pages = o.fault_pages.map_or(EngineConfig::default().fault_pages, u64::from).clamp(1, 16);
                 let defaults = RemoteConfig::default();
                 let stall_timeout = o.stall_timeout_ms.filter(|&ms| ms > 0).map_or(defaults.stall_timeout, |ms| Duration::from_millis(ms.into()));
-                let config = RemoteConfig { version, reconnect, urgent_connection, fault_span_pages, stall_timeout, ..defaults };
+                let tls = match &o.tls {
+                    Some(t) => Some(Arc::new(TlsClient::new(&t.files(), crate::tls::host_of(addr)).map_err(err)?)),
+                    None => None,
+                };
+                let config = RemoteConfig { version, reconnect, urgent_connection, fault_span_pages, stall_timeout, tls, ..defaults };
                 PageOrigin::Remote { addr: addr.clone(), config }
             }
         };

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use lazy_pages_core::images::Dump;
-use lazy_pages_core::remote::{wire_version_of, PageServer, PageServerConfig, ServerEvent, ServerStopper, WireVersion};
+use lazy_pages_core::remote::{wire_version_of, PageServer, PageServerConfig, ServerEvent, ServerStopper, TlsServer, WireVersion};
 use napi::bindgen_prelude::{AsyncTask, Object};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Status, Task};
@@ -39,6 +39,8 @@ pub struct PageServerOptions {
     pub keep_serving: bool,
     pub criu_version: Option<String>,
     pub max_request_pages: Option<u32>,
+    /// `--tls` (absent: plain TCP).
+    pub tls: Option<crate::tls::TlsOptions>,
 }
 
 #[napi(object)]
@@ -89,6 +91,9 @@ impl Task for PrepareServer {
         let mut config = PageServerConfig { keep_serving: o.keep_serving, version, ..PageServerConfig::default() };
         if let Some(addr) = &o.address {
             config.address = addr.parse::<IpAddr>().map_err(|_| err(format!("--address {addr}: not a numeric IPv4 or IPv6 address")))?;
+        }
+        if let Some(t) = &o.tls {
+            config.tls = Some(Arc::new(TlsServer::new(&t.files(), o.address.as_deref()).map_err(err)?));
         }
         config.port = u16::try_from(o.port).map_err(|_| err(format!("--port {}: out of range", o.port)))?;
         if let Some(max) = o.max_request_pages {

@@ -26,6 +26,7 @@ pub use super::client_book::Priority;
 use super::client_book::{Book, Limits, Sent};
 use super::client_reader::{self, READ_TICK};
 use super::client_window::Window;
+use super::tls::{client_handshake, TlsClient, Wire};
 use super::wire::{IovHeader, WireVersion};
 use crate::engine::{PageData, PageSource, SourceError};
 use crate::images::PAGE_SIZE;
@@ -65,6 +66,8 @@ pub struct RemoteConfig {
     /// queue behind background replies. Only for our page server: CRIU's
     /// serves exactly one connection.
     pub urgent_connection: bool,
+    /// `--tls`: TLS on every connection (see `tls.rs`).
+    pub tls: Option<Arc<TlsClient>>,
 }
 
 impl Default for RemoteConfig {
@@ -83,6 +86,7 @@ impl Default for RemoteConfig {
             close_timeout: Duration::from_secs(5),
             reconnect: Duration::ZERO,
             urgent_connection: false,
+            tls: None,
         }
     }
 }
@@ -100,6 +104,9 @@ pub enum ConnectError {
     Connect { addr: String, source: std::io::Error },
     #[error("page server {addr}: {what}: {source}")]
     Setup { addr: SocketAddr, what: &'static str, source: std::io::Error },
+    /// The TLS handshake failed (the message names the peer).
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// State shared by callers and the reader thread.
@@ -109,7 +116,7 @@ pub(crate) struct Shared {
     book: Mutex<Book>,
     pub cond: Condvar,
     /// Serialises "record on the wire" + "write": wire order = queue order.
-    writer: Mutex<TcpStream>,
+    writer: Mutex<Wire>,
     pub shutdown: AtomicBool,
 }
 
@@ -140,7 +147,7 @@ impl RemotePages {
             what: "getpeername",
             source,
         })?;
-        let reader_stream = prepare(&stream, peer, &config)?;
+        let (writer, reader_stream) = prepare(stream, peer, &config)?;
         let window = match config.background_budget {
             RemoteConfig::ADAPTIVE_BUDGET => Window::adaptive(config.queue_target),
             bytes => Window::fixed(bytes),
@@ -155,7 +162,7 @@ impl RemotePages {
             config,
             book: Mutex::new(Book::new(limits, window)),
             cond: Condvar::new(),
-            writer: Mutex::new(stream),
+            writer: Mutex::new(writer),
             shutdown: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -275,13 +282,20 @@ impl RemotePages {
     }
 }
 
-/// Socket options for a (re)connected stream; returns the reader's handle.
-pub(crate) fn prepare(stream: &TcpStream, peer: SocketAddr, config: &RemoteConfig) -> Result<TcpStream, ConnectError> {
+/// Socket options (and TLS) for a (re)connected stream; returns the writer's
+/// and the reader's handles.
+pub(crate) fn prepare(stream: TcpStream, peer: SocketAddr, config: &RemoteConfig) -> Result<(Wire, Wire), ConnectError> {
     let setup = |what, r: std::io::Result<()>| r.map_err(|source| ConnectError::Setup { addr: peer, what, source });
     setup("TCP_NODELAY", stream.set_nodelay(true))?;
+    let wire = match &config.tls {
+        Some(tls) => client_handshake(stream, tls, peer).map_err(ConnectError::Tls)?,
+        None => Wire::Plain(stream),
+    };
+    let stream = wire.socket();
     setup("read timeout", stream.set_read_timeout(Some(READ_TICK)))?;
     setup("write timeout", stream.set_write_timeout(Some(config.stall_timeout.max(Duration::from_millis(1)))))?;
-    stream.try_clone().map_err(|source| ConnectError::Setup { addr: peer, what: "dup", source })
+    let reader = wire.try_clone().map_err(|source| ConnectError::Setup { addr: peer, what: "dup", source })?;
+    Ok((wire, reader))
 }
 
 /// What `pages()` takes a call of `len` bytes for (the engine does not say).
@@ -299,7 +313,10 @@ impl PageSource for RemotePages {
 impl Drop for RemotePages {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, SeqCst);
-        let _ = self.shared.write_lock().shutdown(std::net::Shutdown::Both);
+        let mut w = self.shared.write_lock();
+        w.close_notify();
+        let _ = w.shutdown(std::net::Shutdown::Both);
+        drop(w);
         self.shared.cond.notify_all();
         if let Some(reader) = self.reader.lock().unwrap_or_else(PoisonError::into_inner).take() {
             let _ = reader.join();
@@ -312,7 +329,7 @@ impl Shared {
         self.book.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write_lock(&self) -> MutexGuard<'_, TcpStream> {
+    fn write_lock(&self) -> MutexGuard<'_, Wire> {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -343,7 +360,7 @@ impl Shared {
     }
 
     /// A new connection is up: from now on requests go to it.
-    pub fn adopt(&self, stream: TcpStream) {
+    pub fn adopt(&self, stream: Wire) {
         let mut w = self.write_lock();
         *w = stream;
         self.lock().lost = false;

@@ -7,6 +7,8 @@
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
+
+use super::tls::Wire;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
@@ -36,7 +38,7 @@ enum End {
     Fatal(String),
 }
 
-pub(crate) fn run(shared: &Shared, mut stream: TcpStream) {
+pub(crate) fn run(shared: &Shared, mut stream: Wire) {
     let outcome = loop {
         match read_replies(shared, &mut stream) {
             Ok(()) => break Ok(()),
@@ -67,7 +69,7 @@ const RECONNECT_EVERY: Duration = Duration::from_millis(100);
 /// After a lost connection: requeue what was on the wire, then (once some
 /// request wants bytes) connect again to the same address until `reconnect`
 /// runs out. Ok(None): the session was closed meanwhile.
-fn resume(shared: &Shared, why: String) -> Result<Option<TcpStream>, String> {
+fn resume(shared: &Shared, why: String) -> Result<Option<Wire>, String> {
     let peer = shared.peer;
     {
         let mut book = shared.lock();
@@ -113,13 +115,12 @@ fn resume(shared: &Shared, why: String) -> Result<Option<TcpStream>, String> {
     }
 }
 
-fn connect(shared: &Shared, peer: SocketAddr, timeout: Duration) -> Result<(TcpStream, TcpStream), String> {
+fn connect(shared: &Shared, peer: SocketAddr, timeout: Duration) -> Result<(Wire, Wire), String> {
     let stream = TcpStream::connect_timeout(&peer, timeout.max(Duration::from_millis(1))).map_err(|e| e.to_string())?;
-    let reader = prepare(&stream, peer, &shared.config).map_err(|e| e.to_string())?;
-    Ok((stream, reader))
+    prepare(stream, peer, &shared.config).map_err(|e| e.to_string())
 }
 
-fn read_replies(shared: &Shared, stream: &mut TcpStream) -> Result<(), End> {
+fn read_replies(shared: &Shared, stream: &mut Wire) -> Result<(), End> {
     let peer = shared.peer;
     let hlen = shared.config.version.header_len();
     let mut head = [0u8; MAX_HEADER_LEN];
@@ -160,7 +161,7 @@ fn read_replies(shared: &Shared, stream: &mut TcpStream) -> Result<(), End> {
 /// peer that went silent with requests outstanding. `partial`: `buf` continues a
 /// reply already begun (its header is in, so its request is no longer counted as
 /// on the wire), which a silent peer must not leave hanging either.
-fn read_full(shared: &Shared, stream: &mut TcpStream, buf: &mut [u8], partial: bool) -> Result<(), Stop> {
+fn read_full(shared: &Shared, stream: &mut Wire, buf: &mut [u8], partial: bool) -> Result<(), Stop> {
     let mut got = 0;
     let mut last_byte = Instant::now();
     while got < buf.len() {
@@ -190,7 +191,7 @@ fn read_full(shared: &Shared, stream: &mut TcpStream, buf: &mut [u8], partial: b
 }
 
 /// Reads and drops `len` bytes (data for a request that no longer exists).
-fn discard(shared: &Shared, stream: &mut TcpStream, len: usize) -> Result<(), Stop> {
+fn discard(shared: &Shared, stream: &mut Wire, len: usize) -> Result<(), Stop> {
     let mut sink = [0u8; 16 * 1024];
     let mut left = len;
     while left > 0 {

@@ -12,6 +12,7 @@ mod server;
 mod server_admission;
 mod server_session;
 mod version;
+mod tls;
 pub mod wire;
 mod zero_copy;
 
@@ -21,4 +22,5 @@ pub use priority::PrioritySource;
 pub use server::{PageServer, PageServerConfig, ServeSummary, ServerCallback, ServerError, ServerEvent, ServerStopper};
 pub use server_session::SessionStats;
 pub use version::{classify, pagemap_writer_of, wire_version_of, PagemapWriter};
+pub use tls::{TlsClient, TlsFiles, TlsServer, TlsSetupError, DEFAULT_CACERT, DEFAULT_CACRL, DEFAULT_CERT, DEFAULT_KEY};
 pub use wire::{IovHeader, WireError, WireVersion};

@@ -27,6 +27,7 @@ use std::time::Duration;
 use super::lazy_index::LazyIndex;
 use super::server_admission::{Admission, SessionSlot};
 use super::server_session::{ServerSession, SessionStats};
+use super::tls::{server_handshake, TlsServer, Wire};
 use super::wire::WireVersion;
 use crate::images::Dump;
 
@@ -61,6 +62,9 @@ pub struct PageServerConfig {
     pub request_timeout: Duration,
     /// A client that reads nothing for this long is dropped.
     pub send_timeout: Duration,
+    /// `--tls`: each session starts with a TLS handshake (see `tls.rs`); a
+    /// client that fails it ends that session only.
+    pub tls: Option<Arc<TlsServer>>,
 }
 
 impl Default for PageServerConfig {
@@ -75,6 +79,7 @@ impl Default for PageServerConfig {
             max_sessions_per_peer: 32,
             request_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -238,7 +243,7 @@ impl PageServer {
             let job = SessionJob {
                 slot,
                 id: next_id,
-                stream,
+                stream: Some(stream),
                 peer,
                 index: self.index.clone(),
                 config: self.config.clone(),
@@ -289,7 +294,8 @@ fn wait_sessions(stop: &AtomicBool, mut threads: Vec<JoinHandle<()>>, live: &Mut
 struct SessionJob {
     slot: Arc<SessionSlot>,
     id: u64,
-    stream: TcpStream,
+    /// Taken when the session starts.
+    stream: Option<TcpStream>,
     peer: SocketAddr,
     index: Arc<LazyIndex>,
     config: PageServerConfig,
@@ -299,11 +305,21 @@ struct SessionJob {
 }
 
 impl SessionJob {
-    fn run(self) {
+    fn run(mut self) {
         (self.events)(ServerEvent::SessionStarted { peer: self.peer });
         let mut stats = SessionStats::default();
+        let Some(sock) = self.stream.take() else { return };
+        let stream = match &self.config.tls {
+            None => Ok(Wire::Plain(sock)),
+            // On this session's thread: a stalled handshake holds up no one else.
+            Some(tls) => server_handshake(sock, tls, self.peer),
+        };
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(error) => return self.end(stats, Some(error)),
+        };
         let mut session = ServerSession {
-            stream: self.stream,
+            stream,
             peer: self.peer,
             index: &self.index,
             version: self.config.version,
@@ -312,11 +328,18 @@ impl SessionJob {
             slot: &self.slot,
         };
         let mut error = session.run(&mut stats).err().map(|e| e.to_string());
+        if error.is_none() {
+            session.stream.close_notify();
+        }
         drop(session);
-        lock(&self.live).remove(self.id);
         if self.slot.evicted() {
             error = Some(format!("client {}: idle while every session slot was taken: closed to make room for a new client", self.peer));
         }
+        self.end(stats, error);
+    }
+
+    fn end(&self, stats: SessionStats, error: Option<String>) {
+        lock(&self.live).remove(self.id);
         self.totals.add(&stats, error.is_some());
         (self.events)(ServerEvent::SessionEnded { peer: self.peer, stats, error });
     }

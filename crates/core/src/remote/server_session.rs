@@ -4,14 +4,13 @@
 //! with no reply, which is what a real CRIU page server does too.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsFd;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::lazy_index::{Invalid, LazyIndex};
 use super::server_admission::SessionSlot;
 use super::wire::{IovHeader, WireVersion, MAX_HEADER_LEN, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_GET};
-use super::zero_copy::{send_file_range, send_header};
+use super::tls::Wire;
 use crate::images::PAGE_SIZE;
 
 /// What one session did, for logs and tests.
@@ -41,7 +40,7 @@ pub enum SessionError {
 }
 
 pub(crate) struct ServerSession<'a> {
-    pub stream: TcpStream,
+    pub stream: Wire,
     pub peer: SocketAddr,
     pub index: &'a LazyIndex,
     pub version: WireVersion,
@@ -87,11 +86,10 @@ impl ServerSession<'_> {
             .get_reply(span.pages)
             .encode(self.version)
             .map_err(|e| self.io("encoding the reply", io::Error::new(io::ErrorKind::InvalidData, e)))?;
-        let sock = self.stream.as_fd();
-        let what = |what: &str| format!("{what} for task {} at {:#x} (+{} pages)", header.dst_id, header.vaddr, span.pages);
-        send_header(sock, reply.as_slice()).map_err(|e| self.io(&what("sending the reply header"), e))?;
-        send_file_range(sock, span.file.as_fd(), span.offset, span.pages * PAGE_SIZE)
-            .map_err(|e| self.io(&format!("{} from {} at offset {:#x}", what("sending pages"), span.path.display(), span.offset), e))?;
+        let what = format!("sending pages for task {} at {:#x} (+{} pages)", header.dst_id, header.vaddr, span.pages);
+        self.stream
+            .send_reply(reply.as_slice(), span.file, span.offset, span.pages * PAGE_SIZE)
+            .map_err(|e| self.io(&format!("{what} from {} at offset {:#x}", span.path.display(), span.offset), e))?;
         stats.requests += 1;
         stats.pages += span.pages;
         if span.pages < header.nr_pages {
@@ -116,7 +114,7 @@ impl ServerSession<'_> {
                     let e = io::Error::new(io::ErrorKind::TimedOut, format!("{got} of {} bytes in {:?}", buf.len(), self.request_timeout));
                     break Err(self.io("reading a request header (too slow)", e));
                 }
-                if let Err(e) = self.stream.set_read_timeout(Some(left)) {
+                if let Err(e) = self.stream.socket().set_read_timeout(Some(left)) {
                     break Err(self.io("setting the request deadline", e));
                 }
             }
@@ -135,7 +133,7 @@ impl ServerSession<'_> {
         };
         // Only a header that came in pieces set a timeout; the next waits unbounded again.
         if deadline.is_some() {
-            if let Err(e) = self.stream.set_read_timeout(None) {
+            if let Err(e) = self.stream.socket().set_read_timeout(None) {
                 return Err(self.io("clearing the request deadline", e));
             }
         }

@@ -1,0 +1,257 @@
+//! `--tls` between our RemotePages and our PageServer over loopback, with a
+//! test PKI made by openssl (scripts/make-test-certs.sh): every byte compared
+//! with the images, several TLS sessions at once, the urgent connection, a
+//! reconnect; and each kind of bad peer failing with one line that names it,
+//! while the server keeps serving everyone else.
+
+mod remote_support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use lazy_pages_core::images::Dump;
+use lazy_pages_core::remote::{PageServerConfig, Priority, PrioritySource, RemoteConfig, RemotePages, TlsClient, TlsFiles, TlsServer, WireVersion};
+use remote_support::*;
+
+/// The test PKI, made once per test binary.
+fn pki() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make-test-certs.sh");
+        let out = std::process::Command::new("bash").arg(script).arg(dir.path()).output().unwrap();
+        assert!(out.status.success(), "make-test-certs.sh: {}", String::from_utf8_lossy(&out.stderr));
+        dir
+    })
+    .path()
+}
+
+fn files(name: &str) -> TlsFiles {
+    let p = |f: &str| Some(pki().join(f));
+    TlsFiles { cacert: p("ca.pem"), cacrl: p("crl.pem"), cert: p(&format!("{name}.pem")), key: p(&format!("{name}.key")), no_cn_verify: false }
+}
+
+fn server_tls(name: &str, address: Option<&str>) -> Arc<TlsServer> {
+    Arc::new(TlsServer::new(&files(name), address).unwrap())
+}
+
+fn client_tls(name: &str) -> Arc<TlsClient> {
+    Arc::new(TlsClient::new(&files(name), "127.0.0.1").unwrap())
+}
+
+fn cfg(keep_serving: bool, tls: Arc<TlsServer>) -> PageServerConfig {
+    PageServerConfig { address: "127.0.0.1".parse().unwrap(), keep_serving, tls: Some(tls), ..PageServerConfig::default() }
+}
+
+fn client_cfg(tls: Arc<TlsClient>) -> RemoteConfig {
+    RemoteConfig { tls: Some(tls), ..RemoteConfig::default() }
+}
+
+fn wait_until(mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < end, "timed out");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+const ALL_PAGES: u64 = 2 * (2000 + 3 + 5 + 1);
+
+#[test]
+fn every_lazy_page_arrives_intact_over_tls_in_both_layouts() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    for version in [WireVersion::V411, WireVersion::V42] {
+        let server = serve(&dump, PageServerConfig { version, ..cfg(false, server_tls("server", Some("127.0.0.1"))) });
+        let c = RemotePages::connect(&server.target(), RemoteConfig { version, ..client_cfg(client_tls("client")) }).unwrap();
+        for (chunk, priority) in [(1, Priority::Fault), (7, Priority::Background), (1024, Priority::Background)] {
+            assert_eq!(fetch_and_compare_all(&c, &dump, chunk, priority), ALL_PAGES, "{version:?} chunk {chunk}");
+        }
+        c.close().unwrap();
+        drop(c);
+        let summary = server.join().unwrap();
+        assert_eq!((summary.sessions, summary.failed_sessions), (1, 0), "{version:?}: {:?}", summary);
+    }
+}
+
+#[test]
+fn several_tls_sessions_at_once_with_keep_serving() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    let server = serve(&dump, cfg(true, server_tls("server", None)));
+    let t = server.target();
+    let tls = client_tls("client");
+    std::thread::scope(|scope| {
+        for i in 0..6u64 {
+            let (t, dump, tls) = (&t, &dump, tls.clone());
+            scope.spawn(move || {
+                let c = RemotePages::connect(t, client_cfg(tls)).unwrap();
+                assert_eq!(fetch_and_compare_all(&c, dump, 1 + i * 97, Priority::Background), ALL_PAGES);
+                c.close().unwrap();
+            });
+        }
+    });
+    wait_until(|| server.ended().len() == 6);
+    assert!(server.ended().iter().all(|(s, e)| e.is_none() && s.closed_by_request), "{:?}", server.ended());
+    let summary = server.stop().unwrap();
+    assert_eq!((summary.sessions, summary.failed_sessions), (6, 0));
+}
+
+#[test]
+fn urgent_connection_over_tls() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    let server = serve(&dump, cfg(false, server_tls("server", Some("127.0.0.1"))));
+    let source = PrioritySource::connect(&server.target(), RemoteConfig { urgent_connection: true, ..client_cfg(client_tls("client")) }).unwrap();
+    let mut scratch = Vec::new();
+    let pages = compare_all(&dump, 1, |pid, addr, len| loop {
+        use lazy_pages_core::engine::{PageData, PageSource};
+        match source.pages(pid, addr, len, &mut scratch).unwrap() {
+            PageData::Bytes(b) => break b.to_vec(),
+            PageData::Retry => std::thread::sleep(Duration::from_millis(1)),
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+    assert_eq!(pages, ALL_PAGES);
+    source.close().unwrap();
+    drop(source);
+    let summary = server.join().unwrap();
+    assert_eq!((summary.sessions, summary.failed_sessions), (2, 0), "a bulk and an urgent TLS session");
+}
+
+#[test]
+fn reconnect_over_tls_after_the_server_restarts_mid_transfer() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    let first = serve(&dump, cfg(true, server_tls("server", None)));
+    let port = first.addr.port();
+    let config = RemoteConfig { reconnect: Duration::from_secs(10), background_budget: 16 * 4096, ..client_cfg(client_tls("client")) };
+    let c = RemotePages::connect(&first.target(), config).unwrap();
+    std::thread::scope(|scope| {
+        let fetcher = scope.spawn(|| {
+            let mut pages = 0;
+            for (chunk, priority) in [(1, Priority::Fault), (7, Priority::Background), (300, Priority::Background)] {
+                pages += fetch_and_compare_all(&c, &dump, chunk, priority);
+            }
+            pages
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!fetcher.is_finished(), "the cut must come mid-transfer");
+        first.stop().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let second = serve(&dump, PageServerConfig { port, ..cfg(true, server_tls("server", None)) });
+        assert_eq!(fetcher.join().unwrap(), 3 * ALL_PAGES);
+        c.close().unwrap();
+        wait_until(|| second.ended().iter().any(|(s, e)| s.closed_by_request && e.is_none()));
+    });
+}
+
+/// A TLS client `name` against a TLS server: the client's error (the server
+/// is checked to have served a good client after the bad one).
+fn bad_client(name: &str, server: &Running) -> String {
+    match RemotePages::connect(&server.target(), client_cfg(client_tls(name))) {
+        Ok(c) => fetch(&c, 1, 0x20000, 4096, Priority::Fault).map(|_| ()).unwrap_err().to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_still_serving(server: &Running, dump: &Dump) {
+    let c = RemotePages::connect(&server.target(), client_cfg(client_tls("client"))).unwrap();
+    assert_eq!(fetch_and_compare_all(&c, dump, 64, Priority::Background), ALL_PAGES);
+    c.close().unwrap();
+}
+
+fn server_error_for(server: &Running, needle: &str) -> String {
+    let has = |e: &String| e.to_lowercase().contains(needle);
+    wait_until(|| server.ended().iter().any(|(_, e)| e.as_ref().is_some_and(has)));
+    server.ended().into_iter().filter_map(|(_, e)| e).find(has).unwrap()
+}
+
+#[test]
+fn bad_client_certificates_fail_that_session_only() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    let server = serve(&dump, cfg(true, server_tls("server", Some("127.0.0.1"))));
+    // (client certificate, what the server's line says)
+    for (name, why) in [("stranger", "unknownissuer"), ("expired", "expired"), ("revoked", "revoked"), ("wrongname", "not valid for name \"127.0.0.1\"")] {
+        let err = bad_client(name, &server);
+        assert!(err.contains("page server 127.0.0.1:") && !err.contains('\n'), "{name}: {err}");
+        let line = server_error_for(&server, why);
+        assert!(line.starts_with("client 127.0.0.1:") && !line.contains('\n'), "{name}: {line}");
+        assert_still_serving(&server, &dump);
+    }
+    let summary = server.stop().unwrap();
+    assert_eq!((summary.sessions, summary.failed_sessions), (8, 4));
+}
+
+#[test]
+fn bad_server_certificates_are_refused_by_the_client() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    for (name, why) in [("stranger", "unknownissuer"), ("expired", "expired"), ("revoked", "revoked"), ("wrongname", "not valid for name \"127.0.0.1\"")] {
+        let server = serve(&dump, cfg(true, server_tls(name, None)));
+        let err = RemotePages::connect(&server.target(), client_cfg(client_tls("client"))).err().expect(name).to_string();
+        assert!(err.starts_with(&format!("page server {}: TLS handshake failed", server.target())), "{name}: {err}");
+        assert!(err.to_lowercase().contains(why) && !err.contains('\n'), "{name}: {err}");
+        // The server saw our alert and dropped that session.
+        wait_until(|| server.ended().iter().any(|(_, e)| e.is_some()));
+    }
+    // --tls-no-cn-verify accepts the wrong name (and nothing else).
+    let server = serve(&dump, cfg(false, server_tls("wrongname", None)));
+    let tls = Arc::new(TlsClient::new(&TlsFiles { no_cn_verify: true, ..files("client") }, "127.0.0.1").unwrap());
+    let c = RemotePages::connect(&server.target(), client_cfg(tls)).unwrap();
+    assert_eq!(fetch_and_compare_all(&c, &dump, 256, Priority::Background), ALL_PAGES);
+    c.close().unwrap();
+}
+
+#[test]
+fn plaintext_against_tls_fails_both_ways_with_one_line() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    // A plaintext client against a TLS server: the server drops it, serves on.
+    let server = serve(&dump, cfg(true, server_tls("server", None)));
+    let plain = RemotePages::connect(&server.target(), RemoteConfig::default()).unwrap();
+    let err = fetch(&plain, 1, 0x20000, 4096, Priority::Fault).unwrap_err().to_string();
+    assert!(err.contains("page server 127.0.0.1:"), "{err}");
+    let line = server_error_for(&server, "tls handshake failed");
+    assert!(line.contains("not speaking TLS") && !line.contains('\n'), "{line}");
+    assert_still_serving(&server, &dump);
+    drop(server);
+    // A TLS client against a plaintext server.
+    let server = serve(&dump, PageServerConfig { keep_serving: true, tls: None, ..cfg(true, server_tls("server", None)) });
+    let err = RemotePages::connect(&server.target(), client_cfg(client_tls("client"))).err().unwrap().to_string();
+    assert!(err.starts_with(&format!("page server {}: TLS handshake failed", server.target())) && !err.contains('\n'), "{err}");
+}
+
+#[test]
+fn a_stalled_handshake_times_out_on_either_end() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    // A "server" that accepts and says nothing.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let mut tls = TlsClient::new(&files("client"), "127.0.0.1").unwrap();
+    tls.handshake_timeout = Duration::from_millis(500);
+    let started = Instant::now();
+    let err = RemotePages::connect(&addr.to_string(), client_cfg(Arc::new(tls))).err().unwrap().to_string();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(err.starts_with(&format!("page server {addr}: TLS handshake failed: no handshake within")), "{err}");
+    drop(held.join());
+    // A "client" that connects and says nothing: that session ends, others go on.
+    let mut stls = TlsServer::new(&files("server"), None).unwrap();
+    stls.handshake_timeout = Duration::from_millis(500);
+    let server = serve(&dump, cfg(true, Arc::new(stls)));
+    let mut silent = TcpStream::connect(server.target()).unwrap();
+    assert_still_serving(&server, &dump);
+    let line = server_error_for(&server, "no handshake within");
+    assert!(line.starts_with("client 127.0.0.1:"), "{line}");
+    // The server closed on it.
+    silent.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = silent.write_all(b"x");
+    let mut buf = [0u8; 1];
+    assert!(matches!(silent.read(&mut buf), Ok(0) | Err(_)));
+}
