@@ -52,16 +52,22 @@ pub fn read_image(
         Err(e) if super::open::is_missing(&e) => return Ok(None),
         Err(e) => return Err(e),
     };
+    parse_image(path, data, type_magic, head).map(Some)
+}
+
+/// The bytes of an image file (named `path` in errors), magic words checked. Never
+/// panics, whatever the bytes (fuzzed: crates/fuzz).
+pub fn parse_image(path: &Path, data: Vec<u8>, type_magic: u32, head: HeadMagic) -> Result<ImageFile, ImageError> {
     let mut pos = 0usize;
     if head == HeadMagic::Present {
         check_magic(path, &data, &mut pos, HEAD_MAGIC, "head")?;
     }
     check_magic(path, &data, &mut pos, type_magic, "type")?;
-    Ok(Some(ImageFile {
+    Ok(ImageFile {
         path: path.to_path_buf(),
         data,
         body_start: pos,
-    }))
+    })
 }
 
 /// Like [`read_image`], but a missing file is an error naming it.

@@ -28,7 +28,7 @@ pub use inventory::{Inventory, INVENTORY_FILE};
 pub use memory::{LazyExtent, TaskMemory, TaskSummary};
 pub use mm::{mm_file_name, Vma};
 pub use pagemap::{
-    pagemap_file_name, pages_file_name, PageRun, Pagemap, PE_LAZY, PE_PARENT, PE_PRESENT,
+    pagemap_file_name, pages_file_name, parse_pagemap, PageRun, Pagemap, PE_LAZY, PE_PARENT, PE_PRESENT,
 };
 pub use pstree::{core_file_name, Task, TaskState, PSTREE_FILE};
 

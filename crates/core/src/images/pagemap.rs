@@ -102,12 +102,14 @@ pub fn pages_file_name(pages_id: u32) -> String {
 pub fn read_pagemap(dir: &Path, pid: u32, head: HeadMagic) -> Result<Option<Pagemap>, ImageError> {
     let path = dir.join(pagemap_file_name(pid));
     match read_image(&path, PAGEMAP_MAGIC, head)? {
-        Some(file) => parse(&file).map(Some),
+        Some(file) => parse_pagemap(&file).map(Some),
         None => Ok(None),
     }
 }
 
-fn parse(file: &ImageFile) -> Result<Pagemap, ImageError> {
+/// The runs of a pagemap image: each entry checked, sorted, non-overlapping, with
+/// pages-file offsets assigned. Never panics, whatever the bytes (fuzzed: crates/fuzz).
+pub fn parse_pagemap(file: &ImageFile) -> Result<Pagemap, ImageError> {
     let path = file.path();
     let mut entries = file.entries();
     let head_entry = entries
