@@ -84,6 +84,27 @@ impl TaskMemory {
         out
     }
 
+    /// Like `pages_slice`, but read with pread into `buf` (whose length gives the span):
+    /// false when the span does not lie in one data-carrying run of one level, or on a
+    /// read error (the caller then falls back to the mapping, which reports it).
+    pub fn read_run(&self, vaddr: u64, buf: &mut [u8]) -> bool {
+        let mut limit = u64::MAX;
+        for level in &self.levels {
+            let Some(run) = level.pagemap.run_at(vaddr) else { return false };
+            limit = limit.min(run.end());
+            if run.is_parent() {
+                continue;
+            }
+            let Some(base) = run.data_offset else { return false };
+            let fits = vaddr.checked_add(buf.len() as u64).is_some_and(|end| end <= limit);
+            return match vaddr.checked_sub(run.vaddr).and_then(|d| base.checked_add(d)) {
+                Some(off) if fits => level.pages.read_at(off, buf).is_ok(),
+                _ => false,
+            };
+        }
+        false
+    }
+
     /// Zero-copy: the bytes of [vaddr, vaddr+pages*4096) if they lie in ONE
     /// data-carrying run of one level (following PE_PARENT); None otherwise.
     pub fn pages_slice(&self, vaddr: u64, pages: u64) -> Option<&[u8]> {

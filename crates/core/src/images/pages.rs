@@ -1,6 +1,7 @@
-//! pages-<id>.img: raw page bytes, mapped read-only so faults are served
-//! straight from the page cache without a copy into our own buffers.
+//! pages-<id>.img: raw page bytes, mapped read-only (for lookups and gathering),
+//! and readable with pread (the fill path: `local_pages.rs` says why).
 
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,8 @@ pub struct PagesFile {
     pub path: PathBuf,
     /// None when no byte is needed or the file is empty (mmap of 0 bytes fails).
     map: Option<Mmap>,
+    /// The same file, for `read_at` (reading without mapping).
+    file: Option<File>,
 }
 
 impl PagesFile {
@@ -23,7 +26,7 @@ impl PagesFile {
         let path = dir.join(pagemap.pages_file_name());
         let needed = pagemap.present_bytes();
         if needed == 0 {
-            return Ok(PagesFile { path, map: None });
+            return Ok(PagesFile { path, map: None, file: None });
         }
         let file = super::open::open_regular(&path, "pages file").map_err(|e| match e.io_kind {
             Some(io::ErrorKind::NotFound) => ImageError {
@@ -55,7 +58,17 @@ impl PagesFile {
         Ok(PagesFile {
             path,
             map: Some(map),
+            file: Some(file),
         })
+    }
+
+    /// Reads `buf.len()` bytes at `offset` with pread, without touching the mapping.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        match &self.file {
+            Some(f) => f.read_exact_at(buf, offset),
+            None => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "no pages file")),
+        }
     }
 
     /// `len` bytes at `offset`, or None if out of the file.
