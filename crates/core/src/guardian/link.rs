@@ -118,6 +118,10 @@ impl GuardianLink {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // Its one line goes to our stderr when there is no log file: Node opens
+                // fd 2 close-on-exec, and Stdio::inherit() leaves it so, which would hand
+                // the guardian /dev/null (Rust's start-up fills a closed fd 2 with it).
+                libc::fcntl(2, libc::F_SETFD, 0);
                 // The guardian finds its daemon on fd 3 (dup2 clears close-on-exec).
                 if fd == 3 {
                     libc::fcntl(3, libc::F_SETFD, 0);
