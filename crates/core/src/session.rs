@@ -2,6 +2,7 @@
 //! engine -> done. Runs on a thread of the caller's choosing (the binding uses a
 //! native thread, never the JS one); policy talks to it through `SessionHandle`.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::collections::HashSet;
@@ -319,7 +320,7 @@ impl Session {
                 let conn = self.accept(config, handle, events)?;
                 let peer = conn.peer();
                 events(SessionEvent::Connected { peer_pid: peer.pid, peer_uid: peer.uid });
-                self.record(events, |g| g.restore_peer(peer.pid));
+                self.record(events, |g| g.restore_peer(peer.pid, conn.as_fd()));
                 Some(conn)
             }
         };

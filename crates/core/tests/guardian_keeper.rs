@@ -4,6 +4,7 @@
 
 mod engine_support;
 
+use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
@@ -111,7 +112,10 @@ fn a_resuming_daemon_gets_every_uffd_back_with_the_events_applied_and_a_second_i
         wire::send_msg(daemon.as_fd(), &Msg::Event { id: 5, event }).unwrap();
         event.apply(&mut ranges);
     }
-    wire::send_msg(daemon.as_fd(), &Msg::RestorePeer { pid: 4242 }).unwrap();
+    // criu restore's connection: the keeper holds a copy of our end until the restore finished.
+    let (ours, criu) = std::os::unix::net::UnixStream::pair().unwrap();
+    wire::send_restore_peer(daemon.as_fd(), 4242, ours.as_fd()).unwrap();
+    drop(ours);
     drop(daemon);
 
     // The keeper notices the death on its own time; until then it answers busy.
@@ -128,6 +132,9 @@ fn a_resuming_daemon_gets_every_uffd_back_with_the_events_applied_and_a_second_i
     assert_eq!((task.id, task.pid, task.parent), (0, 77, None), "renumbered from 0; its parent is gone");
     assert_eq!(task.ranges, ranges);
 
+    // With the daemon dead, criu's RESTORE_FINISHED still finds the socket open (no EPIPE,
+    // which would make criu kill the tree it restored).
+    (&criu).write_all(&1u32.to_le_bytes()).expect("criu's end of its connection stays writable");
     match GuardianLink::find(dir) {
         Err(GuardianError::Busy { daemon, .. }) => assert_eq!(daemon, std::process::id() as i32),
         other => panic!("a second daemon must be turned away, got {other:?}"),

@@ -54,6 +54,10 @@ struct Keeper {
     tasks: Vec<Held>,
     restore_finished: bool,
     restore_peer: i32,
+    /// Our copy of the daemon's end of criu restore's connection, until the restore
+    /// finished: criu's RESTORE_FINISHED must not meet a closed socket (EPIPE: criu
+    /// kills the restored tree) when the daemon dies before it.
+    restore_conn: Option<OwnedFd>,
     daemon: Option<(OwnedFd, i32)>,
     /// The last daemon that went away without `Quit`.
     lost: i32,
@@ -68,6 +72,7 @@ pub fn run(first: OwnedFd, config: KeeperConfig) -> i32 {
         tasks: Vec::new(),
         restore_finished: false,
         restore_peer: 0,
+        restore_conn: None,
         daemon: None,
         lost: 0,
         orphaned_at: None,
@@ -219,8 +224,14 @@ impl Keeper {
                 }
             }
             Msg::TaskDone { id } => self.tasks.retain(|t| t.id != id),
-            Msg::RestorePeer { pid } => self.restore_peer = pid,
-            Msg::RestoreFinished => self.restore_finished = true,
+            Msg::RestorePeer { pid, conn } => {
+                self.restore_peer = pid;
+                self.restore_conn = conn;
+            }
+            Msg::RestoreFinished => {
+                self.restore_finished = true;
+                self.restore_conn = None;
+            }
             Msg::Quit => return Some(0),
             Msg::Abandon => {
                 self.poison_and_say(&format!("daemon pid {pid} could not resume (its page source is gone)"));

@@ -151,9 +151,13 @@ impl GuardianLink {
         &self.path
     }
 
-    /// criu restore's pid: a resumed daemon waits for it before filling.
-    pub fn restore_peer(&self, pid: i32) -> Result<(), String> {
-        self.send(&Msg::RestorePeer { pid })
+    /// criu restore's pid (a resumed daemon waits for it before filling) and our end of
+    /// its connection: the guardian holds a copy until the restore finished, so that
+    /// criu's RESTORE_FINISHED still finds the socket open if this daemon dies first
+    /// (else criu's send fails with EPIPE and criu kills the tree it just restored,
+    /// and no resume is possible).
+    pub fn restore_peer(&self, pid: i32, conn: BorrowedFd<'_>) -> Result<(), String> {
+        self.check(|| wire::send_restore_peer(self.sock.as_fd(), pid, conn))
     }
 
     pub fn restore_finished(&self) -> Result<(), String> {

@@ -34,7 +34,9 @@ pub enum Msg {
     EndOfState,
     Event { id: u32, event: SpaceEvent },
     TaskDone { id: u32 },
-    RestorePeer { pid: i32 },
+    /// criu restore's pid and, when received, a copy of the daemon's end of its
+    /// connection (always sent with one, by `send_restore_peer`).
+    RestorePeer { pid: i32, conn: Option<OwnedFd> },
     RestoreFinished,
     Quit,
     Abandon,
@@ -60,7 +62,14 @@ pub fn send_task(sock: BorrowedFd<'_>, id: u32, pid: u32, parent: u32, uffd: Bor
     Ok(())
 }
 
-/// Sends any message but `Task` (use `send_task`).
+/// Sends `RestorePeer` with a copy of our end of criu restore's connection.
+pub fn send_restore_peer(sock: BorrowedFd<'_>, pid: i32, conn: BorrowedFd<'_>) -> nix::Result<()> {
+    let mut buf = vec![b'P'];
+    put32(&mut buf, pid as u32);
+    send(sock, &buf, Some(conn.as_raw_fd()))
+}
+
+/// Sends any message but `Task` and `RestorePeer` (use `send_task`, `send_restore_peer`).
 pub fn send_msg(sock: BorrowedFd<'_>, msg: &Msg) -> nix::Result<()> {
     let mut buf = Vec::with_capacity(32);
     match msg {
@@ -100,10 +109,7 @@ pub fn send_msg(sock: BorrowedFd<'_>, msg: &Msg) -> nix::Result<()> {
             buf.push(b'D');
             put32(&mut buf, *id);
         }
-        Msg::RestorePeer { pid } => {
-            buf.push(b'P');
-            put32(&mut buf, *pid as u32);
-        }
+        Msg::RestorePeer { .. } => return Err(Errno::EINVAL),
         Msg::RestoreFinished => buf.push(b'F'),
         Msg::Quit => buf.push(b'Q'),
         Msg::Abandon => buf.push(b'A'),
@@ -176,13 +182,18 @@ fn decode(b: &[u8], mut fds: Vec<OwnedFd>) -> Option<Msg> {
             Msg::Event { id, event }
         }
         b'D' => Msg::TaskDone { id: r.u32()? },
-        b'P' => Msg::RestorePeer { pid: r.u32()? as i32 },
+        b'P' => {
+            if fds.len() != 1 {
+                return None;
+            }
+            Msg::RestorePeer { pid: r.u32()? as i32, conn: fds.pop() }
+        }
         b'F' => Msg::RestoreFinished,
         b'Q' => Msg::Quit,
         b'A' => Msg::Abandon,
         _ => return None,
     };
-    // Only `Task` carries a descriptor; stray ones are closed as `fds` drops.
+    // Only `Task` and `RestorePeer` carry a descriptor; stray ones are closed as `fds` drops.
     (r.at == b.len()).then_some(msg)
 }
 
