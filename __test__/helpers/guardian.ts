@@ -116,26 +116,53 @@ export function socketHolders(path: string): number[] {
   return pids
 }
 
+/**
+ * The guardians of `cmd`'s work dir: processes holding its socket, or started as
+ * `lazy-pages-guardian --socket <that path>` (a socket bound through /proc/self/fd/N, for
+ * a path too long for sockaddr_un, does not show its path in /proc/net/unix).
+ */
+export function guardianPids(cmd: DaemonCommand): number[] {
+  const pids = new Set(socketHolders(cmd.guardianSocket))
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue
+    try {
+      const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0')
+      const at = argv.indexOf('--socket')
+      if (/lazy-pages-guardian$/.test(argv[0]) && at > 0 && argv[at + 1] === cmd.guardianSocket) pids.add(Number(p))
+    } catch {
+      /* gone */
+    }
+  }
+  // A zombie (exited, not yet reaped by init) is gone for our purposes.
+  return [...pids].filter((pid) => {
+    try {
+      return !/^\d+ \(.*\) [ZX] /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'))
+    } catch {
+      return false
+    }
+  })
+}
+
 /** The guardian serving `cmd`'s work dir, once it is up. */
 export async function guardianOf(cmd: DaemonCommand, timeoutMs = 10_000): Promise<number> {
   return waitFor(
-    `a guardian holding ${cmd.guardianSocket}`,
+    `a guardian for ${cmd.guardianSocket}`,
     () => {
-      const pids = socketHolders(cmd.guardianSocket)
+      const pids = guardianPids(cmd)
       return pids.length === 1 ? pids[0] : undefined
     },
     timeoutMs,
   )
 }
 
-/** Wait until no process holds the guardian socket any more. */
+/** Wait until the guardian has exited. */
 export async function guardianGone(cmd: DaemonCommand, timeoutMs = 10_000): Promise<void> {
-  await waitFor(`the guardian of ${cmd.images} to exit`, () => socketHolders(cmd.guardianSocket).length === 0, timeoutMs)
+  await waitFor(`the guardian of ${cmd.images} to exit`, () => guardianPids(cmd).length === 0, timeoutMs)
 }
 
 /** Clean-up: SIGKILL whatever still holds this command's guardian socket (only ours: the path is in our scratch dir). */
 export function killGuardian(cmd: DaemonCommand): void {
-  for (const pid of socketHolders(cmd.guardianSocket)) {
+  for (const pid of guardianPids(cmd)) {
     try {
       process.kill(pid, 'SIGKILL')
     } catch {
