@@ -320,7 +320,6 @@ impl Session {
                 let conn = self.accept(config, handle, events)?;
                 let peer = conn.peer();
                 events(SessionEvent::Connected { peer_pid: peer.pid, peer_uid: peer.uid });
-                self.record(events, |g| g.restore_peer(peer.pid, conn.as_fd()));
                 Some(conn)
             }
         };
@@ -488,6 +487,14 @@ impl Session {
                 }
             }
         }
+        // Only now, with every uffd in: if we die before RESTORE_FINISHED, the guardian's
+        // copy of the connection lets criu's marker through, and criu resumes the tree
+        // for a successor to serve. Had it been there from the start, a death
+        // mid-handshake would let criu send the remaining uffds into a socket nobody
+        // reads: those tasks would run and zero-fill once the guardian let go. Without
+        // it criu's next send fails, and criu kills the tree it restored: loud.
+        let peer = conn.peer();
+        self.record(events, |g| g.restore_peer(peer.pid, conn.as_fd()));
         loop {
             handle.check_abort()?;
             self.check_source()?;
