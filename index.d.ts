@@ -237,6 +237,8 @@ export interface ResumeInfo {
   /** The daemon that died (0: unknown). */
   lostDaemon: number
   tasks: number
+  /** Tasks the dead daemon had already finished (every page in, or exited). */
+  doneTasks: number
 }
 
 /**

@@ -12,7 +12,7 @@ export interface Summary {
   droppedFaultEvents: number
   reconciles: boolean
   /** Set when this daemon took the restore over from a guardian whose daemon died. */
-  resumed?: { guardianPid: number; lostDaemon: number; tasks: number }
+  resumed?: { guardianPid: number; lostDaemon: number; tasks: number; doneTasks: number }
 }
 
 export function buildSummary(imagesDir: string, stats: DaemonStats, tracker: TaskTracker, resumed?: Summary['resumed']): Summary {
@@ -56,7 +56,8 @@ export function formatSummary(s: Summary): string[] {
   const rate = s.elapsedMs > 0 ? ((s.total.faulted + s.total.background) * 4096) / 1e9 / (s.elapsedMs / 1000) : 0
   if (s.resumed) {
     lines.push(
-      `resumed: took over ${s.resumed.tasks} tasks from guardian pid ${s.resumed.guardianPid} after daemon pid ${s.resumed.lostDaemon} died; ` +
+      `resumed: took over ${s.resumed.tasks} tasks from guardian pid ${s.resumed.guardianPid} after daemon pid ${s.resumed.lostDaemon} died` +
+        `${s.resumed.doneTasks ? ` (${s.resumed.doneTasks} more had every page already: not counted below)` : ''}; ` +
         `the ${s.total.exists} pages it had already copied count as already present`,
     )
   }

@@ -46,6 +46,7 @@ export interface Stats {
   zombies: number[]
   total: { tasks: number; lazy: number; faulted: number; background: number; prefetched: number; dropped: number; exists: number; exited: number }
   reconciles: boolean
+  resumed?: { guardianPid: number; lostDaemon: number; tasks: number; doneTasks: number }
 }
 
 export function readStats(images: string): Stats {

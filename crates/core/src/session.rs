@@ -267,10 +267,11 @@ impl Session {
         })
     }
 
-    /// Resuming from a guardian: (its pid, the daemon that died, tasks handed back).
-    pub fn resuming(&self) -> Option<(u32, i32, usize)> {
+    /// Resuming from a guardian: (its pid, the daemon that died, tasks handed back,
+    /// tasks the dead daemon had finished).
+    pub fn resuming(&self) -> Option<(u32, i32, usize, u32)> {
         match &self.start {
-            Start::Resume(state) => Some((state.guardian_pid, state.lost_daemon, state.tasks.len())),
+            Start::Resume(state) => Some((state.guardian_pid, state.lost_daemon, state.tasks.len(), state.done_tasks)),
             Start::Listen(_) => None,
         }
     }
@@ -307,7 +308,14 @@ impl Session {
         let resumed = match &mut self.start {
             Start::Resume(state) => Some(std::mem::replace(
                 state,
-                GuardianState { guardian_pid: state.guardian_pid, restore_finished: false, restore_peer: 0, lost_daemon: 0, tasks: Vec::new() },
+                GuardianState {
+                    guardian_pid: state.guardian_pid,
+                    restore_finished: false,
+                    restore_peer: 0,
+                    lost_daemon: 0,
+                    tasks: Vec::new(),
+                    done_tasks: 0,
+                },
             )),
             Start::Listen(_) => None,
         };

@@ -127,7 +127,7 @@ fn a_resuming_daemon_gets_every_uffd_back_with_the_events_applied_and_a_second_i
         }
     };
     assert_eq!((state.restore_finished, state.restore_peer, state.lost_daemon), (false, 4242, std::process::id() as i32));
-    assert_eq!(state.tasks.len(), 1, "the retired task was let go");
+    assert_eq!((state.tasks.len(), state.done_tasks), (1, 1), "the retired task was let go, and counted");
     let task = &state.tasks[0];
     assert_eq!((task.id, task.pid, task.parent), (0, 77, None), "renumbered from 0; its parent is gone");
     assert_eq!(task.ranges, ranges);

@@ -67,6 +67,8 @@ pub struct ResumeInfo {
     /// The daemon that died (0: unknown).
     pub lost_daemon: i32,
     pub tasks: u32,
+    /// Tasks the dead daemon had already finished (every page in, or exited).
+    pub done_tasks: u32,
 }
 
 /// One dump task's working set: `pages[i]` pages from run-time address `addrs[i]`,
@@ -351,7 +353,9 @@ impl Task for Prepare {
         };
         Ok(LazyDaemon {
             socket: session.socket_path().map(|p| p.display().to_string()),
-            resumed: session.resuming().map(|(guardian_pid, lost_daemon, tasks)| ResumeInfo { guardian_pid, lost_daemon, tasks: tasks as u32 }),
+            resumed: session
+                .resuming()
+                .map(|(guardian_pid, lost_daemon, tasks, done_tasks)| ResumeInfo { guardian_pid, lost_daemon, tasks: tasks as u32, done_tasks }),
             guardian_pid: session.guardian_pid(),
             tasks: session.dump().tasks.len() as u32,
             session: Mutex::new(Some(session)),
@@ -382,7 +386,7 @@ impl LazyDaemon {
     /// Set when this daemon resumes the restore of one that died.
     #[napi(getter)]
     pub fn resumed(&self) -> Option<ResumeInfo> {
-        self.resumed.as_ref().map(|r| ResumeInfo { guardian_pid: r.guardian_pid, lost_daemon: r.lost_daemon, tasks: r.tasks })
+        self.resumed.as_ref().map(|r| ResumeInfo { guardian_pid: r.guardian_pid, lost_daemon: r.lost_daemon, tasks: r.tasks, done_tasks: r.done_tasks })
     }
 
     /// The guardian holding this restore's uffds (null without one).

@@ -54,6 +54,8 @@ struct Keeper {
     tasks: Vec<Held>,
     restore_finished: bool,
     restore_peer: i32,
+    /// Tasks that had every page (or exited) while a daemon served them.
+    done_tasks: u32,
     /// Our copy of the daemon's end of criu restore's connection, until the restore
     /// finished: criu's RESTORE_FINISHED must not meet a closed socket (EPIPE: criu
     /// kills the restored tree) when the daemon dies before it.
@@ -72,6 +74,7 @@ pub fn run(first: OwnedFd, config: KeeperConfig) -> i32 {
         tasks: Vec::new(),
         restore_finished: false,
         restore_peer: 0,
+        done_tasks: 0,
         restore_conn: None,
         daemon: None,
         lost: 0,
@@ -178,6 +181,7 @@ impl Keeper {
             restore_peer: self.restore_peer,
             lost_daemon: self.lost,
             tasks: self.tasks.len() as u32,
+            done_tasks: self.done_tasks,
         };
         wire::send_msg(sock.as_fd(), &hello)?;
         for t in &self.tasks {
@@ -223,7 +227,11 @@ impl Keeper {
                     event.apply(&mut t.ranges);
                 }
             }
-            Msg::TaskDone { id } => self.tasks.retain(|t| t.id != id),
+            Msg::TaskDone { id } => {
+                let before = self.tasks.len();
+                self.tasks.retain(|t| t.id != id);
+                self.done_tasks += (before - self.tasks.len()) as u32;
+            }
             Msg::RestorePeer { pid, conn } => {
                 self.restore_peer = pid;
                 self.restore_conn = conn;

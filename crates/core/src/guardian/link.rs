@@ -60,6 +60,8 @@ pub struct GuardianState {
     /// The daemon that died (0: none).
     pub lost_daemon: i32,
     pub tasks: Vec<ResumedTask>,
+    /// Tasks that already had every page (or exited) when the daemon died.
+    pub done_tasks: u32,
 }
 
 /// The daemon's connection to its guardian; the engine's journal.
@@ -230,9 +232,9 @@ fn greeting(sock: BorrowedFd<'_>) -> Result<GuardianState, Greeting> {
             Err(e) => Err(Greeting::Bad(e.to_string())),
         }
     };
-    let (guardian_pid, restore_finished, restore_peer, lost_daemon) = match next()? {
-        Msg::Hello { guardian_pid, restore_finished, restore_peer, lost_daemon, .. } => {
-            (guardian_pid, restore_finished, restore_peer, lost_daemon)
+    let (guardian_pid, restore_finished, restore_peer, lost_daemon, done_tasks) = match next()? {
+        Msg::Hello { guardian_pid, restore_finished, restore_peer, lost_daemon, done_tasks, .. } => {
+            (guardian_pid, restore_finished, restore_peer, lost_daemon, done_tasks)
         }
         Msg::Busy { daemon_pid } => return Err(Greeting::Busy(daemon_pid)),
         other => return Err(Greeting::Bad(format!("unexpected greeting {other:?}"))),
@@ -257,5 +259,5 @@ fn greeting(sock: BorrowedFd<'_>) -> Result<GuardianState, Greeting> {
             other => return Err(Greeting::Bad(format!("unexpected message {other:?}"))),
         }
     }
-    Ok(GuardianState { guardian_pid, restore_finished, restore_peer, lost_daemon, tasks })
+    Ok(GuardianState { guardian_pid, restore_finished, restore_peer, lost_daemon, tasks, done_tasks })
 }

@@ -26,7 +26,8 @@ pub const NO_PARENT: u32 = u32::MAX;
 
 #[derive(Debug)]
 pub enum Msg {
-    Hello { guardian_pid: u32, restore_finished: bool, restore_peer: i32, lost_daemon: i32, tasks: u32 },
+    /// `done_tasks`: tasks that had every page (or exited) before this hand-over.
+    Hello { guardian_pid: u32, restore_finished: bool, restore_peer: i32, lost_daemon: i32, tasks: u32, done_tasks: u32 },
     Busy { daemon_pid: i32 },
     /// `id` is the engine's task id; `fd` is set when received (always sent with one).
     Task { id: u32, pid: u32, parent: u32, ranges: Vec<LazyRange>, fd: Option<OwnedFd> },
@@ -73,13 +74,14 @@ pub fn send_restore_peer(sock: BorrowedFd<'_>, pid: i32, conn: BorrowedFd<'_>) -
 pub fn send_msg(sock: BorrowedFd<'_>, msg: &Msg) -> nix::Result<()> {
     let mut buf = Vec::with_capacity(32);
     match msg {
-        Msg::Hello { guardian_pid, restore_finished, restore_peer, lost_daemon, tasks } => {
+        Msg::Hello { guardian_pid, restore_finished, restore_peer, lost_daemon, tasks, done_tasks } => {
             buf.push(b'H');
             put32(&mut buf, *guardian_pid);
             buf.push(u8::from(*restore_finished));
             put32(&mut buf, *restore_peer as u32);
             put32(&mut buf, *lost_daemon as u32);
             put32(&mut buf, *tasks);
+            put32(&mut buf, *done_tasks);
         }
         Msg::Busy { daemon_pid } => {
             buf.push(b'B');
@@ -159,6 +161,7 @@ fn decode(b: &[u8], mut fds: Vec<OwnedFd>) -> Option<Msg> {
             restore_peer: r.u32()? as i32,
             lost_daemon: r.u32()? as i32,
             tasks: r.u32()?,
+            done_tasks: r.u32()?,
         },
         b'B' => Msg::Busy { daemon_pid: r.u32()? as i32 },
         b'T' => {
