@@ -30,10 +30,11 @@ export class ShapedLink {
   readonly addrA = '10.78.0.1'
   readonly addrB = '10.78.0.2'
 
+  /** `rateGbit` 0: no shaping (the veth's own speed). */
   private constructor(readonly rateGbit: number) {}
 
   get shaping(): string[] {
-    return tbfShaping(this.rateGbit)
+    return this.rateGbit ? tbfShaping(this.rateGbit) : []
   }
 
   /** Both namespaces, or none: a failed setup deletes what it made before throwing. */
@@ -46,7 +47,7 @@ export class ShapedLink {
       await ip(['-n', l.a, 'addr', 'add', `${l.addrA}/24`, 'dev', 'vA'])
       await ip(['-n', l.b, 'addr', 'add', `${l.addrB}/24`, 'dev', 'vB'])
       for (const [ns, dev] of [[l.a, 'vA'], [l.b, 'vB'], [l.a, 'lo'], [l.b, 'lo']]) await ip(['-n', ns, 'link', 'set', dev, 'up'])
-      await ip(['netns', 'exec', l.a, 'tc', 'qdisc', 'add', 'dev', 'vA', 'root', 'tbf', ...l.shaping])
+      if (rateGbit) await ip(['netns', 'exec', l.a, 'tc', 'qdisc', 'add', 'dev', 'vA', 'root', 'tbf', ...l.shaping])
     } catch (e) {
       await l.delete()
       throw e

@@ -17,8 +17,8 @@ export class PageServer {
     this.exit = new Promise((resolve) => child.on('close', (code) => resolve(code)))
   }
 
-  static async start(prefix: string[], images: string, address: string): Promise<PageServer> {
-    const argv = [...prefix, process.execPath, CLI, 'page-server', '-D', images, '--address', address, '--port', '0', '--keep-serving']
+  static async start(prefix: string[], images: string, address: string, extra: string[] = []): Promise<PageServer> {
+    const argv = [...prefix, process.execPath, CLI, 'page-server', '-D', images, '--address', address, '--port', '0', '--keep-serving', ...extra]
     const s = new PageServer(spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] }))
     try {
       s.port = await waitFor('page server port', () => (s.assertAlive(), Number(/Using (\d+) port/.exec(s.out)?.[1] ?? 0)), 30_000)

@@ -117,7 +117,7 @@ export async function remoteScenario(mib: number, touches: number, rounds: numbe
 
 const med = (xs: number[]) => spread(xs).median
 
-function summarize(name: string, runs: RemoteRun[]): RemoteCase {
+export function summarize(name: string, runs: RemoteRun[]): RemoteCase {
   const us = runs.flatMap((r) => r.us)
   const transfer = spread(runs.map((r) => r.secs))
   return {
@@ -139,7 +139,7 @@ function summarize(name: string, runs: RemoteRun[]): RemoteCase {
   }
 }
 
-interface Ctx {
+export interface Ctx {
   d: Dumped
   split: string
   file: string
@@ -149,9 +149,9 @@ interface Ctx {
 }
 
 /** One client restore: its own quantiles and times. */
-type RemoteRun = Quantiles & Omit<RemoteCase, keyof Quantiles | 'transfer' | 'p99'>
+export type RemoteRun = Quantiles & Omit<RemoteCase, keyof Quantiles | 'transfer' | 'p99'>
 
-async function oneCase(name: string, client: Server, x: Ctx, log: (s: string) => void): Promise<RemoteRun> {
+export async function oneCase(name: string, client: Server, x: Ctx, log: (s: string) => void): Promise<RemoteRun> {
   rmSync(x.file, { force: true })
   x.server.assertAlive()
   const tx = () => x.link.txBytesA(x.server.pid)

@@ -6,6 +6,7 @@ import type { LatencyResult } from './latency'
 import type { Spread } from './stats'
 import { remoteMarkdown, remoteTargets, type RemoteResult } from './remote'
 import { scaleMarkdown, type ScaleResult } from './scale'
+import { tlsMarkdown, tlsTargets, type TlsResult } from './remote-tls'
 import { workingSetMarkdown, workingSetTargets, type WorkingSetResult } from './working-set'
 
 export interface BenchResult {
@@ -17,6 +18,7 @@ export interface BenchResult {
   remote?: RemoteResult
   workingSet?: WorkingSetResult
   scale?: ScaleResult
+  tls?: TlsResult
 }
 
 function fillTable(fill: FillResult[]): string[] {
@@ -87,6 +89,7 @@ function targets(r: BenchResult): string[] {
   }
   if (r.remote) out.push(...remoteTargets(r.remote))
   if (r.workingSet) out.push(...workingSetTargets(r.workingSet))
+  if (r.tls) out.push(...tlsTargets(r.tls))
   return out
 }
 
@@ -114,6 +117,7 @@ export function markdown(r: BenchResult): string {
   if (r.remote) lines.push(...remoteMarkdown(r.remote), '')
   if (r.workingSet) lines.push(...workingSetMarkdown(r.workingSet), '')
   if (r.scale) lines.push(...scaleMarkdown(r.scale), '')
+  if (r.tls) lines.push(...tlsMarkdown(r.tls), '')
   lines.push(
     '## Targets',
     '',
@@ -129,6 +133,7 @@ export function json(r: BenchResult): string {
     ...r,
     latency: r.latency && { ...r.latency, cases: r.latency.cases.map(({ us: _us, ...c }) => c) },
     remote: r.remote && { ...r.remote, cases: r.remote.cases.map(({ us: _us, ...c }) => c) },
+    tls: r.tls && { ...r.tls, links: r.tls.links.map((l) => ({ ...l, cases: l.cases.map(({ us: _us, ...c }) => c) })) },
   }
   return JSON.stringify(slim, null, 2) + '\n'
 }

@@ -41,10 +41,11 @@ use std::time::{Duration, Instant};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{ring, CryptoProvider};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    CertificateError, ClientConfig, ClientConnection, Connection, DigitallySignedStruct, RootCertStore, ServerConfig,
-    ServerConnection, SignatureScheme,
+    CertificateError, ClientConfig, ClientConnection, Connection, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    ServerConfig, ServerConnection, SignatureScheme,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
@@ -91,17 +92,16 @@ impl std::fmt::Debug for TlsClient {
     }
 }
 
-/// Our server's side: its configuration and the name clients must carry
-/// (`--address`, if given and not `--tls-no-cn-verify`).
+/// Our server's side: its configuration (which checks the name clients must
+/// carry: `--address`, if given and not `--tls-no-cn-verify`).
 pub struct TlsServer {
     config: Arc<ServerConfig>,
-    client_name: Option<String>,
     pub handshake_timeout: Duration,
 }
 
 impl std::fmt::Debug for TlsServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TlsServer(client name {:?})", self.client_name)
+        write!(f, "TlsServer")
     }
 }
 
@@ -148,7 +148,9 @@ impl TlsServer {
         if !m.crls.is_empty() {
             builder = builder.with_crls(m.crls.clone()).only_check_end_entity_revocation().allow_unknown_revocation_status();
         }
-        let verifier = builder.build().map_err(|e| TlsSetupError(format!("--tls: {e}")))?;
+        let inner = builder.build().map_err(|e| TlsSetupError(format!("--tls: {e}")))?;
+        let name = if files.no_cn_verify { None } else { address.map(str::to_string) };
+        let verifier = Arc::new(ClientCheck { inner, name });
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(versions())
             .map_err(|e| TlsSetupError(format!("--tls: {e}")))?
@@ -157,8 +159,7 @@ impl TlsServer {
             .map_err(|e| TlsSetupError(format!("--tls-cert/--tls-key: {e}")))?;
         // One session per connection; nothing to resume.
         config.send_tls13_tickets = 0;
-        let client_name = if files.no_cn_verify { None } else { address.map(str::to_string) };
-        Ok(TlsServer { config: Arc::new(config), client_name, handshake_timeout: HANDSHAKE_TIMEOUT })
+        Ok(TlsServer { config: Arc::new(config), handshake_timeout: HANDSHAKE_TIMEOUT })
     }
 }
 
@@ -262,6 +263,51 @@ impl ServerCertVerifier for ServerCheck {
     }
 }
 
+/// The server's check of the client certificate: webpki's chain, dates and
+/// revocation checks, then (CRIU's server) the name against its own
+/// `--address`. Inside the handshake, so a refused client gets an alert.
+#[derive(Debug)]
+struct ClientCheck {
+    inner: Arc<dyn ClientCertVerifier>,
+    name: Option<String>,
+}
+
+impl ClientCertVerifier for ClientCheck {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        match &self.name {
+            Some(name) if !name_matches(end_entity, name) => Err(rustls::Error::General(format!(
+                "client certificate not valid for name {name:?} (the server's --address; --tls-no-cn-verify skips this)"
+            ))),
+            _ => Ok(verified),
+        }
+    }
+
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// GnuTLS's rule: an IP name matches an IP subjectAltName; any name matches a
 /// DNS subjectAltName (one leading `*.` label as wildcard); the common name
 /// counts only when there is no DNS subjectAltName.
@@ -314,17 +360,11 @@ pub(crate) fn client_handshake(sock: TcpStream, tls: &TlsClient, peer: SocketAdd
     Ok(Wire::Tls(TlsWire::new(sock, conn)))
 }
 
-/// Accepts TLS on an accepted socket and checks the client's name if the
-/// server was given an address.
+/// Accepts TLS on an accepted socket (the client's certificate, and its name
+/// if the server was given an address, are checked in the handshake).
 pub(crate) fn server_handshake(sock: TcpStream, tls: &TlsServer, peer: SocketAddr) -> Result<Wire, String> {
     let conn = ServerConnection::new(tls.config.clone()).map_err(|e| format!("client {peer}: TLS: {e}"))?;
     let conn = handshake(&sock, conn.into(), tls.handshake_timeout).map_err(|e| format!("client {peer}: TLS handshake failed: {e}"))?;
-    if let Some(name) = &tls.client_name {
-        let ok = conn.peer_certificates().and_then(|c| c.first()).is_some_and(|c| name_matches(c, name));
-        if !ok {
-            return Err(format!("client {peer}: TLS: certificate not valid for name {name:?} (the server's --address; --tls-no-cn-verify skips this)"));
-        }
-    }
     Ok(Wire::Tls(TlsWire::new(sock, conn)))
 }
 
