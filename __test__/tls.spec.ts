@@ -139,6 +139,37 @@ test('bad peers: a client certificate from another CA fails that daemon (exit 1,
   t.regex(server.output(), /2 sessions \(1 failed\)/)
 })
 
+test('bad peers: criu lazy-pages --tls with an expired certificate is refused by our page server, which then serves criu lazy-pages with a good one', async (t) => {
+  const { w, before, out } = await splitDump('tls-f', 8)
+  const server = await startPageServer(w.images, ['--keep-serving', ...tls('server')])
+  const criuLazy = (name: string) => {
+    const args = ['lazy-pages', '--page-server', '--address', '127.0.0.1', '--port', String(server.port), '-D', out, '-o', `lazy-pages-${name}.log`, '-v4', ...tls(name)]
+    const child = spawn(CRIU, args, { stdio: 'ignore' })
+    return new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)))
+  }
+  rmSync(join(out, 'lazy-pages.socket'), { force: true })
+  const refused = criuLazy('expired')
+  // CRIU's client connects to its page server only once a restore arrives.
+  await waitFor('criu lazy-pages socket', () => existsSync(join(out, 'lazy-pages.socket')))
+  const restore = startLazyRestore(out)
+  t.not(await refused, 0, 'criu lazy-pages fails')
+  await Promise.race([restore.done, sleep(30_000).then(() => restore.kill('SIGKILL'))])
+  await waitFor('the refusal in the page server log', () => /session from 127\.0\.0\.1:\d+ failed .*expired/i.test(server.output()) || undefined)
+  t.is(server.output().split('\n').filter((l) => /failed/.test(l)).length, 1, server.output())
+  t.regex(server.output(), /client 127\.0\.0\.1:\d+: TLS handshake failed: invalid peer certificate: certificate expired/)
+
+  rmSync(join(out, 'lazy-pages.socket'), { force: true })
+  const good = criuLazy('client')
+  await waitFor('criu lazy-pages socket', () => existsSync(join(out, 'lazy-pages.socket')))
+  t.is(await startLazyRestore(out).done, 0, restoreLogTail(out))
+  t.is(await good, 0)
+  await assertMemoryAsDumped(t, w, before)
+  w.kill()
+  server.child.kill('SIGTERM')
+  t.is(await server.exit, 0)
+  t.regex(server.output(), /2 sessions \(1 failed\)/)
+})
+
 test('a page server listening beyond loopback without --tls warns once; with --tls or on loopback it does not', async (t) => {
   const { w, out } = await splitDump('tls-e', 4)
   const outputs: Record<string, string> = {}

@@ -146,7 +146,7 @@ export function tlsMarkdown(r: TlsResult): string[] {
   }
   out.push(
     `${r.rounds} interleaved rounds; latencies pooled over them, other columns the median round unless named. Both page servers are ours (\`lazy-pages page-server --keep-serving\`, one plain, one --tls) on host A; client CPU: the client daemon's after it was ready; page server CPU: its user + system time during the case (10 ms ticks).`,
-    'TLS: rustls (ring), TLS 1.3 (AES-256-GCM with GnuTLS and with rustls); no kernel TLS on this kernel (CONFIG_TLS off), so the page server reads pages into a buffer and seals them in userspace instead of sendfile.',
+    'TLS: rustls (ring) at both ends of ours, GnuTLS at criu lazy-pages; TLS 1.3 with AES-GCM; no kernel TLS on this kernel (CONFIG_TLS off), so the page server reads pages into a buffer and seals them in userspace instead of sendfile.',
   )
   return out
 }
