@@ -1,6 +1,6 @@
-// `criu lazy-pages` spellings work unchanged: -d/--pidfile/-W/-o/-vN, socket mode and peer checks.
+// `criu lazy-pages` spellings work unchanged: -d/--pidfile/-W/-o/-vN, CRIU's config files, socket mode and peer checks.
 import test from 'ava'
-import { chmodSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
 import { checksums, assertMemoryAsDumped } from './helpers/check'
@@ -8,6 +8,7 @@ import { lazyPages } from './helpers/cli'
 import { restoreLogTail, startLazyRestore } from './helpers/criu'
 import { startDaemon } from './helpers/daemon'
 import { dumpAndWait } from './helpers/dumped'
+import { CLI } from './helpers/paths'
 import { alive, run, waitFor } from './helpers/proc'
 import { Workload } from './helpers/workload'
 
@@ -115,5 +116,61 @@ test('CRIU verbosity spellings are accepted', async (t) => {
   for (const v of [['-v'], ['-vvvv'], ['-v0'], ['--verbosity=4'], ['--verbosity', '1']]) {
     const r = await lazyPages([...v, 'images', '--help'])
     t.is(r.code, 0, `${v.join(' ')}: ${r.stderr}`)
+  }
+})
+
+test('CRIU config files drive a real restore: /etc/criu and ~/.criu default.conf, options criu takes and we ignore', async (t) => {
+  const w = await Workload.start('cli-config', ['tree', '--mib', '8', '--children', '1'])
+  const before = await checksums(w)
+  await dumpAndWait(w)
+  const work = join(w.dir, 'work')
+  mkdirSync(work)
+  // /etc/criu/default.conf for the daemon alone: an overlay on /etc in a mount namespace of
+  // its own (criu restore, out here, must not read it, nor may the other tests' criu).
+  const etc = join(w.dir, 'etc')
+  mkdirSync(join(etc, 'up', 'criu'), { recursive: true })
+  mkdirSync(join(etc, 'work'))
+  writeFileSync(join(etc, 'up', 'criu', 'default.conf'), `# as criu reads it\nimages-dir "${w.images}"\ntcp-established\nrestore-detached\n`)
+  const home = join(w.dir, 'home')
+  mkdirSync(join(home, '.criu'), { recursive: true })
+  writeFileSync(join(home, '.criu', 'default.conf'), `work-dir ${work}\nlog-file lazy.log   # relative to the work dir\nverbosity 4\nshell-job\nno-link-remap\n`)
+  const overlay = `mount -t overlay overlay -o lowerdir=/etc,upperdir=${etc}/up,workdir=${etc}/work /etc && exec "$@"`
+  const args = [process.execPath, CLI, '--pidfile', 'lazy.pid', '--stats-json', 'stats.json', '--file-locks', '-S']
+  const started = await run('unshare', ['-m', '--propagation', 'private', 'sh', '-c', overlay, 'sh', ...args], { env: { ...process.env, HOME: home }, timeoutMs: 60_000 })
+  t.is(started.code, 0, started.stderr)
+  t.is(started.stderr, '')
+  const pid = Number(readFileSync(join(work, 'lazy.pid'), 'utf8'))
+  t.true(alive(pid), 'detached, as restore-detached in /etc/criu/default.conf says')
+  t.is(await startLazyRestore(w.images, ['-W', work]).done, 0, restoreLogTail(work))
+  await waitFor('the daemon to exit', () => !alive(pid), 60_000)
+  const log = readFileSync(join(work, 'lazy.log'), 'utf8')
+  t.regex(log, /reading options from \/etc\/criu\/default\.conf/)
+  t.regex(log, /reading options from .*\/home\/\.criu\/default\.conf/)
+  for (const o of ['--tcp-established', '--shell-job', '--no-link-remap', '--file-locks', '-S']) {
+    t.regex(log, new RegExp(`\\) ${o}( \\(.*\\))?: a criu option with no meaning for lazy-pages; ignored`), o)
+  }
+  t.regex(log, /fault: task/, 'verbosity 4 from ~/.criu/default.conf')
+  t.regex(log, /total: 2 tasks .*every page accounted for once/)
+  t.true(JSON.parse(readFileSync(join(work, 'stats.json'), 'utf8')).reconciles)
+  await assertMemoryAsDumped(t, w, before)
+  w.kill()
+})
+
+test('a broken default config file is one line naming it; --no-default-config and --config skip it', async (t) => {
+  const w = await Workload.start('cli-config-bad', ['dense', '--mib', '4'])
+  await dumpAndWait(w)
+  const home = join(w.dir, 'home')
+  mkdirSync(join(home, '.criu'), { recursive: true })
+  writeFileSync(join(home, '.criu', 'default.conf'), 'tcp-established\nwork-dir "unterminated\n')
+  const env = { ...process.env, HOME: home }
+  const broken = await run(process.execPath, [CLI, '-D', w.images, '--connect-timeout', '1'], { env, timeoutMs: 30_000 })
+  t.is(broken.code, 1)
+  t.regex(broken.stderr, /^lazy-pages: .*\/home\/\.criu\/default\.conf:2: the quoted value of --work-dir has no closing quote\n$/)
+  const conf = join(w.dir, 'mine.conf')
+  writeFileSync(conf, 'connect-timeout 1\n')
+  for (const skip of [['--no-default-config', '--connect-timeout', '1'], ['--config', conf]]) {
+    const r = await run(process.execPath, [CLI, '-D', w.images, ...skip], { env, timeoutMs: 30_000 })
+    t.is(r.code, 1, skip.join(' '))
+    t.regex(r.stderr, /timed out waiting for criu restore to connect/, skip.join(' '))
   }
 })

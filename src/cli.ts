@@ -4,7 +4,8 @@ import { availableParallelism } from 'node:os'
 
 import { Command, InvalidArgumentError, Option } from 'commander'
 
-import { DEFAULT_VERBOSITY, normalizeVerbosity } from './argv'
+import { DEFAULT_VERBOSITY } from './argv'
+import { compatibilityHelp, resolveArgv, type Note } from './criu-argv'
 import { oneLine, UserError } from './errors'
 import { addTlsOptions } from './tls'
 
@@ -46,7 +47,15 @@ function verbosityOption(): Option {
     .default(DEFAULT_VERBOSITY)
 }
 
-export function buildProgram(rawArgs: string[] = []): Command {
+/** CRIU's config-file options, on both CRIU commands (read by criu-argv.ts, not by commander). */
+function configOptions(cmd: Command): Command {
+  return cmd
+    .option('--config <file>', 'read options from this CRIU config file (then not the default ones)')
+    .option('--no-default-config', 'do not read /etc/criu/default.conf and ~/.criu/default.conf')
+}
+
+/** `notes` receives the lines criu-argv.ts wants logged once the log is open. */
+export function buildProgram(rawArgs: string[] = [], notes: Note[] = []): Command {
   const program = new Command('lazy-pages')
   program
     .description(
@@ -107,9 +116,11 @@ export function buildProgram(rawArgs: string[] = []): Command {
       60,
     )
     .option('--no-progress', 'no progress bar, even on a TTY')
+  configOptions(program)
+    .addHelpText('after', () => compatibilityHelp(program, 'lazy-pages'))
     .action(async (opts) => {
       const { runDaemon } = await import('./daemon')
-      process.exitCode = await runDaemon(opts, rawArgs)
+      process.exitCode = await runDaemon({ ...opts, notes }, rawArgs)
     })
 
   program
@@ -163,9 +174,11 @@ export function buildProgram(rawArgs: string[] = []): Command {
     .option('--status-fd <fd>', 'write one zero byte to this fd and close it when listening', nonNegativeInt('--status-fd'))
     .option('-o, --log-file <file>', 'log here instead of stderr')
     .addOption(verbosityOption())
+  configOptions(pageServer)
+    .addHelpText('after', () => compatibilityHelp(pageServer, 'lazy-pages page-server'))
     .action(async (opts) => {
       const { runPageServer } = await import('./page-server')
-      process.exitCode = await runPageServer(opts, rawArgs)
+      process.exitCode = await runPageServer({ ...opts, notes }, rawArgs)
     })
 
   return program
@@ -174,10 +187,13 @@ export function buildProgram(rawArgs: string[] = []): Command {
 export { positiveInt }
 
 export async function main(argv: string[]): Promise<void> {
-  const program = buildProgram(argv)
+  const notes: Note[] = []
+  const program = buildProgram(argv, notes)
   program.exitOverride()
   try {
-    await program.parseAsync(normalizeVerbosity(argv), { from: 'user' })
+    const resolved = resolveArgv(argv, program)
+    notes.push(...resolved.notes)
+    await program.parseAsync(resolved.args, { from: 'user' })
   } catch (err) {
     const code = (err as { code?: string }).code
     if (code === 'commander.helpDisplayed' || code === 'commander.version' || code === 'commander.help') {

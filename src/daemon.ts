@@ -61,7 +61,8 @@ async function lockWorkDir(workDir: string): Promise<void> {
 
 async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, log, ready }: ServiceContext): Promise<number> {
   if (opts.pageServer && (!opts.address || !opts.port)) throw new UserError('--page-server needs --address and --port')
-  if (!opts.pageServer && (opts.address || opts.port)) throw new UserError('--address and --port need --page-server')
+  // As `criu lazy-pages`: without --page-server they mean nothing (a config file may set them for dumps).
+  if (!opts.pageServer && (opts.address || opts.port)) log.warn('--address/--port without --page-server: serving the pages images in the images dir')
   if (!opts.pageServer && opts.reconnect) throw new UserError('--reconnect needs --page-server')
   if (!opts.pageServer && opts.urgentConnection) throw new UserError('--urgent-connection needs --page-server')
   if (!opts.pageServer && opts.tls) throw new UserError('--tls needs --page-server')

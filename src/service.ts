@@ -6,6 +6,7 @@ import { isAbsolute, join, resolve } from 'node:path'
 
 import { detach, isDetachedChild, notifyParent, signalStatusFd, writePidfile } from './detach'
 import { oneLine, UserError } from './errors'
+import type { Note } from './criu-config'
 import { Logger } from './log'
 
 export interface ServiceOptions {
@@ -16,6 +17,8 @@ export interface ServiceOptions {
   statusFd?: number
   logFile?: string
   verbosity: number
+  /** Lines from reading the options (criu-argv.ts), logged once the log is open. */
+  notes?: Note[]
 }
 
 /** Run before anything in the work dir is opened (the log is truncated on open). */
@@ -58,6 +61,7 @@ export async function runService(
     await guard?.(workDir)
     if (opts.logFile) log.toFile(opts.logFile === '-' ? '-' : inWorkDir(opts.logFile))
     logging = true
+    for (const note of opts.notes ?? []) (note.level === 'warn' ? log.warn : log.debug).call(log, note.message)
     return await body({ imagesDir, workDir, inWorkDir, log, ready })
   } catch (err) {
     const message = oneLine(err)
