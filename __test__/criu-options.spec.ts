@@ -104,7 +104,7 @@ test('config files: criu\'s order, --config and --no-default-config, the command
     return join(dir, name)
   }
   mkdirSync(join(dir, 'home', '.criu'), { recursive: true })
-  file('home/.criu/default.conf', 'images-dir /home\nverbosity 4\ntcp-established\ndaemon\n')
+  file('home/.criu/default.conf', 'images-dir /home\nverbosity 4\ntcp-established\ndaemon\nmanage-cgroups soft\n')
   const fromEnv = file('env.conf', 'images-dir /env\njobs 3\n')
   const explicit = file('explicit.conf', 'images-dir /explicit\nkeep-serving # the page server\'s: ignored here\n')
   const HOME = join(dir, 'home')

@@ -195,9 +195,10 @@ function scan(words: ReadonlyArray<{ word: string; origin?: string }>, cmds: Com
         if (value === undefined) throw new UserError(`${where}option '--${name}' needs a value`)
       }
       // `--verbosity 4`: criu's getopt would leave the 4 alone; we and its config files mean 4.
-      if (value === undefined && name === 'verbosity' && /^\d+$/.test(words[i + 1]?.word ?? '')) value = next()
-      // A config line "flag value": keep the value to warn about it.
-      if (value === undefined && arity === 'none' && fromFile && words[i + 1]?.origin === origin && !words[i + 1].word.startsWith('--')) value = next()
+      if (value === undefined && !fromFile && name === 'verbosity' && /^\d+$/.test(words[i + 1]?.word ?? '')) value = next()
+      // In a config file the rest of the line is the value ("manage-cgroups soft"), kept for a
+      // flag only to warn about it; criu's getopt quietly drops such a word.
+      if (value === undefined && arity !== 'required' && fromFile && words[i + 1]?.origin === origin) value = next()
       items.push({ name, value, spelled: `--${typed}`, origin })
       continue
     }
