@@ -40,8 +40,9 @@ test('a criu option without meaning here is dropped with one debug line', (t) =>
   // The page server has no use for --page-server, the daemon none for --lazy-pages.
   t.deepEqual(resolve(['page-server', '--page-server', '--lazy-pages']).args, ['page-server', '--lazy-pages'])
   t.deepEqual(resolve(['--page-server', '--lazy-pages', '--address', 'h', '--port', '1']).args, ['--page-server', '--address', 'h', '--port', '1'])
-  // TLS belongs to another change: until the page server has --tls, criu's spellings are ignored, not refused.
-  t.notThrows(() => resolve(['page-server', '--tls', '--tls-cacert', 'ca.pem', '--tls-cert', 'c.pem', '--tls-key', 'k.pem', '--tls-no-cn-verify']))
+  // A criu option is acted on as soon as the command defines it: the --tls options.
+  t.deepEqual(resolve(['page-server', '--no-default-config', '--tls', '--tls-cacert', 'ca.pem', '--tls-no-cn-verify']).args, ['page-server', '--tls', '--tls-cacert', 'ca.pem', '--tls-no-cn-verify'])
+  t.deepEqual(resolve(['--no-default-config', '--tls', '--no-tls']).args, [], '--no-tls, as criu')
 })
 
 test("criu's spellings of the options we act on keep their meaning", (t) => {

@@ -3,7 +3,7 @@
 //
 // What an option does for us is not written here: a CRIU option is *honoured* by a
 // command when that command defines an option of the same long name (cli.ts), so adding
-// e.g. `--tls` to the page server later makes CRIU's `--tls` honoured with no change
+// `--tls` to the commands made CRIU's `--tls*` spellings honoured with no change
 // here. The rest is accepted and ignored with a debug line, except the few in REFUSED,
 // whose meaning we cannot give and whose silent absence would do the wrong thing.
 
