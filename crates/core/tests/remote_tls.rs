@@ -255,3 +255,58 @@ fn a_stalled_handshake_times_out_on_either_end() {
     let mut buf = [0u8; 1];
     assert!(matches!(silent.read(&mut buf), Ok(0) | Err(_)));
 }
+
+/// A proxy that passes everything through but flips one byte of the server's
+/// stream once `after` bytes have gone by: the record it lands in fails to open.
+fn tampering_proxy(target: String, after: usize) -> (String, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = std::thread::spawn(move || {
+        let (client, _) = listener.accept().unwrap();
+        let server = TcpStream::connect(target).unwrap();
+        let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+        let up = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut c2, &mut s2);
+            let _ = s2.shutdown(std::net::Shutdown::Write);
+        });
+        let (mut from, mut to) = (server, client);
+        let mut seen = 0usize;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if seen <= after && after < seen + n {
+                buf[after - seen] ^= 0x5a;
+            }
+            seen += n;
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+        let _ = up.join();
+    });
+    (addr, handle)
+}
+
+#[test]
+fn a_record_altered_on_the_way_is_fatal_and_names_the_peer() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    let server = serve(&dump, cfg(true, server_tls("server", None)));
+    // Well past the handshake (a few KiB): inside page data.
+    let (proxy, handle) = tampering_proxy(server.target(), 200 << 10);
+    let c = RemotePages::connect(&proxy, client_cfg(client_tls("client"))).unwrap();
+    let err = (0..2000u64)
+        .step_by(64)
+        .find_map(|page| fetch(&c, 1, 0x20000 + page * 4096, 64 * 4096, Priority::Background).err())
+        .expect("an altered record must not pass")
+        .to_string();
+    assert!(err.contains(&format!("page server {proxy}")) && err.contains("TLS") && !err.contains('\n'), "{err}");
+    drop(c);
+    handle.join().unwrap();
+    // The server is unharmed.
+    assert_still_serving(&server, &dump);
+}
