@@ -440,9 +440,12 @@ impl Wire {
         self.socket().shutdown(how)
     }
 
-    /// Ends TLS with close_notify (best effort; nothing for plain TCP).
+    /// Ends TLS with close_notify (best effort; nothing for plain TCP). Only
+    /// called right before the socket goes: it is made non-blocking so that a
+    /// peer that stopped reading cannot hold this up for the send timeout.
     pub fn close_notify(&mut self) {
         if let Wire::Tls(t) = self {
+            let _ = t.sock.set_nonblocking(true);
             let mut conn = lock(&t.conn);
             conn.send_close_notify();
             let _ = flush_records(&mut conn, &t.sock);
