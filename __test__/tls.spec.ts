@@ -71,6 +71,7 @@ test('criu dump --lazy-pages --tls -> lazy-pages --page-server --tls -> criu res
 test('lazy-pages page-server --tls -> criu lazy-pages --page-server --tls -> criu restore', async (t) => {
   const { w, before, out } = await splitDump('tls-b')
   const server = await startPageServer(w.images, tls('server'))
+  t.teardown(() => { server.child.kill('SIGKILL') }) // a failed test must not leave it running
   const criuArgs = ['lazy-pages', '--page-server', '--address', '127.0.0.1', '--port', String(server.port), '-D', out, '-o', 'lazy-pages.log', '-v4', ...tls('client')]
   const criuDaemon = spawn(CRIU, criuArgs, { stdio: 'ignore' })
   const criuExit = new Promise<number | null>((resolve) => criuDaemon.on('close', (code) => resolve(code)))
@@ -88,6 +89,7 @@ test('lazy-pages page-server --tls -> criu lazy-pages --page-server --tls -> cri
 test('ours to ours over --tls: --urgent-connection and --reconnect, two restores from one --keep-serving server', async (t) => {
   const { w, before, report, out } = await splitDump('tls-c')
   const server = await startPageServer(w.images, ['--keep-serving', ...tls('server')])
+  t.teardown(() => { server.child.kill('SIGKILL') }) // a failed test must not leave it running
   for (const extra of [['--urgent-connection'], ['--reconnect', '10']]) {
     const { exit, stderr, stats } = await lazyRestore(out, ['--page-server', '--address', '127.0.0.1', '--port', String(server.port), ...extra, ...tls('client')])
     assertCleanSummary(t, exit, stderr, stats)
@@ -103,6 +105,7 @@ test('ours to ours over --tls: --urgent-connection and --reconnect, two restores
 test('bad peers: a client certificate from another CA fails that daemon (exit 1, one line naming the server), a server certificate from another CA too; the server serves on', async (t) => {
   const { w, before, report, out } = await splitDump('tls-d', 16)
   const server = await startPageServer(w.images, ['--keep-serving', ...tls('server')])
+  t.teardown(() => { server.child.kill('SIGKILL') }) // a failed test must not leave it running
   const target = ['--page-server', '--address', '127.0.0.1', '--port', String(server.port)]
   // TLS 1.3: the client's handshake ends before the server has judged its certificate,
   // so the refusal (an alert) meets the daemon only after it is ready: while criu
@@ -122,6 +125,7 @@ test('bad peers: a client certificate from another CA fails that daemon (exit 1,
 
   // A server whose certificate the client does not trust: refused before any restore.
   const other = await startPageServer(w.images, ['--keep-serving', ...tls('stranger')])
+  t.teardown(() => { other.child.kill('SIGKILL') }) // a failed test must not leave it running
   const refused = await lazyPages(['-D', out, '--page-server', '--address', '127.0.0.1', '--port', String(other.port), ...tls('client')], 30_000)
   t.is(refused.code, 1)
   t.is(refused.stderr.trim().split('\n').length, 1, refused.stderr)
@@ -142,6 +146,7 @@ test('bad peers: a client certificate from another CA fails that daemon (exit 1,
 test('bad peers: criu lazy-pages --tls with an expired certificate is refused by our page server, which then serves criu lazy-pages with a good one', async (t) => {
   const { w, before, report, out } = await splitDump('tls-f', 8)
   const server = await startPageServer(w.images, ['--keep-serving', ...tls('server')])
+  t.teardown(() => { server.child.kill('SIGKILL') }) // a failed test must not leave it running
   const criuLazy = (name: string) => {
     const args = ['lazy-pages', '--page-server', '--address', '127.0.0.1', '--port', String(server.port), '-D', out, '-o', `lazy-pages-${name}.log`, '-v4', ...tls(name)]
     const child = spawn(CRIU, args, { stdio: 'ignore' })
@@ -181,6 +186,7 @@ test('a page server listening beyond loopback without --tls warns once; with --t
     ['tls', '0.0.0.0', tls('server')],
   ] as const) {
     const server = await startPageServer(w.images, [...extra], { address })
+    t.teardown(() => { server.child.kill('SIGKILL') }) // a failed test must not leave it running
     await sleep(200)
     server.child.kill('SIGTERM')
     await server.exit
