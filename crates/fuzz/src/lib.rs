@@ -6,7 +6,8 @@
 //!   inputs for 1 s (bolero's default), on stable Rust.
 //! * Longer: `BOLERO_RANDOM_TEST_TIME_MS=600000 cargo test --release -p lazy-pages-fuzz`,
 //!   or coverage-guided with libFuzzer where a nightly toolchain and cargo-bolero are
-//!   installed: `cargo +nightly bolero test -p lazy-pages-fuzz --test images framing -T 10min`.
+//!   installed: `cargo +nightly bolero test -p lazy-pages-fuzz framing --profile release -T 10min`
+//!   (README "Fuzzing").
 //!
 //! Every target asserts more than "no panic": decoded values keep their invariants,
 //! errors are one line naming the file, and the page server's replies are compared

@@ -120,14 +120,21 @@ fn model(version: WireVersion, h: &IovHeader, out: &mut Vec<u8>) -> bool {
     }
 }
 
-fn page_server(version: WireVersion) {
+/// Sends `session` to the server of `version` and compares its replies with the model.
+fn exchange(version: WireVersion, session: &Session) {
     let served = server(version);
-    check!().with_type::<Session>().for_each(|session| {
+    {
         let hlen = version.header_len();
         let mut wire = Vec::new();
         let mut expected = Vec::new();
         let mut open = true;
         for r in &session.requests {
+            // Nothing after the request that ends the session: bytes the server never
+            // reads make its close a reset, which may discard replies still queued (TCP,
+            // not the server: found by libFuzzer as "replies differ").
+            if !open {
+                break;
+            }
             let bytes: Vec<u8> = match r.raw {
                 Some(raw) => raw[..hlen].to_vec(),
                 None => {
@@ -142,11 +149,11 @@ fn page_server(version: WireVersion) {
                 }
             };
             wire.extend(&bytes);
-            if open {
-                open = model(version, &IovHeader::decode(version, &bytes).unwrap(), &mut expected);
-            }
+            open = model(version, &IovHeader::decode(version, &bytes).unwrap(), &mut expected);
         }
-        wire.extend(session.tail.iter().take(hlen - 1));
+        if open {
+            wire.extend(session.tail.iter().take(hlen - 1));
+        }
         let mut sock = TcpStream::connect(served.addr).expect("connect");
         sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         // The server may cut the session before reading everything: that is fine.
@@ -160,15 +167,16 @@ fn page_server(version: WireVersion) {
             Err(e) => panic!("reading replies: {e} (a hung server?)"),
         }
         assert!(got == expected, "replies differ: got {} bytes, expected {}", got.len(), expected.len());
-    });
+    }
 }
 
+// check!() is called in the #[test] itself: cargo-bolero finds a target by its function.
 #[test]
 fn page_server_v411() {
-    page_server(WireVersion::V411);
+    check!().with_type::<Session>().for_each(|session| exchange(WireVersion::V411, session));
 }
 
 #[test]
 fn page_server_v42() {
-    page_server(WireVersion::V42);
+    check!().with_type::<Session>().for_each(|session| exchange(WireVersion::V42, session));
 }
