@@ -231,6 +231,17 @@ export interface RebaseTaskReport {
   movedToParent: number
 }
 
+/**
+ * Points every standard descriptor whose terminal hung up at /dev/null; returns how
+ * many. A live terminal is left alone (a SIGHUP sent by hand changes nothing).
+ *
+ * A hung-up terminal answers every read, write and tcsetattr with EIO: a log line
+ * would raise a stream error, and Node's exit aborts (SIGABRT) when it cannot restore
+ * the terminal's mode. Node skips that restore for a descriptor that is no longer the
+ * file it was at start-up, and writes to /dev/null succeed.
+ */
+export declare function releaseDeadTerminal(): number
+
 /** This daemon took over from a guardian whose daemon died. */
 export interface ResumeInfo {
   guardianPid: number

@@ -844,4 +844,5 @@ module.exports.preparePageServer = nativeBinding.preparePageServer
 module.exports.readImages = nativeBinding.readImages
 module.exports.readPages = nativeBinding.readPages
 module.exports.rebaseDump = nativeBinding.rebaseDump
+module.exports.releaseDeadTerminal = nativeBinding.releaseDeadTerminal
 module.exports.splitDump = nativeBinding.splitDump

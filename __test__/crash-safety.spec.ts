@@ -17,6 +17,7 @@
 // SIGBUS, never in a verdict.
 import test, { type ExecutionContext } from 'ava'
 import { chmodSync, existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 
 import { assertCleanSummary, assertMemoryAsDumped, checksums, fnv } from './helpers/check'
@@ -29,6 +30,7 @@ import { describeViews, viewWorkload, type RegionView } from './helpers/memview'
 import { startPageServer } from './helpers/page-server'
 import { alive, sleep, waitFor } from './helpers/proc'
 import { BUS_ADRERR, BUS_MCEERR_AR, SIGBUS, SigbusTrace } from './helpers/sigbus'
+import { CLI } from './helpers/paths'
 import { CpuThrottle } from './helpers/throttle'
 import { Workload } from './helpers/workload'
 
@@ -530,6 +532,35 @@ test.serial('SIGHUP: the restore goes on and ends with exit 0, the -o log file r
   assertCleanSummary(t, exit, text, readStats(r.dir))
   await guardianGone(r.cmd)
   await assertMemoryAsDumped(t, r.w, r.before)
+})
+
+test.serial('a closed terminal: the daemon on a pty that goes away serves on, exits 0, every byte as dumped', async (t) => {
+  const w = await Workload.start('terminal-gone', TREE)
+  const before = await checksums(w)
+  const report = await dumpAndWait(w)
+  const dir = w.images
+  // `script` gives the daemon a pty of its own as its controlling terminal, as a terminal
+  // window does; killing script closes the pty's master: a hang-up. The shell around the
+  // daemon ignores SIGHUP only so that it lives to write the daemon's exit status.
+  const quote = (a: string) => `'${a.replace(/'/g, `'\\''`)}'`
+  const daemon = [process.execPath, CLI, '-D', dir, '--fill-delay', '3000', '--stats-json', 'stats.json', '-v3'].map(quote).join(' ')
+  const exitFile = join(w.dir, 'daemon-exit')
+  const term = spawn('script', ['-qfec', `trap '' HUP; ${daemon}; echo $? > ${quote(exitFile)}`, '/dev/null'], { stdio: 'ignore' })
+  t.teardown(async () => {
+    term.kill('SIGKILL')
+    const lock = join(dir, 'lazy-pages.lock')
+    const pid = existsSync(lock) ? Number(readFileSync(lock, 'utf8')) : 0
+    if (pid > 0 && alive(pid)) process.kill(pid, 'SIGKILL')
+    await killAndWait(w, report)
+  })
+  await waitFor('the daemon to listen', () => existsSync(join(dir, 'lazy-pages.socket')), 30_000)
+  const restore = startLazyRestore(dir)
+  t.is(await restore.done, 0, restoreLogTail(dir))
+  term.kill('SIGKILL')
+  await waitFor('the daemon to finish after its terminal went away', () => existsSync(exitFile) && readFileSync(exitFile, 'utf8').trim() !== '', 60_000)
+  t.is(readFileSync(exitFile, 'utf8').trim(), '0', 'exit status 0: neither the hang-up nor the dead terminal (EIO on every write, and on restoring its mode at exit) ended it')
+  t.true(readStats(dir).reconciles, 'its summary reconciles')
+  await assertMemoryAsDumped(t, w, before)
 })
 
 /** One abort: exit 1 (not killed by the signal), one line says how many were poisoned, the guardian exits, EIO never zeros. */

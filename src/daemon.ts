@@ -13,7 +13,7 @@ import { strategyByName } from './policy'
 import { tlsOptions, type TlsCliOptions } from './tls'
 import { runService, type ServiceContext, type ServiceOptions } from './service'
 import { ProgressBar } from './progress'
-import { takeSignals } from './signals'
+import { releaseDeadTerminal, takeSignals } from './signals'
 import { buildSummary, formatSummary } from './summary'
 import { TaskTracker } from './tracker'
 import { readWorkingSet, workingSetPages, writeWorkingSet } from './working-set'
@@ -78,6 +78,7 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
   // with pages unserved): see signals.ts.
   let daemon: LazyDaemon | undefined
   let aborting = false
+  let terminalGone = false
   const signals = takeSignals({
     stop: (signal) => {
       aborting = true
@@ -87,6 +88,8 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
     again: (signal) => log.warn(`${signal}: already aborting; the unserved pages are poisoned before the daemon exits`),
     hangUp: () => {
       log.reopen()
+      // A closed terminal: nothing can be shown there any more (the progress bar stops).
+      terminalGone = releaseDeadTerminal() || terminalGone
       log.info(`SIGHUP: ignored, the restore goes on${log.file ? `; log ${log.file} reopened` : ''}`)
     },
   })
@@ -131,7 +134,7 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
     tracker.on(event)
     strategy.onEvent(event, served)
     logEvent(log, event)
-    if (event.kind === 'progress' && bar) bar.update(event.donePages ?? 0, event.totalPages ?? 0)
+    if (event.kind === 'progress' && bar && !terminalGone) bar.update(event.donePages ?? 0, event.totalPages ?? 0)
   }
 
   let stats
@@ -140,7 +143,7 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
   } catch (err) {
     throw new UserError(oneLine(err))
   } finally {
-    bar?.clear()
+    if (!terminalGone) bar?.clear()
     // Served or poisoned, and the guardian let go: what is left is the report.
     signals.done((signal) => log.warn(`${signal}: ignored, the restore is over; finishing the report`))
   }

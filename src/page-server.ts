@@ -2,7 +2,7 @@
 // server does all socket and page I/O; this wires options, readiness and logs.
 import type { PageServerEvent } from '../index'
 import { native } from './native'
-import { takeSignals } from './signals'
+import { releaseDeadTerminal, takeSignals } from './signals'
 import { runService, type ServiceContext, type ServiceOptions } from './service'
 import { isLoopback, tlsOptions, type TlsCliOptions } from './tls'
 
@@ -43,6 +43,7 @@ async function serve(opts: PageServerCliOptions, { imagesDir, log, ready }: Serv
     again: (signal) => log.warn(`${signal}: already stopping`),
     hangUp: () => {
       log.reopen()
+      releaseDeadTerminal()
       log.info(`SIGHUP: ignored, serving on${log.file ? `; log ${log.file} reopened` : ''}`)
     },
   })

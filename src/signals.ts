@@ -11,6 +11,8 @@
 // guardian. Real-time signals cannot be listened to from Node; they still kill.
 import { constants } from 'node:os'
 
+import { native } from './native'
+
 /** Signals that end a process by default, asynchronous ones only; SIGHUP apart. */
 export const STOP_SIGNALS: NodeJS.Signals[] = (
   ['SIGINT', 'SIGTERM', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2', 'SIGALRM', 'SIGVTALRM', 'SIGPROF', 'SIGXCPU', 'SIGXFSZ', 'SIGSTKFLT', 'SIGIO', 'SIGPWR', 'SIGTRAP', 'SIGSYS'] as NodeJS.Signals[]
@@ -36,7 +38,21 @@ export function takeSignals(policy: SignalPolicy): { done: (late: (signal: NodeJ
       policy.stop(signal)
     }
   }
+  // A terminal that went away answers writes with EIO; a log line must not turn that
+  // into an unhandled stream error that ends the process.
+  for (const out of [process.stdout, process.stderr]) out.on('error', () => undefined)
+  // Also when it hung up without a SIGHUP reaching us: Node's exit would abort on it.
+  process.on('exit', () => releaseDeadTerminal())
   for (const s of STOP_SIGNALS) process.on(s, onStop)
   process.on('SIGHUP', () => (late ? undefined : policy.hangUp()))
   return { done: (fn) => (late = fn) }
+}
+
+/** A terminal on stdin/stdout/stderr that hung up is gone for good: point those at /dev/null (see release_dead_terminal). True if there was one. */
+export function releaseDeadTerminal(): boolean {
+  try {
+    return native.releaseDeadTerminal() > 0
+  } catch {
+    return false
+  }
 }

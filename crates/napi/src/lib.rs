@@ -4,6 +4,7 @@
 mod daemon;
 mod images;
 mod page_server;
+mod terminal;
 mod tls;
 mod transform;
 mod workdir_lock;
