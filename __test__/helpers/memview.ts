@@ -11,20 +11,12 @@ import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 
-import { patternPage } from './pattern'
+import { patternPage, type Region } from './pattern'
 import type { Workload } from './workload'
 
-export interface MemRegion {
-  addr: string
+export interface MemRegion extends Region {
   /** The base address of the pattern (≠ addr for a range moved by mremap). */
   pattern_addr?: string
-  pages: number
-  seed: string
-  shape: string
-  every?: number
-  own_mod?: number
-  own_rem?: number
-  own_seed?: string
 }
 
 export interface RegionView {
