@@ -26,16 +26,6 @@ fn spin(us: u64) {
     }
 }
 
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
-
 fn start(layout: &Layout, region: &Region, jobs: usize, chunk: u64) -> Engine {
     let source = Arc::new(PatternSource::new(layout));
     let config = EngineConfig { jobs, chunk_pages: chunk, fault_pages: 2, ..EngineConfig::default() };

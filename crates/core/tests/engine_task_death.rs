@@ -30,16 +30,6 @@ fn iterations(default: usize) -> usize {
     std::env::var("LAZY_RACE_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
-
 fn spin(us: u64) {
     let end = Instant::now() + Duration::from_micros(us);
     while Instant::now() < end {

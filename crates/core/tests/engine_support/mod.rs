@@ -293,3 +293,16 @@ pub unsafe fn fork_sharing_fds() -> libc::pid_t {
     pid as libc::pid_t
 }
 
+
+/// A small xorshift generator: repeatable random choices for the engine tests.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number below `n` (0 for n = 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
