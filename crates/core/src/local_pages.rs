@@ -49,12 +49,15 @@ impl PageSource for LocalPages {
         let memory = self.dump.memory(pid).ok_or(SourceError::Missing { pid, img_addr, len })?;
         let pages = len as u64 / PAGE_SIZE;
         // The buffer is reused from call to call: grow it, never clear it (every byte
-        // handed out is read first).
-        if scratch.len() < len {
-            scratch.resize(len, 0);
+        // handed out is read first). The bytes go to its first page-aligned offset, so
+        // the read and the copy out of it each touch whole pages.
+        let page = PAGE_SIZE as usize;
+        if scratch.len() < len + page {
+            scratch.resize(len + page, 0);
         }
-        if memory.read_run(img_addr, &mut scratch[..len]) {
-            return Ok(PageData::Bytes(&scratch[..len]));
+        let at = scratch.as_ptr().align_offset(page).min(page);
+        if memory.read_run(img_addr, &mut scratch[at..at + len]) {
+            return Ok(PageData::Bytes(&scratch[at..at + len]));
         }
         if let Some(bytes) = memory.pages_slice(img_addr, pages) {
             return Ok(PageData::Bytes(bytes));

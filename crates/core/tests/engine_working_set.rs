@@ -108,3 +108,51 @@ fn prefetch_waits_for_registration_then_fills_the_working_set_before_restore_fin
     let again: Vec<usize> = (0..pages).filter(|&i| i != 300 && source.served(i) != 1).collect();
     assert!(again.is_empty(), "pages fetched more than once: {again:?}");
 }
+
+#[test]
+fn early_fill_waits_for_registration_then_fills_everything_before_restore_finished() {
+    let pages = 2048;
+    let layout = Arc::new(Layout::all(pages));
+    let source = Arc::new(PatternSource::new(&layout));
+    let region = Region::new(pages);
+    // As CRIU sends it: the uffd arrives before the restorer registers the VMA.
+    let uffd = UffdBuilder::new()
+        .close_on_exec(true)
+        .non_blocking(true)
+        .user_mode_only(false)
+        .require_features(FeatureFlags::EVENT_FORK | FeatureFlags::EVENT_REMAP | FeatureFlags::EVENT_REMOVE | FeatureFlags::EVENT_UNMAP)
+        .create()
+        .expect("userfaultfd");
+    // SAFETY: dup returns a new descriptor that nothing else owns.
+    let engine_fd = unsafe { OwnedFd::from_raw_fd(libc::dup(uffd.as_raw_fd())) };
+    let config = EngineConfig { jobs: 2, chunk_pages: 32, early_fill: true, ..EngineConfig::default() };
+    let engine = Engine::start(source.clone(), config, Recorder::default().callback()).unwrap();
+    engine.add_task(5, engine_fd, layout.ranges(region.addr)).unwrap();
+
+    // Not registered yet: every COPY answers ENOENT, and no page may be given up.
+    std::thread::sleep(Duration::from_millis(50));
+    let t = &engine.stats().tasks[0];
+    assert_eq!((t.background, t.dropped, t.pending), (0, 0, pages as u64), "{t:?}");
+
+    // Registered in two steps, as the restorer registers VMA after VMA.
+    uffd.register(region.page_addr(1024) as *mut libc::c_void, 1024 * PS).expect("register upper half");
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(engine.stats().tasks[0].dropped, 0, "pages of a VMA not registered yet were given up");
+    uffd.register(region.addr as *mut libc::c_void, 1024 * PS).expect("register lower half");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.stats().tasks[0].pending > 0 || engine.stats().tasks[0].in_flight > 0 {
+        assert!(Instant::now() < deadline, "not filled before restore finished: {:?}", engine.stats().tasks[0]);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for i in 0..pages {
+        assert!(resident(&region, i), "page {i} not in before restore finished");
+    }
+    engine.restore_finished();
+    assert!(engine.wait(WAIT));
+    let summary = engine.join().unwrap();
+    let touched = touch_pages(region.addr, layout.clone(), (0..pages).collect());
+    assert_eq!(touched.join().unwrap(), Vec::<String>::new());
+    let t = &summary.tasks[0];
+    assert_eq!((t.background, t.faulted, t.prefetched, t.dropped, t.exists), (pages as u64, 0, 0, 0, 0), "{t:?}");
+    assert!(t.reconciles());
+}

@@ -345,6 +345,9 @@ impl Task for Prepare {
             prefetch: Arc::new(to_working_set(o.prefetch_working_set.unwrap_or_default())?),
             engine: EngineConfig {
                 record_working_set: o.record_working_set.unwrap_or(false),
+                // Fill from the moment each uffd arrives, unless told to hold the fill
+                // back (--fill-delay) or to record faults (a working set is faults only).
+                early_fill: o.fill_delay_ms.unwrap_or(0) == 0 && !o.record_working_set.unwrap_or(false),
                 jobs: o.jobs.map_or(defaults.jobs, |v| v as usize),
                 chunk_pages: o.chunk_pages.map_or(defaults.chunk_pages, u64::from),
                 fault_pages: o.fault_pages.map_or(defaults.fault_pages, u64::from),

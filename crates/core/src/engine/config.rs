@@ -13,6 +13,10 @@ pub struct EngineConfig {
     pub event_batch: usize,
     /// Fault notifications kept for the policy layer before new ones are dropped.
     pub fault_event_queue: usize,
+    /// Start background fill of every task as soon as its uffd arrives instead of at
+    /// RESTORE_FINISHED (working-set pages first either way). The restore's last steps
+    /// and the fill then overlap on different CPUs.
+    pub early_fill: bool,
     /// Keep every lazy-page fault of the dump's own tasks, in order
     /// (`Engine::recorded_working_set`).
     pub record_working_set: bool,
@@ -20,7 +24,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { jobs: 1, chunk_pages: 64, fault_pages: 1, event_batch: 64, fault_event_queue: 4096, record_working_set: false }
+        EngineConfig { jobs: 1, chunk_pages: 64, fault_pages: 1, event_batch: 64, fault_event_queue: 4096, early_fill: false, record_working_set: false }
     }
 }
 

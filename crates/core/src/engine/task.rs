@@ -11,6 +11,7 @@ use super::gate::{Gate, GateWriteGuard};
 use super::inflight::InFlightSet;
 use super::notify::lock;
 use super::stats::{TaskCounters, TaskStats};
+use super::stripes::Stripes;
 
 pub(crate) struct Task {
     pub id: u32,
@@ -36,14 +37,15 @@ pub(crate) struct TaskState {
     /// Background fill skips the task until then (the source said Retry).
     pub not_before: Option<Instant>,
     pub retry_backoff: Duration,
-    /// Early prefetch skips the task until then: its VMAs were not registered yet.
+    /// Fill before RESTORE_FINISHED (early prefetch, early fill) skips the task until
+    /// then: its VMAs were not registered yet.
     pub prefetch_not_before: Option<Instant>,
     /// An early prefetch copy succeeded since the last ENOENT. Until then early
     /// prefetch claims one page at a time, one claim in flight, so waiting for the
     /// restorer to register costs the page source one page per retry.
     pub prefetch_registered: bool,
-    /// Where the last background chunk ended, so fill proceeds in address order.
-    pub cursor: Option<u64>,
+    /// Where each background job goes on in this task (`stripes.rs`).
+    pub stripes: Stripes,
     pub exited: bool,
     pub retired: bool,
 }

@@ -25,11 +25,14 @@ pub(crate) enum Copier {
     /// restorer may not have registered the VMA yet, so ENOENT means "not yet", not
     /// "gone": the pages must stay pending (dropping them would zero-fill them later).
     Prefetch { early: bool },
+    /// Background fill before RESTORE_FINISHED (`EngineConfig::early_fill`): ENOENT
+    /// means "not registered yet", as for early prefetch.
+    Early,
 }
 
 impl Copier {
     fn unregistered_is_retry(self) -> bool {
-        matches!(self, Copier::Prefetch { early: true })
+        matches!(self, Copier::Prefetch { early: true } | Copier::Early)
     }
 }
 
@@ -53,9 +56,12 @@ impl FillReport {
 
 /// Longest background UFFDIO_COPY/ZEROPAGE, in pages. The fault thread needs the gate
 /// exclusively to read messages, and an ioctl cannot be interrupted, so this bounds how
-/// long a fault can wait behind background fill (16 pages: ~20 µs here); between
-/// slices a background copier lets a waiting fault thread in.
-pub(crate) const SLICE_PAGES: u64 = 16;
+/// long a fault can wait behind background fill (64 pages: ~60 µs here); between
+/// slices a background copier lets a waiting fault thread in. Smaller slices cost a
+/// syscall each: with 16 the same 1 GiB took ~20 ms more of one thread's time (the
+/// probe's pread fill: 16 pages 257-267 ms, 64 pages 232-242 ms), which is what kept one
+/// fill thread behind `criu lazy-pages` (which copies far larger spans at once).
+pub(crate) const SLICE_PAGES: u64 = 64;
 
 /// Fills claim `id` of `task` and settles its bookkeeping: filled pages are counted,
 /// leftovers go back to pending (or count as dropped if the task is gone).
