@@ -14,15 +14,14 @@ const pkg: { version: string } = require('../package.json')
 
 /**
  * Background fill threads by default: one CPU is left to the fault thread and the
- * restored process, the rest fill, at least 1 and at most 2 (1 on this 2-CPU VM). A fill
- * thread never sleeps while pages are pending, so fill threads on every CPU leave a
- * faulting process waiting for a CPU: on this 2-vCPU VM, shared with other work, faults
- * during a 4 GiB fill took p99 18-27 ms / max 40-48 ms with 2 fill threads against
- * 0.1-0.5 ms / 2-6 ms with one, while the fill itself was no faster with 2 (1 GiB best
- * 0.68 s with 1 thread, 0.71 s with 2; raw probe 2.63 vs 2.89 GB/s). On idle CPUs a
- * second thread does pay (raw probe 4.1 vs 7.4-8.0 GB/s, ours 1.55x in a quiet hour):
- * hence 2 from 3 CPUs on. Above two nothing was measured (the bench machine has two
- * CPUs), so more stays a choice: --jobs N.
+ * restored process, the rest fill, at least 1 and at most 2 (1 on this 2-CPU VM).
+ * Measured here (quiet 2-vCPU VM, 1 GiB, interleaved rounds, 2026-12-01 19:50 UTC): two
+ * jobs fill in 0.20 s against 0.31-0.33 s with one (since each job has its own stripe of
+ * memory, `engine/stripes.rs`), but faults during a two-job fill waited p99 0.4-3.6 ms
+ * against 0.2-0.35 ms with one: with a fill thread on every CPU, a fault's path (the
+ * woken fault thread, the gate, the woken process) meets a busy CPU. Faults come first,
+ * so two fill threads only from 3 CPUs on; more was not measured (the bench machine
+ * has two CPUs), so it stays a choice: --jobs N.
  */
 const DEFAULT_JOBS = Math.max(1, Math.min(availableParallelism() - 1, 2))
 

@@ -10,6 +10,8 @@
 //!   page, in address order, with `early_fill`); after `restore_finished`, the working
 //!   set first, then policy hints, then address order, each job in its own stripe of
 //!   the task (`stripes.rs`).
+//! * Fill threads run as SCHED_IDLE and the fault thread at nice -10 where allowed
+//!   (`niceness.rs`), so a woken fault thread never waits for a CPU behind the fill.
 //! * **notifier**: delivers `EngineEvent`s to the callback, so a slow policy layer never
 //!   delays a fault.
 //!
@@ -74,6 +76,7 @@ mod fault_loop;
 mod gate;
 mod inflight;
 mod journal;
+mod niceness;
 mod notify;
 mod serve;
 mod shared;
@@ -130,10 +133,22 @@ impl Engine {
             std::thread::Builder::new().name(format!("lazy-{name}")).spawn(body).map(|h| (name, h)).map_err(EngineError::Setup)
         };
         let s = shared.clone();
-        threads.push(spawn("faults", Box::new(move || FaultLoop::new(s).run()))?);
+        threads.push(spawn(
+            "faults",
+            Box::new(move || {
+                niceness::fault_thread();
+                FaultLoop::new(s).run()
+            }),
+        )?);
         for job in 0..shared.config.jobs {
             let s = shared.clone();
-            threads.push(spawn("fill", Box::new(move || background::run(s, job)))?);
+            threads.push(spawn(
+                "fill",
+                Box::new(move || {
+                    niceness::fill_thread(job, s.config.jobs);
+                    background::run(s, job)
+                }),
+            )?);
         }
         let s = shared.clone();
         threads.push(spawn(

@@ -57,7 +57,8 @@ impl FillReport {
 /// Longest background UFFDIO_COPY/ZEROPAGE, in pages. The fault thread needs the gate
 /// exclusively to read messages, and an ioctl cannot be interrupted, so this bounds how
 /// long a fault can wait behind background fill (64 pages: ~60 µs here); between
-/// slices a background copier lets a waiting fault thread in. Smaller slices cost a
+/// slices a background copier lets a waiting fault thread in; while copies are slow the
+/// slice shrinks (`slice` below), bounding the wait in time. Smaller slices cost a
 /// syscall each: with 16 the same 1 GiB took ~20 ms more of one thread's time (the
 /// probe's pread fill: 16 pages 257-267 ms, 64 pages 232-242 ms), which is what kept one
 /// fill thread behind `criu lazy-pages` (which copies far larger spans at once).
@@ -205,9 +206,9 @@ fn fill_piece(
     let mut cur = piece.start;
     // Shrinks when a span turns out to cross a VMA boundary (ENOENT for the whole call).
     let mut step = piece.len();
-    let slice = SLICE_PAGES * PAGE_SIZE;
     while cur < piece.end {
-        let len = step.min(slice).min(piece.end - cur);
+        let len = step.min(slice::pages() * PAGE_SIZE).min(piece.end - cur);
+        let started = std::time::Instant::now();
         let result = match fill {
             Fill::Bytes { img_start, data } => {
                 let off = (piece.img_addr(cur) - img_start) as usize;
@@ -228,6 +229,7 @@ fn fill_piece(
         };
         match outcome {
             FillOutcome::Done(_) => {
+                slice::took(len / PAGE_SIZE, started.elapsed());
                 count_filled(report, fill, len);
                 cur += len;
                 step = piece.end - cur;
@@ -265,6 +267,70 @@ fn fill_piece(
         }
     }
     Ok(())
+}
+
+/// The slice size in use on this thread: `SLICE_PAGES` while copies are quick, smaller
+/// while they are slow. A fault waits for the slice under way, so what must stay short
+/// is its time, not its size; on this VM the time per page varies several-fold (pages
+/// the host has to fault in again after free page reporting handed them back), and a
+/// 64-page copy then took hundreds of µs.
+mod slice {
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    use super::SLICE_PAGES;
+
+    /// Aim: a slice takes at most this long.
+    const TARGET: Duration = Duration::from_micros(100);
+    const MIN_PAGES: u64 = 4;
+
+    thread_local! {
+        static PAGES: Cell<u64> = const { Cell::new(SLICE_PAGES) };
+    }
+
+    pub(super) fn pages() -> u64 {
+        PAGES.with(Cell::get)
+    }
+
+    /// A copy of `pages` pages took `elapsed`: halve the slice after a slow full one,
+    /// double it after a quick one.
+    pub(super) fn took(pages: u64, elapsed: Duration) {
+        PAGES.with(|p| {
+            let now = p.get();
+            if elapsed > TARGET && pages >= now {
+                p.set((now / 2).max(MIN_PAGES));
+            } else if elapsed < TARGET / 3 && pages >= now {
+                p.set((now * 2).min(SLICE_PAGES));
+            }
+        });
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn slow_copies_shrink_the_slice_and_quick_ones_grow_it_back() {
+            std::thread::spawn(|| {
+                assert_eq!(pages(), SLICE_PAGES);
+                took(SLICE_PAGES, TARGET * 2);
+                assert_eq!(pages(), SLICE_PAGES / 2);
+                for _ in 0..10 {
+                    took(pages(), TARGET * 2);
+                }
+                assert_eq!(pages(), MIN_PAGES);
+                // A short copy (the end of a piece) says nothing about a full one.
+                took(1, Duration::ZERO);
+                assert_eq!(pages(), MIN_PAGES);
+                for _ in 0..10 {
+                    took(pages(), Duration::from_micros(10));
+                }
+                assert_eq!(pages(), SLICE_PAGES);
+            })
+            .join()
+            .unwrap();
+        }
+    }
 }
 
 fn count_filled(report: &mut FillReport, fill: Fill<'_>, bytes: u64) {
