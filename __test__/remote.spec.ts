@@ -14,6 +14,7 @@ import { dumpAndWait, killAndWait } from './helpers/dumped'
 import { startPageServer } from './helpers/page-server'
 import { CRIU } from './helpers/paths'
 import { run, sleep, waitFor } from './helpers/proc'
+import { CpuThrottle } from './helpers/throttle'
 import { Workload } from './helpers/workload'
 
 function dirBytes(dir: string): number {
@@ -132,4 +133,37 @@ test('(e) the page server killed and restarted mid-transfer', async (t) => {
   server.child.kill('SIGTERM')
   t.is(await server.exit, 0, server.output())
   t.regex(server.output(), /1 sessions \(0 failed\)/, 'the daemon resumed on the restarted server and closed cleanly')
+})
+
+test('(g) faults, fork, MADV_DONTNEED, munmap and mremap while read-ahead is on the wire', async (t) => {
+  // churn's ops run on SIGUSR2 right after the restore, while background fill and its
+  // read-ahead are still fetching: the page server is held to a small CPU share so the
+  // transfer lasts seconds, not tens of milliseconds.
+  const w = await Workload.start('remote-g', ['churn', '--mib', '64'])
+  await w.verify(['main'])
+  const report = await dumpAndWait(w)
+  const out = join(w.dir, 'split')
+  t.is((await lazyPages(['split', '-D', w.images, '-o', out])).code, 0)
+  const server = await startPageServer(w.images)
+  t.teardown(() => void server.child.kill('SIGKILL'))
+  const throttle = CpuThrottle.open(`lazy-pages-test-${process.pid}-remote-g`, 10)
+  t.teardown(async () => throttle?.close())
+  if (throttle) throttle.add(server.child.pid!)
+  else t.log('no cgroup to throttle the page server: the ops race a fast transfer')
+  const daemon = await startDaemon(out, ['--page-server', '--address', '127.0.0.1', '--port', String(server.port)])
+  t.is(await startLazyRestore(out).done, 0, restoreLogTail(out))
+  const [main, child] = await w.verify(['main', 'churnchild'], 'SIGUSR2')
+  t.true(main.ok, main.line)
+  t.true(child.ok, child.line)
+  const exit = await daemon.exit
+  const stats = readStats(out)
+  assertCleanSummary(t, exit, daemon.stderr(), stats)
+  t.true(stats!.total.faulted > 0 && stats!.total.background > 0, 'both faults and background fill brought pages')
+  t.true(stats!.total.dropped > 0, 'spans dropped while lazy were not copied')
+  t.is(stats!.tasks.filter((x) => x.parent === null || x.parent === undefined).reduce((n, x) => n + x.total, 0), report.total.lazy)
+  const [again] = await w.verify(['main'], 'SIGUSR2')
+  t.true(again.ok, again.line)
+  w.kill()
+  t.is(await server.exit, 0, server.output())
+  t.regex(server.output(), /1 sessions \(0 failed\)/)
 })

@@ -1,4 +1,4 @@
-// `npm run bench [-- --quick] [-- --only fill,latency,remote,ws,scale,tls]`: ours vs `criu lazy-pages`
+// `npm run bench [-- --quick] [-- --only fill,latency,remote,remote-fast,ws,scale,tls]`: ours vs `criu lazy-pages`
 // (and the raw userfaultfd probe where it applies), on the same dumps in the same run.
 // See bench/README.md.
 import { mkdirSync, writeFileSync } from 'node:fs'
@@ -9,6 +9,7 @@ import { fillScenario } from './fill'
 import { latencyScenario } from './latency'
 import { drawPng } from './png'
 import { remoteScenario } from './remote'
+import { remoteFastScenario } from './remote-fast'
 import { tlsScenario } from './remote-tls'
 import { json, markdown, type BenchResult } from './report'
 import { RESULTS } from './paths'
@@ -16,7 +17,7 @@ import { scaleScenario } from './scale'
 import { roundsFor } from './stats'
 import { workingSetScenario } from './working-set'
 
-const SCENARIOS = ['fill', 'latency', 'remote', 'ws', 'scale', 'tls'] as const
+const SCENARIOS = ['fill', 'latency', 'remote', 'remote-fast', 'ws', 'scale', 'tls'] as const
 
 function chosen(): Set<string> {
   const i = process.argv.indexOf('--only')
@@ -39,6 +40,8 @@ async function main(): Promise<void> {
   if (only.has('latency')) result.latency = await latencyScenario(quick ? 1024 : 4096, quick ? 2000 : 4000, rounds, log)
   // 1 GiB at 1 Gbit/s is ~9 s per client: long enough for the touches to meet a full link.
   if (only.has('remote')) result.remote = await remoteScenario(quick ? 512 : 1024, quick ? 1000 : 2000, rounds, log)
+  // 1 GiB both ways: the target is about throughput once the pipeline is full.
+  if (only.has('remote-fast')) result.remoteFast = await remoteFastScenario(1024, rounds, log)
   if (only.has('ws')) result.workingSet = await workingSetScenario(quick ? 1024 : 2048, rounds, log)
   if (only.has('tls')) result.tls = await tlsScenario(quick ? 512 : 1024, quick ? 1000 : 2000, rounds, log)
   if (only.has('scale')) result.scale = await scaleScenario(quick ? 128 : 256, quick ? 300 : 500, quick ? [1, 2, 4] : [1, 2, 4, 8], rounds, log)

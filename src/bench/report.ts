@@ -5,6 +5,7 @@ import { f1, f2, f3, pct, row, verdict } from './format'
 import type { LatencyResult } from './latency'
 import type { Spread } from './stats'
 import { remoteMarkdown, remoteTargets, type RemoteResult } from './remote'
+import { remoteFastMarkdown, remoteFastTargets, type FastResult } from './remote-fast'
 import { scaleMarkdown, type ScaleResult } from './scale'
 import { tlsMarkdown, tlsTargets, type TlsResult } from './remote-tls'
 import { workingSetMarkdown, workingSetTargets, type WorkingSetResult } from './working-set'
@@ -16,6 +17,7 @@ export interface BenchResult {
   fill: FillResult[]
   latency?: LatencyResult
   remote?: RemoteResult
+  remoteFast?: FastResult
   workingSet?: WorkingSetResult
   scale?: ScaleResult
   tls?: TlsResult
@@ -88,6 +90,7 @@ function targets(r: BenchResult): string[] {
     out.push(row([`fault p99 during fill <= criu's`, `median round ${f1(fill.p99.median)} vs ${f1(criu.p99.median)} µs`, verdict(fill.p99.median <= criu.p99.median)]))
   }
   if (r.remote) out.push(...remoteTargets(r.remote))
+  if (r.remoteFast) out.push(...remoteFastTargets(r.remoteFast))
   if (r.workingSet) out.push(...workingSetTargets(r.workingSet))
   if (r.tls) out.push(...tlsTargets(r.tls))
   return out
@@ -115,6 +118,7 @@ export function markdown(r: BenchResult): string {
     lines.push(`## Fault latency: ${l.touches} random first touches of a ${l.mib} MiB restored process (only pages still missing count), ${l.rounds} interleaved rounds`, '', ...latencyTable(l), '', 'p50/p99/max: over every round\'s faults together; then each quantile per round (best / median / worst round).', '')
   }
   if (r.remote) lines.push(...remoteMarkdown(r.remote), '')
+  if (r.remoteFast) lines.push(...remoteFastMarkdown(r.remoteFast), '')
   if (r.workingSet) lines.push(...workingSetMarkdown(r.workingSet), '')
   if (r.scale) lines.push(...scaleMarkdown(r.scale), '')
   if (r.tls) lines.push(...tlsMarkdown(r.tls), '')

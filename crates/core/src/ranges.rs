@@ -114,6 +114,14 @@ impl LazyRanges {
         true
     }
 
+    /// Pending pages at or after `addr`, lowest first; a range holding `addr` is
+    /// clipped to start there.
+    pub fn iter_from(&self, addr: u64) -> impl Iterator<Item = LazyRange> + '_ {
+        let addr = page_floor(addr);
+        let first = self.find(addr).filter(|r| r.start < addr).and_then(|r| r.clip(addr, r.end));
+        first.into_iter().chain(self.map.range(addr..).map(|(&s, &(e, img))| LazyRange::new(s, e, img)))
+    }
+
     /// The pending range containing `addr`, if any.
     pub fn find(&self, addr: u64) -> Option<LazyRange> {
         let (&s, &(e, img)) = self.map.range(..=addr).next_back()?;

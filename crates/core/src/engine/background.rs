@@ -184,6 +184,9 @@ fn hinted_claim(shared: &Shared, tasks: &[Arc<Task>], chunk: u64) -> Option<(Arc
 }
 
 fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, who: Copier, generation: u64, scratch: &mut Vec<u8>) {
+    if who == Copier::Background {
+        super::read_ahead::announce(shared, task, &claim);
+    }
     let fill = match shared.source.pages(task.pid, claim.img_start, claim.len() as usize, scratch) {
         Ok(PageData::Bytes(data)) if data.len() as u64 == claim.len() => Fill::Bytes { img_start: claim.img_start, data },
         Ok(PageData::Zero) => Fill::Zero,

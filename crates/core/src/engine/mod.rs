@@ -78,6 +78,7 @@ mod inflight;
 mod journal;
 mod niceness;
 mod notify;
+mod read_ahead;
 mod serve;
 mod shared;
 mod source;

@@ -41,4 +41,18 @@ pub trait PageSource: Send + Sync {
         len: usize,
         scratch: &'a mut Vec<u8>,
     ) -> Result<PageData<'a>, SourceError>;
+
+    /// Read-ahead hint: these spans of image task `pid` ((img_addr, len), in the
+    /// order they will be asked for) are likely to be asked for soon. A source whose
+    /// bytes take a while to arrive (a page server) may start fetching them now, if
+    /// that is cheap and keeps within its limits; nothing is promised, and a span
+    /// may never be asked for (a fault or MADV_DONTNEED got there first). Must not
+    /// block. Local sources ignore it.
+    fn will_need(&self, _pid: u32, _spans: &[(u64, usize)]) {}
+
+    /// How many spans background fill should announce through `will_need` after
+    /// each claim (the claim itself first); 0, the default: none.
+    fn read_ahead(&self) -> usize {
+        0
+    }
 }

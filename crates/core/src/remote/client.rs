@@ -68,6 +68,10 @@ pub struct RemoteConfig {
     pub urgent_connection: bool,
     /// `--tls`: TLS on every connection (see `tls.rs`).
     pub tls: Option<Arc<TlsClient>>,
+    /// Spans background fill announces ahead (`PageSource::read_ahead`); the
+    /// background window decides how many of them actually go out. 0: none, one
+    /// chunk per round trip.
+    pub read_ahead: usize,
 }
 
 impl Default for RemoteConfig {
@@ -87,6 +91,7 @@ impl Default for RemoteConfig {
             reconnect: Duration::ZERO,
             urgent_connection: false,
             tls: None,
+            read_ahead: 8,
         }
     }
 }
@@ -211,7 +216,7 @@ impl RemotePages {
         // Find or make the request, waiting (bounded) for room if need be.
         let id = loop {
             s.check(&book, pid, img_addr)?;
-            if let Some(id) = book.covering(pid, img_addr, len64) {
+            if let Some(id) = book.covering(pid, img_addr, len64, priority) {
                 break id;
             }
             if let Some(id) = book.admit(pid, img_addr, len64, priority) {
@@ -228,10 +233,9 @@ impl RemotePages {
             match book.request(id) {
                 None => return Ok(PageData::Retry),
                 Some(r) if r.done() => {
-                    return Ok(if book.copy_out(id, img_addr, len64, scratch) {
-                        PageData::Bytes(scratch.as_slice())
-                    } else {
-                        PageData::Retry
+                    return Ok(match book.take_out(id, img_addr, len64, scratch) {
+                        Some(start) => PageData::Bytes(&scratch[start..start + len]),
+                        None => PageData::Retry,
                     });
                 }
                 Some(_) => {}
@@ -307,6 +311,26 @@ pub(crate) fn priority_of(config: &RemoteConfig, len: usize) -> Priority {
 impl PageSource for RemotePages {
     fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>) -> Result<PageData<'a>, SourceError> {
         self.fetch(pid, img_addr, len, scratch, priority_of(&self.shared.config, len))
+    }
+
+    /// Background GETs for the spans, as far as the background window has room
+    /// (so a fault still queues behind at most about `queue_target` of them);
+    /// never waits. Later `pages()` calls find them on the wire or arrived.
+    fn will_need(&self, pid: u32, spans: &[(u64, usize)]) {
+        let s = &self.shared;
+        let mut book = s.lock();
+        if book.fatal.is_some() || book.closed {
+            return;
+        }
+        let admitted = book.admit_ahead(pid, spans);
+        drop(book);
+        if admitted {
+            s.pump();
+        }
+    }
+
+    fn read_ahead(&self) -> usize {
+        self.shared.config.read_ahead
     }
 }
 

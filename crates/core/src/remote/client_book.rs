@@ -3,9 +3,17 @@
 //! what has arrived, and what may be sent next within the background window
 //! (`client_window.rs`), which each reply header's delay steers.
 //!
-//! A `Request` is one span the engine asked for, with its own buffer. It goes
-//! out as one or more `Segment`s (GETs); a reply may carry fewer pages than
-//! asked (the server clamps at the end of a run), and the rest is asked again.
+//! A `Request` is one span the engine asked for (or announced: read-ahead), with
+//! its own buffer. It goes out as one or more `Segment`s (GETs); a reply may carry
+//! fewer pages than asked (the server clamps at the end of a run), and the rest is
+//! asked again.
+//!
+//! Buffers: the reader receives straight into the request's buffer, at a page-
+//! aligned offset (so each page UFFDIO_COPY reads is one page of ours, not two
+//! halves). A caller asking for a whole done request gets that buffer itself
+//! (swapped with its scratch, no copy); the scratch it gave up, and the buffers of
+//! requests served by copying or evicted, go to a small pool that new requests
+//! take from, so the steady state allocates and zeroes nothing.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
@@ -37,8 +45,10 @@ pub(crate) struct Request {
     pub pid: u32,
     pub vaddr: u64,
     pub priority: Priority,
-    /// `len` bytes; taken out (empty) while the reader fills it.
+    /// Holds the data at `base..base + len`; taken out (empty) while the reader fills it.
     pub buf: Vec<u8>,
+    /// Where the data starts in `buf`: the first page-aligned byte.
+    base: usize,
     pub len: u64,
     pub received: u64,
     /// (byte offset, pages) not asked for yet, including clamped remainders.
@@ -91,10 +101,21 @@ pub(crate) enum Sent {
 pub(crate) struct Landing {
     pub seg: Segment,
     pub pages: u64,
-    /// Byte offset of the data in the request's buffer.
+    /// Byte offset of the data in the request's span.
     pub offset: u64,
+    /// Where in `buf` the data goes.
+    pub start: usize,
     /// The request's buffer (None if the request is gone: discard the data).
     pub buf: Option<Vec<u8>>,
+}
+
+/// Spare buffers kept at most (each also counts against half the cache's bytes).
+const POOL_BUFFERS: usize = 16;
+
+/// Bytes from the start of `buf` to its first page boundary.
+fn page_offset(buf: &[u8]) -> usize {
+    let page = PAGE_SIZE as usize;
+    (page - buf.as_ptr() as usize % page) % page
 }
 
 pub(crate) struct Book {
@@ -104,6 +125,12 @@ pub(crate) struct Book {
     pub wire: VecDeque<Sent>,
     background_on_wire: u64,
     held: u64,
+    /// Spare buffers, `pooled` bytes in all.
+    pool: Vec<Vec<u8>>,
+    pooled: u64,
+    /// Read-ahead found no room in the window at its last call: the window is what
+    /// holds background back (as when admitted requests wait unsent).
+    wanting: bool,
     next_id: u64,
     pub fatal: Option<String>,
     pub closed: bool,
@@ -120,6 +147,9 @@ impl Book {
             wire: VecDeque::new(),
             background_on_wire: 0,
             held: 0,
+            pool: Vec::new(),
+            pooled: 0,
+            wanting: false,
             next_id: 1,
             fatal: None,
             closed: false,
@@ -131,16 +161,43 @@ impl Book {
         self.reqs.get(&id)
     }
 
-    /// A request whose span holds [addr, addr+len) of `pid`, done ones first.
-    pub fn covering(&self, pid: u32, addr: u64, len: u64) -> Option<u64> {
+    /// A request whose span holds [addr, addr+len) of `pid`, done ones first. A
+    /// fault takes only one that is done or wholly on the wire: part of a background
+    /// request may still wait for room in the window, and a fault must not.
+    pub fn covering(&self, pid: u32, addr: u64, len: u64, priority: Priority) -> Option<u64> {
         let mut found = None;
         for (&id, r) in self.reqs.iter().filter(|(_, r)| r.covers(pid, addr, len)) {
             if r.done() {
                 return Some(id);
             }
+            if priority == Priority::Fault && !r.unsent.is_empty() {
+                continue;
+            }
             found = found.or(Some(id));
         }
         found
+    }
+
+    /// Read-ahead: admits each span not asked for yet as background, in order,
+    /// while the window has room; never waits. True if any was admitted.
+    pub fn admit_ahead(&mut self, pid: u32, spans: &[(u64, usize)]) -> bool {
+        let mut admitted = false;
+        self.wanting = false;
+        for &(addr, len) in spans {
+            let len = len as u64;
+            if len == 0 || len % PAGE_SIZE != 0 || addr % PAGE_SIZE != 0 {
+                continue;
+            }
+            if self.covering(pid, addr, len, Priority::Background).is_some() {
+                continue;
+            }
+            if self.admit(pid, addr, len, Priority::Background).is_none() {
+                self.wanting = true;
+                break;
+            }
+            admitted = true;
+        }
+        admitted
     }
 
     /// Records a new span to fetch, or None if the limits say not now.
@@ -159,13 +216,52 @@ impl Book {
             Priority::Fault => {}
         }
         self.evict_for(len);
-        let buf = vec![0u8; usize::try_from(len).ok()?];
+        let (buf, base) = self.buffer(usize::try_from(len).ok()?);
         let id = self.next_id;
         self.next_id += 1;
         self.held += len;
         let unsent = VecDeque::from([(0, len / PAGE_SIZE)]);
-        self.reqs.insert(id, Request { pid, vaddr, priority, buf, len, received: 0, unsent, served: 0 });
+        self.reqs.insert(id, Request { pid, vaddr, priority, buf, base, len, received: 0, unsent, served: 0 });
         Some(id)
+    }
+
+    /// A buffer with room for `len` bytes from a page boundary: the smallest in the
+    /// pool that fits, else a new one (zeroed once, reused as it is).
+    fn buffer(&mut self, len: usize) -> (Vec<u8>, usize) {
+        let fits = |b: &Vec<u8>| page_offset(b).checked_add(len).is_some_and(|end| end <= b.len());
+        let best = self.pool.iter().enumerate().filter(|(_, b)| fits(b)).min_by_key(|(_, b)| b.len()).map(|(i, _)| i);
+        let buf = match best {
+            Some(i) => {
+                let b = self.pool.swap_remove(i);
+                self.pooled -= b.len() as u64;
+                b
+            }
+            None => vec![0u8; len + PAGE_SIZE as usize - 1],
+        };
+        let base = page_offset(&buf);
+        (buf, base)
+    }
+
+    /// Keeps `buf` for a later request, within the pool's bounds.
+    /// A full pool gives up its smallest buffer for a larger one, so buffers of
+    /// one-page faults cannot crowd out those of background chunks.
+    fn recycle(&mut self, buf: Vec<u8>) {
+        let size = buf.len() as u64;
+        if size <= PAGE_SIZE {
+            return;
+        }
+        if self.pool.len() >= POOL_BUFFERS {
+            let Some((i, smallest)) = self.pool.iter().enumerate().min_by_key(|(_, b)| b.len()).map(|(i, b)| (i, b.len() as u64)) else { return };
+            if smallest >= size {
+                return;
+            }
+            self.pool.swap_remove(i);
+            self.pooled -= smallest;
+        }
+        if self.pooled + size <= self.limits.cache_bytes / 2 {
+            self.pooled += size;
+            self.pool.push(buf);
+        }
     }
 
     /// Drops done requests, oldest first, until `len` more bytes fit the cache.
@@ -179,21 +275,31 @@ impl Book {
     fn remove(&mut self, id: u64) {
         if let Some(r) = self.reqs.remove(&id) {
             self.held -= r.len;
+            self.recycle(r.buf);
         }
     }
 
-    /// Copies [addr, addr+len) out of done request `id` into `out`.
-    pub fn copy_out(&mut self, id: u64, addr: u64, len: u64, out: &mut Vec<u8>) -> bool {
-        let Some(r) = self.reqs.get_mut(&id).filter(|r| r.done()) else { return false };
-        let start = (addr - r.vaddr) as usize;
-        let Some(src) = r.buf.get(start..start + len as usize) else { return false };
+    /// Puts [addr, addr+len) of done request `id` in `out` and says where in it the
+    /// bytes start. A call for the whole request takes its buffer (swapped with
+    /// `out`, whose old buffer the pool keeps); any other copies.
+    pub fn take_out(&mut self, id: u64, addr: u64, len: u64, out: &mut Vec<u8>) -> Option<usize> {
+        let r = self.reqs.get_mut(&id).filter(|r| r.done())?;
+        let start = r.base + (addr - r.vaddr) as usize;
+        r.buf.get(start..start + len as usize)?;
+        if addr == r.vaddr && len == r.len && r.served == 0 {
+            let r = self.reqs.remove(&id)?;
+            self.held -= r.len;
+            let old = std::mem::replace(out, r.buf);
+            self.recycle(old);
+            return Some(start);
+        }
         out.clear();
-        out.extend_from_slice(src);
+        out.extend_from_slice(&r.buf[start..start + len as usize]);
         r.served += len;
         if r.served >= r.len {
             self.remove(id);
         }
-        true
+        Some(0)
     }
 
     /// Picks the GETs to send now (faults first, then background within the
@@ -232,7 +338,7 @@ impl Book {
             }
         }
         let held = self.reqs.values().any(|r| r.priority == Priority::Background && !r.unsent.is_empty());
-        self.window.set_limited(held);
+        self.window.set_limited(held || self.wanting);
         out
     }
 
@@ -258,11 +364,11 @@ impl Book {
         }
         self.wire.pop_front();
         self.window.sample(now, now.saturating_duration_since(seg.sent), seg.bytes(), seg.priority == Priority::Background);
-        let (offset, buf) = match self.reqs.get_mut(&seg.req) {
-            Some(r) => (seg.vaddr - r.vaddr, Some(std::mem::take(&mut r.buf))),
-            None => (0, None),
+        let (offset, start, buf) = match self.reqs.get_mut(&seg.req) {
+            Some(r) => (seg.vaddr - r.vaddr, r.base + (seg.vaddr - r.vaddr) as usize, Some(std::mem::take(&mut r.buf))),
+            None => (0, 0, None),
         };
-        Ok(Landing { seg, pages: reply.nr_pages, offset, buf })
+        Ok(Landing { seg, pages: reply.nr_pages, offset, start, buf })
     }
 
     /// The data of `landing` arrived (`complete`), or the connection broke

@@ -141,7 +141,7 @@ fn read_replies(shared: &Shared, stream: &mut Wire) -> Result<(), End> {
         let reply = IovHeader::decode(shared.config.version, &head[..hlen]).map_err(|e| End::Fatal(format!("page server {peer}: {e}")))?;
         let mut landing = shared.lock().land(&reply, Instant::now()).map_err(|why| End::Fatal(format!("page server {peer} {why}")))?;
         let bytes = (landing.pages * PAGE_SIZE) as usize;
-        let start = landing.offset as usize;
+        let start = landing.start;
         let what = format!("{} pages of task {} at {:#x}", landing.pages, landing.seg.pid, landing.seg.vaddr);
         let read = match landing.buf.as_mut().and_then(|b| b.get_mut(start..start + bytes)) {
             Some(dst) => read_full(shared, stream, dst, true),

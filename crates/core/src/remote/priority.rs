@@ -45,4 +45,12 @@ impl PageSource for PrioritySource {
             Priority::Background => self.bulk.fetch(pid, img_addr, len, scratch, Priority::Background),
         }
     }
+
+    fn will_need(&self, pid: u32, spans: &[(u64, usize)]) {
+        self.bulk.will_need(pid, spans);
+    }
+
+    fn read_ahead(&self) -> usize {
+        self.bulk.read_ahead()
+    }
 }

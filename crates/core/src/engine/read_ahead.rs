@@ -1,0 +1,46 @@
+//! Read-ahead for background fill: after a fill thread claims a chunk, it tells the
+//! page source which spans background fill will most likely ask for next, so a
+//! source whose bytes take a round trip (a page server) can have them on the wire
+//! or already arrived by then, instead of fetching one chunk per round trip.
+//!
+//! Owns nothing: it only peeks at the task's pending pages (claims nothing, copies
+//! nothing), so every invariant of the engine holds as before. What it promises: the
+//! spans it names are the claim itself followed by the next pending pages in address
+//! order, cut exactly as `LazyRanges::take_chunk` will cut them, so the next claims
+//! match the announced spans one to one unless a fault or an address-space event
+//! changed the pending pages meanwhile. What may go wrong: an announced span is never
+//! asked for (a fault took part of it, MADV_DONTNEED dropped it, the task exited);
+//! the source then fetched bytes for nothing, which its own limits bound (the remote
+//! client: its background window and cache). Sources that do not want read-ahead
+//! (`PageSource::read_ahead` = 0, the local images) cost one virtual call per claim.
+
+use crate::ranges::{Claim, PAGE_SIZE};
+
+use super::shared::Shared;
+use super::task::Task;
+
+/// Announces `claim` (just taken by background fill of `task`) and the spans after it.
+pub(crate) fn announce(shared: &Shared, task: &Task, claim: &Claim) {
+    let depth = shared.source.read_ahead();
+    if depth == 0 {
+        return;
+    }
+    let chunk = shared.config.chunk_pages.max(1) * PAGE_SIZE;
+    let mut spans = Vec::with_capacity(depth);
+    spans.push((claim.img_start, claim.len() as usize));
+    {
+        let st = task.state();
+        'ranges: for range in st.pending.iter_from(claim.end) {
+            let mut at = range.start;
+            while at < range.end {
+                if spans.len() >= depth {
+                    break 'ranges;
+                }
+                let end = range.end.min(at + chunk);
+                spans.push((range.img_addr(at), (end - at) as usize));
+                at = end;
+            }
+        }
+    }
+    shared.source.will_need(task.pid, &spans);
+}
