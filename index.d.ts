@@ -76,7 +76,7 @@ export interface DaemonOptions {
   fillDelayMs?: number
   /** Background fill threads. */
   jobs?: number
-  /** Pages per background copy. */
+  /** Pages per background claim (absent: 64 locally, `REMOTE_CHUNK_PAGES` from a page server). */
   chunkPages?: number
   /** Pages copied per fault (the faulting one plus pending pages after it). */
   faultPages?: number

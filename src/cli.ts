@@ -95,7 +95,11 @@ export function buildProgram(rawArgs: string[] = [], notes: Note[] = []): Comman
   program
     .option('--connect-timeout <seconds>', 'fail if no restore connects within this time, or if its handshake (connect to "restore finished") then takes longer (0 = wait forever)', nonNegativeInt('--connect-timeout'), 300)
     .option('--jobs <n>', 'background fill threads (default: CPUs - 1, at least 1, at most 2)', positiveInt('--jobs'), DEFAULT_JOBS)
-    .option('--chunk-pages <n>', 'pages per background copy (bounds how long a fault can wait behind one)', positiveInt('--chunk-pages'), 64)
+    .option(
+      '--chunk-pages <n>',
+      'pages per background claim (bounds how long a fault can wait behind one; default: 64, with --page-server 256: larger requests cost the page server less)',
+      positiveInt('--chunk-pages'),
+    )
     .option('--fill-delay <ms>', 'after restore finishes, serve only faults (and a --prefetch-ws working set) for this long before the background fill starts (with 0, the default, the fill starts as soon as each process\'s memory arrives, before the restore finishes)', nonNegativeInt('--fill-delay'), 0)
     .addOption(
       new Option('--prefetch <strategy>', 'background fill order after restore finishes')

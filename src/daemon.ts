@@ -29,7 +29,8 @@ export interface DaemonCliOptions extends ServiceOptions, TlsCliOptions {
   reconnect: number
   stallTimeout: number
   urgentConnection?: boolean
-  chunkPages: number
+  /** Absent: the engine's default for the page source (local or --page-server). */
+  chunkPages?: number
   prefetch: string
   statsJson?: string
   recordWs?: string

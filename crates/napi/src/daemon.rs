@@ -27,7 +27,7 @@ pub struct DaemonOptions {
     pub fill_delay_ms: Option<u32>,
     /// Background fill threads.
     pub jobs: Option<u32>,
-    /// Pages per background copy.
+    /// Pages per background claim (absent: 64 locally, `REMOTE_CHUNK_PAGES` from a page server).
     pub chunk_pages: Option<u32>,
     /// Pages copied per fault (the faulting one plus pending pages after it).
     pub fault_pages: Option<u32>,
@@ -349,7 +349,10 @@ impl Task for Prepare {
                 // back (--fill-delay) or to record faults (a working set is faults only).
                 early_fill: o.fill_delay_ms.unwrap_or(0) == 0 && !o.record_working_set.unwrap_or(false),
                 jobs: o.jobs.map_or(defaults.jobs, |v| v as usize),
-                chunk_pages: o.chunk_pages.map_or(defaults.chunk_pages, u64::from),
+                chunk_pages: o.chunk_pages.map_or(
+                    if o.page_server.is_some() { lazy_pages_core::remote::REMOTE_CHUNK_PAGES } else { defaults.chunk_pages },
+                    u64::from,
+                ),
                 fault_pages: o.fault_pages.map_or(defaults.fault_pages, u64::from),
                 ..defaults
             },

@@ -3,6 +3,10 @@
 //! source whose bytes take a round trip (a page server) can have them on the wire
 //! or already arrived by then, instead of fetching one chunk per round trip.
 //!
+//! Only claims of the address-order fill announce (they are the ones whose next
+//! claims are known: the pending pages after the cursor); a policy hint's claim is
+//! followed by another hint's or by the cursor's, elsewhere.
+//!
 //! Owns nothing: it only peeks at the task's pending pages (claims nothing, copies
 //! nothing), so every invariant of the engine holds as before. What it promises: the
 //! spans it names are the claim itself followed by the next pending pages in address
@@ -30,6 +34,12 @@ pub(crate) fn announce(shared: &Shared, task: &Task, claim: &Claim) {
     spans.push((claim.img_start, claim.len() as usize));
     {
         let st = task.state();
+        if st.cursor != Some(claim.end) {
+            // Not the address-order fill (whose claims move the cursor) but a policy
+            // hint's or a working set's: the fill goes elsewhere next, so spans after
+            // this claim would only be fetched early, kept, evicted and fetched again.
+            return;
+        }
         'ranges: for range in st.pending.iter_from(claim.end) {
             let mut at = range.start;
             while at < range.end {

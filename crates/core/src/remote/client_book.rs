@@ -13,7 +13,11 @@
 //! halves). A caller asking for a whole done request gets that buffer itself
 //! (swapped with its scratch, no copy); the scratch it gave up, and the buffers of
 //! requests served by copying or evicted, go to a small pool that new requests
-//! take from, so the steady state allocates and zeroes nothing.
+//! take from, so the steady state allocates and zeroes nothing. (The kernel's copy
+//! into the task remains: UFFDIO_MOVE would take our pages instead, but it moves
+//! pages only within the address space of the process that created the uffd, which
+//! for CRIU's uffds is the restored process, not this daemon; fs/userfaultfd.c
+//! resolves both `src` and `dst` in the uffd context's mm.)
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
@@ -157,6 +161,11 @@ impl Book {
         }
     }
 
+    /// Requests admitted so far (to tell whether a call added any).
+    pub fn admitted(&self) -> u64 {
+        self.next_id
+    }
+
     pub fn request(&self, id: u64) -> Option<&Request> {
         self.reqs.get(&id)
     }
@@ -178,26 +187,53 @@ impl Book {
         found
     }
 
-    /// Read-ahead: admits each span not asked for yet as background, in order,
-    /// while the window has room; never waits. True if any was admitted.
+    /// The requests that together hold [addr, addr+len) of `pid`, in address
+    /// order, admitting a request for each part nobody asked for yet. A span
+    /// that no longer lines up with the requests (a fault took a page out of a
+    /// run, so later claims start elsewhere) is thus put together from what is
+    /// already asked for, never fetched twice. None: a part could not be
+    /// admitted now (the parts admitted so far stay asked for).
+    pub fn cover(&mut self, pid: u32, addr: u64, len: u64, priority: Priority) -> Option<Vec<u64>> {
+        if let Some(id) = self.covering(pid, addr, len, priority) {
+            return Some(vec![id]);
+        }
+        let end = addr.saturating_add(len);
+        let mut parts = Vec::new();
+        let mut at = addr;
+        while at < end {
+            let usable = |r: &Request| r.pid == pid && r.vaddr <= at && at < r.vaddr + r.len && (priority == Priority::Background || r.unsent.is_empty() || r.done());
+            let holder = self.reqs.iter().filter(|(_, r)| usable(r)).max_by_key(|(_, r)| (r.done(), r.vaddr + r.len)).map(|(&id, r)| (id, r.vaddr + r.len));
+            let (id, next) = match holder {
+                Some(found) => found,
+                None => {
+                    // Up to the next request of this task, or the span's end.
+                    let stop = self.reqs.values().filter(|r| r.pid == pid && r.vaddr > at).map(|r| r.vaddr).min().map_or(end, |v| v.min(end));
+                    (self.admit(pid, at, stop - at, priority)?, stop)
+                }
+            };
+            parts.push(id);
+            at = next;
+        }
+        Some(parts)
+    }
+
+    /// Read-ahead: asks for whatever part of each span nobody asked for yet, as
+    /// background, in order, while the window has room; never waits. True if
+    /// anything was admitted.
     pub fn admit_ahead(&mut self, pid: u32, spans: &[(u64, usize)]) -> bool {
-        let mut admitted = false;
+        let before = self.admitted();
         self.wanting = false;
         for &(addr, len) in spans {
             let len = len as u64;
             if len == 0 || len % PAGE_SIZE != 0 || addr % PAGE_SIZE != 0 {
                 continue;
             }
-            if self.covering(pid, addr, len, Priority::Background).is_some() {
-                continue;
-            }
-            if self.admit(pid, addr, len, Priority::Background).is_none() {
+            if self.cover(pid, addr, len, Priority::Background).is_none() {
                 self.wanting = true;
                 break;
             }
-            admitted = true;
         }
-        admitted
+        self.admitted() != before
     }
 
     /// Records a new span to fetch, or None if the limits say not now.
@@ -279,10 +315,12 @@ impl Book {
         }
     }
 
-    /// Puts [addr, addr+len) of done request `id` in `out` and says where in it the
-    /// bytes start. A call for the whole request takes its buffer (swapped with
-    /// `out`, whose old buffer the pool keeps); any other copies.
-    pub fn take_out(&mut self, id: u64, addr: u64, len: u64, out: &mut Vec<u8>) -> Option<usize> {
+    /// Puts [addr, addr+len) in `out`, from done requests `parts` (as `cover` gave
+    /// them), and says where in `out` the bytes start. A call for one whole request
+    /// takes its buffer (swapped with `out`, whose old buffer the pool keeps); any
+    /// other copies. None if a part is gone or not done.
+    pub fn take_out(&mut self, parts: &[u64], addr: u64, len: u64, out: &mut Vec<u8>) -> Option<usize> {
+        let [id] = *parts else { return self.assemble(parts, addr, len, out) };
         let r = self.reqs.get_mut(&id).filter(|r| r.done())?;
         let start = r.base + (addr - r.vaddr) as usize;
         r.buf.get(start..start + len as usize)?;
@@ -300,6 +338,31 @@ impl Book {
             self.remove(id);
         }
         Some(0)
+    }
+
+    /// Copies [addr, addr+len) out of several done requests, in order.
+    fn assemble(&mut self, parts: &[u64], addr: u64, len: u64, out: &mut Vec<u8>) -> Option<usize> {
+        if !parts.iter().all(|id| self.reqs.get(id).is_some_and(Request::done)) {
+            return None;
+        }
+        out.clear();
+        let end = addr + len;
+        let mut at = addr;
+        for &id in parts {
+            let r = self.reqs.get_mut(&id)?;
+            let stop = end.min(r.vaddr + r.len);
+            if at < r.vaddr || stop <= at {
+                return None;
+            }
+            let start = r.base + (at - r.vaddr) as usize;
+            out.extend_from_slice(r.buf.get(start..start + (stop - at) as usize)?);
+            r.served += stop - at;
+            if r.served >= r.len {
+                self.remove(id);
+            }
+            at = stop;
+        }
+        (at == end).then_some(0)
     }
 
     /// Picks the GETs to send now (faults first, then background within the
@@ -417,5 +480,91 @@ impl Book {
     /// GETs on the wire (for messages).
     pub fn on_wire(&self) -> usize {
         self.wire.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const P: u64 = PAGE_SIZE;
+
+    fn book() -> Book {
+        Book::new(Limits { max_request_pages: 1024, cache_bytes: 16 << 20, max_fault_requests: 64 }, Window::fixed(8 << 20))
+    }
+
+    /// Sends what is planned and answers every GET in full, with each page's
+    /// bytes being its address (as the reader would land them).
+    fn answer_all(b: &mut Book) {
+        let now = Instant::now();
+        b.plan_sends(now);
+        while let Some(Sent::Get(seg)) = b.wire.front().copied() {
+            let reply = IovHeader::get(seg.pid, seg.vaddr, seg.pages);
+            let mut landing = b.land(&reply, now + Duration::from_micros(10)).unwrap();
+            let buf = landing.buf.as_mut().unwrap();
+            for i in 0..seg.pages {
+                let at = landing.start + (i * P) as usize;
+                buf[at..at + 8].copy_from_slice(&(seg.vaddr + i * P).to_le_bytes());
+            }
+            b.landed(landing, true);
+        }
+    }
+
+    fn page_at(out: &[u8], i: u64) -> u64 {
+        let at = (i * P) as usize;
+        u64::from_le_bytes(out[at..at + 8].try_into().unwrap())
+    }
+
+    #[test]
+    fn a_span_across_read_ahead_requests_is_put_together_not_fetched_again() {
+        let mut b = book();
+        // Read-ahead announced [0, 4) and [4, 8); a fault then shifted the next claim.
+        assert!(b.admit_ahead(1, &[(0, (4 * P) as usize), (4 * P, (4 * P) as usize)]));
+        assert!(!b.admit_ahead(1, &[(0, (4 * P) as usize)]), "already asked for");
+        let parts = b.cover(1, 2 * P, 4 * P, Priority::Background).unwrap();
+        assert_eq!(parts.len(), 2, "[2, 6) is held by the two requests");
+        assert_eq!(b.admitted(), 3, "nothing new asked for");
+        // [6, 10): the part past the last request is asked for on its own.
+        let tail = b.cover(1, 6 * P, 4 * P, Priority::Background).unwrap();
+        assert_eq!(tail.len(), 2);
+        assert_eq!(b.request(tail[1]).map(|r| (r.vaddr, r.len)), Some((8 * P, 2 * P)));
+        answer_all(&mut b);
+        let mut out = Vec::new();
+        let start = b.take_out(&parts, 2 * P, 4 * P, &mut out).unwrap();
+        assert_eq!((0..4).map(|i| page_at(&out[start..], i)).collect::<Vec<_>>(), [2 * P, 3 * P, 4 * P, 5 * P]);
+    }
+
+    #[test]
+    fn a_whole_request_is_handed_over_page_aligned_and_its_buffer_reused() {
+        let mut b = book();
+        let id = b.cover(1, 0, 16 * P, Priority::Background).unwrap();
+        answer_all(&mut b);
+        let mut out = Vec::new();
+        let start = b.take_out(&id, 0, 16 * P, &mut out).unwrap();
+        let data = &out[start..start + (16 * P) as usize];
+        assert_eq!(data.as_ptr() as u64 % P, 0, "page-aligned for UFFDIO_COPY");
+        assert_eq!(page_at(data, 15), 15 * P);
+        assert_eq!(b.held, 0, "handed over: no longer the cache's");
+        // The caller's next call gives this buffer back; the next request takes it.
+        let given = out.as_ptr();
+        let again = b.cover(1, 16 * P, 16 * P, Priority::Background).unwrap();
+        answer_all(&mut b);
+        b.take_out(&again, 16 * P, 16 * P, &mut out).unwrap();
+        assert_ne!(out.as_ptr(), given, "swapped for the new request's buffer");
+        let third = b.cover(1, 32 * P, 16 * P, Priority::Background).unwrap();
+        assert_eq!(b.request(third[0]).unwrap().buf.as_ptr(), given, "the pool's buffer, not a new one");
+    }
+
+    #[test]
+    fn a_fault_does_not_wait_for_background_still_unsent() {
+        let mut b = Book::new(Limits { max_request_pages: 1024, cache_bytes: 16 << 20, max_fault_requests: 64 }, Window::fixed(4 * P));
+        let bg = b.cover(1, 0, 64 * P, Priority::Background).unwrap();
+        b.plan_sends(Instant::now());
+        // Four pages went out; page 40 still waits for room.
+        let fault = b.cover(1, 40 * P, P, Priority::Fault).unwrap();
+        assert_ne!(fault, bg, "a request of its own, sent at once");
+        let sent = b.plan_sends(Instant::now());
+        assert_eq!(sent.iter().map(|s| (s.vaddr, s.priority)).collect::<Vec<_>>(), [(40 * P, Priority::Fault)]);
     }
 }

@@ -16,7 +16,7 @@ mod tls;
 pub mod wire;
 mod zero_copy;
 
-pub use client::{ConnectError, Priority, RemoteConfig, RemotePages};
+pub use client::{ConnectError, Priority, RemoteConfig, RemotePages, REMOTE_CHUNK_PAGES};
 pub use lazy_index::Invalid;
 pub use priority::PrioritySource;
 pub use server::{PageServer, PageServerConfig, ServeSummary, ServerCallback, ServerError, ServerEvent, ServerStopper};
