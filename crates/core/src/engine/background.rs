@@ -55,7 +55,10 @@ pub(crate) fn run(shared: Arc<Shared>, job: usize) {
             shared.notifier.send(EngineEvent::WorkingSetFetched { pages, elapsed: shared.started.elapsed() });
         }
         match next_claim(&shared, finished, job) {
-            Some((task, id, claim, who)) => fill_one(&shared, &task, id, claim, who, generation, &mut scratch),
+            Some((task, id, claim, who)) => {
+                super::read_ahead::announce(&shared, &task, &claim, who, job);
+                fill_one(&shared, &task, id, claim, who, generation, &mut scratch)
+            }
             // Working-set pages wait for registration, which sends no wake-up: poll.
             None if !finished && !shared.prefetch.is_empty() => {
                 shared.wait_work(generation, UNREGISTERED_WAIT);
@@ -184,9 +187,6 @@ fn hinted_claim(shared: &Shared, tasks: &[Arc<Task>], chunk: u64) -> Option<(Arc
 }
 
 fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, who: Copier, generation: u64, scratch: &mut Vec<u8>) {
-    if who == Copier::Background {
-        super::read_ahead::announce(shared, task, &claim);
-    }
     let fill = match shared.source.pages(task.pid, claim.img_start, claim.len() as usize, scratch) {
         Ok(PageData::Bytes(data)) if data.len() as u64 == claim.len() => Fill::Bytes { img_start: claim.img_start, data },
         Ok(PageData::Zero) => Fill::Zero,

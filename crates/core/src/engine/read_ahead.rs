@@ -9,8 +9,8 @@
 //!
 //! Owns nothing: it only peeks at the task's pending pages (claims nothing, copies
 //! nothing), so every invariant of the engine holds as before. What it promises: the
-//! spans it names are the claim itself followed by the next pending pages in address
-//! order, cut exactly as `LazyRanges::take_chunk` will cut them, so the next claims
+//! spans it names are the claim itself followed by the next pending pages of the job's
+//! stripe (`stripes.rs`), cut exactly as `Stripes::take` will cut them, so the next claims
 //! match the announced spans one to one unless a fault or an address-space event
 //! changed the pending pages meanwhile. What may go wrong: an announced span is never
 //! asked for (a fault took part of it, MADV_DONTNEED dropped it, the task exited);
@@ -22,11 +22,13 @@ use crate::ranges::{Claim, PAGE_SIZE};
 
 use super::shared::Shared;
 use super::task::Task;
+use super::transfer::Copier;
 
-/// Announces `claim` (just taken by background fill of `task`) and the spans after it.
-pub(crate) fn announce(shared: &Shared, task: &Task, claim: &Claim) {
+/// Announces `claim` (just taken by fill job `job` of `task`) and the spans after it in
+/// the job's stripe, cut as `Stripes::take` will cut them.
+pub(crate) fn announce(shared: &Shared, task: &Task, claim: &Claim, who: Copier, job: usize) {
     let depth = shared.source.read_ahead();
-    if depth == 0 {
+    if depth == 0 || !matches!(who, Copier::Background | Copier::Early) {
         return;
     }
     let chunk = shared.config.chunk_pages.max(1) * PAGE_SIZE;
@@ -34,21 +36,25 @@ pub(crate) fn announce(shared: &Shared, task: &Task, claim: &Claim) {
     spans.push((claim.img_start, claim.len() as usize));
     {
         let st = task.state();
-        if st.cursor != Some(claim.end) {
-            // Not the address-order fill (whose claims move the cursor) but a policy
-            // hint's or a working set's: the fill goes elsewhere next, so spans after
-            // this claim would only be fetched early, kept, evicted and fetched again.
+        let Some((cursor, end)) = st.stripes.ahead(job).filter(|&(cursor, _)| cursor == claim.end) else {
+            // Not the job's address-order claim (whose end is its stripe's cursor) but a
+            // policy hint's: the fill goes elsewhere next, so spans after this claim
+            // would only be fetched early, kept, evicted and fetched again.
             return;
-        }
-        'ranges: for range in st.pending.iter_from(claim.end) {
+        };
+        'ranges: for range in st.pending.iter_from(cursor) {
             let mut at = range.start;
-            while at < range.end {
+            let stop = range.end.min(end);
+            while at < stop {
                 if spans.len() >= depth {
                     break 'ranges;
                 }
-                let end = range.end.min(at + chunk);
-                spans.push((range.img_addr(at), (end - at) as usize));
-                at = end;
+                let next = stop.min(at + chunk);
+                spans.push((range.img_addr(at), (next - at) as usize));
+                at = next;
+            }
+            if range.end >= end {
+                break;
             }
         }
     }

@@ -51,6 +51,12 @@ impl Stripes {
         Some(claim)
     }
 
+    /// Where `job` goes on in this task and where its stripe ends, if it has one
+    /// (read-ahead peeks at it: `read_ahead.rs`).
+    pub fn ahead(&self, job: usize) -> Option<(u64, u64)> {
+        self.by_job.get(job).copied().flatten().map(|s| (s.cursor, s.end))
+    }
+
     /// A new stripe for `job`: the upper half of the fullest other stripe, or the whole
     /// task when none is worth splitting.
     fn pick(&mut self, pending: &LazyRanges, job: usize, chunk: u64) -> Stripe {

@@ -188,6 +188,11 @@ impl RemotePages {
         Ok(RemotePages { shared, reader: Mutex::new(Some(reader)) })
     }
 
+    /// Every request and the wire, in one line (for test failures).
+    pub fn debug_dump(&self) -> String {
+        self.shared.lock().debug_dump()
+    }
+
     pub fn peer(&self) -> SocketAddr {
         self.shared.peer
     }
@@ -227,12 +232,14 @@ impl RemotePages {
         let parts = loop {
             s.check(&book, pid, img_addr)?;
             let before = book.admitted();
-            if let Some(parts) = book.cover(pid, img_addr, len64, priority) {
-                if book.admitted() != before {
-                    drop(book);
-                    s.pump();
-                    book = s.lock();
-                }
+            let parts = book.cover(pid, img_addr, len64, priority);
+            if book.admitted() != before {
+                // Even when a later part found no room: what was admitted must go out.
+                drop(book);
+                s.pump();
+                book = s.lock();
+            }
+            if let Some(parts) = parts {
                 break parts;
             }
             let Some(left) = deadline.checked_duration_since(Instant::now()) else { return Ok(PageData::Retry) };

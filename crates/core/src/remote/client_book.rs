@@ -66,6 +66,12 @@ impl Request {
         self.received >= self.len
     }
 
+    /// Part of it is held back by the background window (a fault's own request
+    /// goes out at once, even if it has not been written yet).
+    fn waits_for_room(&self) -> bool {
+        self.priority == Priority::Background && !self.unsent.is_empty()
+    }
+
     fn covers(&self, pid: u32, addr: u64, len: u64) -> bool {
         self.pid == pid && self.vaddr <= addr && addr.saturating_add(len) <= self.vaddr.saturating_add(self.len)
     }
@@ -179,7 +185,7 @@ impl Book {
             if r.done() {
                 return Some(id);
             }
-            if priority == Priority::Fault && !r.unsent.is_empty() {
+            if priority == Priority::Fault && r.waits_for_room() {
                 continue;
             }
             found = found.or(Some(id));
@@ -201,7 +207,7 @@ impl Book {
         let mut parts = Vec::new();
         let mut at = addr;
         while at < end {
-            let usable = |r: &Request| r.pid == pid && r.vaddr <= at && at < r.vaddr + r.len && (priority == Priority::Background || r.unsent.is_empty() || r.done());
+            let usable = |r: &Request| r.pid == pid && r.vaddr <= at && at < r.vaddr + r.len && !(priority == Priority::Fault && r.waits_for_room());
             let holder = self.reqs.iter().filter(|(_, r)| usable(r)).max_by_key(|(_, r)| (r.done(), r.vaddr + r.len)).map(|(&id, r)| (id, r.vaddr + r.len));
             let (id, next) = match holder {
                 Some(found) => found,
@@ -477,6 +483,12 @@ impl Book {
         self.reqs.values().any(|r| !r.done())
     }
 
+    /// Every request and the wire, in one line (for test failures).
+    pub fn debug_dump(&self) -> String {
+        let reqs: Vec<String> = self.reqs.iter().map(|(id, r)| format!("#{id} {:#x}+{} {:?} rcv {} unsent {:?} served {}", r.vaddr, r.len / PAGE_SIZE, r.priority, r.received / PAGE_SIZE, r.unsent, r.served)).collect();
+        format!("reqs {reqs:?} wire {} bg_on_wire {} held {} lost {} win {}", self.wire.len(), self.background_on_wire / PAGE_SIZE, self.held, self.lost, self.window.bytes())
+    }
+
     /// GETs on the wire (for messages).
     pub fn on_wire(&self) -> usize {
         self.wire.len()
@@ -566,5 +578,15 @@ mod tests {
         assert_ne!(fault, bg, "a request of its own, sent at once");
         let sent = b.plan_sends(Instant::now());
         assert_eq!(sent.iter().map(|s| (s.vaddr, s.priority)).collect::<Vec<_>>(), [(40 * P, Priority::Fault)]);
+    }
+
+    #[test]
+    fn a_fault_asked_again_while_the_connection_is_down_is_not_asked_twice() {
+        let mut b = book();
+        b.lost = true;
+        let first = b.cover(1, 7 * P, P, Priority::Fault).unwrap();
+        assert!(b.plan_sends(Instant::now()).is_empty(), "nothing goes out between connections");
+        assert_eq!(b.cover(1, 7 * P, P, Priority::Fault).unwrap(), first);
+        assert_eq!(b.admitted(), 2);
     }
 }

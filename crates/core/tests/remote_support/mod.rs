@@ -103,7 +103,7 @@ pub fn fetch(client: &RemotePages, pid: u32, addr: u64, len: usize, priority: Pr
         match client.fetch(pid, addr, len, &mut scratch, priority)? {
             PageData::Bytes(b) => return Ok(b.to_vec()),
             PageData::Zero => panic!("remote source said Zero"),
-            PageData::Retry => assert!(Instant::now() < deadline, "no data for task {pid} at {addr:#x} within 30 s"),
+            PageData::Retry => assert!(Instant::now() < deadline, "no data for task {pid} at {addr:#x} within 30 s: {}", client.debug_dump()),
         }
     }
 }
