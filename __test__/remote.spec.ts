@@ -138,8 +138,11 @@ test('(e) the page server killed and restarted mid-transfer', async (t) => {
 test('(g) faults, fork, MADV_DONTNEED, munmap and mremap while read-ahead is on the wire', async (t) => {
   // churn's ops run on SIGUSR2 right after the restore, while background fill and its
   // read-ahead are still fetching: the page server is held to a small CPU share so the
-  // transfer lasts seconds, not tens of milliseconds.
-  const w = await Workload.start('remote-g', ['churn', '--mib', '64'])
+  // transfer lasts seconds, not tens of milliseconds. The fill starts 30 ms after the
+  // restore finished (not while it runs, as it does by default) and the region is large,
+  // so the eighths churn drops are still lazy when it drops them: with 64 MiB and the
+  // fill from the moment the uffd arrived, one CI run had them all filled first.
+  const w = await Workload.start('remote-g', ['churn', '--mib', '256'])
   await w.verify(['main'])
   const report = await dumpAndWait(w)
   const out = join(w.dir, 'split')
@@ -150,7 +153,7 @@ test('(g) faults, fork, MADV_DONTNEED, munmap and mremap while read-ahead is on 
   t.teardown(async () => throttle?.close())
   if (throttle) throttle.add(server.child.pid!)
   else t.log('no cgroup to throttle the page server: the ops race a fast transfer')
-  const daemon = await startDaemon(out, ['--page-server', '--address', '127.0.0.1', '--port', String(server.port)])
+  const daemon = await startDaemon(out, ['--page-server', '--address', '127.0.0.1', '--port', String(server.port), '--fill-delay', '30'])
   t.is(await startLazyRestore(out).done, 0, restoreLogTail(out))
   const [main, child] = await w.verify(['main', 'churnchild'], 'SIGUSR2')
   t.true(main.ok, main.line)
@@ -158,6 +161,7 @@ test('(g) faults, fork, MADV_DONTNEED, munmap and mremap while read-ahead is on 
   const exit = await daemon.exit
   const stats = readStats(out)
   assertCleanSummary(t, exit, daemon.stderr(), stats)
+  t.log(`faulted ${stats!.total.faulted}, background ${stats!.total.background}, dropped ${stats!.total.dropped}`)
   t.true(stats!.total.faulted > 0 && stats!.total.background > 0, 'both faults and background fill brought pages')
   t.true(stats!.total.dropped > 0, 'spans dropped while lazy were not copied')
   t.is(stats!.tasks.filter((x) => x.parent === null || x.parent === undefined).reduce((n, x) => n + x.total, 0), report.total.lazy)

@@ -18,7 +18,7 @@ import { run, waitFor, waitGone, within } from './proc'
 import { lazyRestore, type Server } from './restore'
 import { spread, type Spread } from './stats'
 import { childOf } from './usage'
-import { Dumped } from './workload'
+import { Dumped, fnvOf, verify } from './workload'
 
 export interface FastCase {
   link: string
@@ -229,16 +229,6 @@ function listening(pid: number, port: number): boolean {
       return false
     }
   })
-}
-
-const fnvOf = (line: string) => /fnv=([0-9a-f]+)/.exec(line)?.[1] ?? '?'
-
-async function verify(state: string, pid: number): Promise<string> {
-  const file = join(state, 'result-main.txt')
-  rmSync(file, { force: true })
-  process.kill(-pid, 'SIGUSR1')
-  await waitFor('verification result', () => existsSync(file), 300_000, 25)
-  return readFileSync(file, 'utf8').trim()
 }
 
 const criuCase = (r: FastResult, c: FastCase) => r.cases.find((x) => x.link === c.link && x.server === c.server && x.client.startsWith('criu'))

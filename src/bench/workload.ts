@@ -65,9 +65,11 @@ export class Dumped {
   }
 }
 
-const fnvOf = (line: string) => /fnv=([0-9a-f]+)/.exec(line)?.[1] ?? '?'
+/** The checksum in a workload's result line. */
+export const fnvOf = (line: string) => /fnv=([0-9a-f]+)/.exec(line)?.[1] ?? '?'
 
-async function verify(state: string, pid: number): Promise<string> {
+/** SIGUSR1 to the workload's group; its result line once it has checked every byte. */
+export async function verify(state: string, pid: number): Promise<string> {
   const file = join(state, 'result-main.txt')
   rmSync(file, { force: true })
   process.kill(-pid, 'SIGUSR1')

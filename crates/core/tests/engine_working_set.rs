@@ -26,6 +26,20 @@ fn resident(region: &Region, i: usize) -> bool {
     vec & 1 == 1
 }
 
+/// A uffd with nothing registered yet, and a duplicate of it for the engine.
+fn unregistered_uffd() -> (userfaultfd::Uffd, OwnedFd) {
+    let uffd = UffdBuilder::new()
+        .close_on_exec(true)
+        .non_blocking(true)
+        .user_mode_only(false)
+        .require_features(FeatureFlags::EVENT_FORK | FeatureFlags::EVENT_REMAP | FeatureFlags::EVENT_REMOVE | FeatureFlags::EVENT_UNMAP)
+        .create()
+        .expect("userfaultfd");
+    // SAFETY: dup returns a new descriptor that nothing else owns.
+    let engine_fd = unsafe { OwnedFd::from_raw_fd(libc::dup(uffd.as_raw_fd())) };
+    (uffd, engine_fd)
+}
+
 #[test]
 fn records_lazy_faults_in_first_touch_order() {
     let pages = 256;
@@ -56,15 +70,7 @@ fn prefetch_waits_for_registration_then_fills_the_working_set_before_restore_fin
     let source = Arc::new(PatternSource::new(&layout));
     let region = Region::new(pages);
     // As CRIU sends it: the uffd arrives before the restorer registers the VMA.
-    let uffd = UffdBuilder::new()
-        .close_on_exec(true)
-        .non_blocking(true)
-        .user_mode_only(false)
-        .require_features(FeatureFlags::EVENT_FORK | FeatureFlags::EVENT_REMAP | FeatureFlags::EVENT_REMOVE | FeatureFlags::EVENT_UNMAP)
-        .create()
-        .expect("userfaultfd");
-    // SAFETY: dup returns a new descriptor that nothing else owns.
-    let engine_fd = unsafe { OwnedFd::from_raw_fd(libc::dup(uffd.as_raw_fd())) };
+    let (uffd, engine_fd) = unregistered_uffd();
     let rec = Recorder::default();
     let engine = Engine::start(source.clone(), EngineConfig { jobs: 2, ..EngineConfig::default() }, rec.callback()).unwrap();
     let ws = [
@@ -116,15 +122,7 @@ fn early_fill_waits_for_registration_then_fills_everything_before_restore_finish
     let source = Arc::new(PatternSource::new(&layout));
     let region = Region::new(pages);
     // As CRIU sends it: the uffd arrives before the restorer registers the VMA.
-    let uffd = UffdBuilder::new()
-        .close_on_exec(true)
-        .non_blocking(true)
-        .user_mode_only(false)
-        .require_features(FeatureFlags::EVENT_FORK | FeatureFlags::EVENT_REMAP | FeatureFlags::EVENT_REMOVE | FeatureFlags::EVENT_UNMAP)
-        .create()
-        .expect("userfaultfd");
-    // SAFETY: dup returns a new descriptor that nothing else owns.
-    let engine_fd = unsafe { OwnedFd::from_raw_fd(libc::dup(uffd.as_raw_fd())) };
+    let (uffd, engine_fd) = unregistered_uffd();
     let config = EngineConfig { jobs: 2, chunk_pages: 32, early_fill: true, ..EngineConfig::default() };
     let engine = Engine::start(source.clone(), config, Recorder::default().callback()).unwrap();
     engine.add_task(5, engine_fd, layout.ranges(region.addr)).unwrap();
