@@ -10,8 +10,9 @@
 //!   page, in address order, with `early_fill`); after `restore_finished`, the working
 //!   set first, then policy hints, then address order, each job in its own stripe of
 //!   the task (`stripes.rs`).
-//! * Fill threads run as SCHED_IDLE and the fault thread at nice -10 where allowed
-//!   (`niceness.rs`), so a woken fault thread never waits for a CPU behind the fill.
+//! * Fill threads run as SCHED_IDLE once no working set is left to prefetch, and the
+//!   fault thread at nice -10 where allowed (`niceness.rs`), so a woken fault thread
+//!   never waits for a CPU behind the fill.
 //! * **notifier**: delivers `EngineEvent`s to the callback, so a slow policy layer never
 //!   delays a fault.
 //!
@@ -145,10 +146,7 @@ impl Engine {
             let s = shared.clone();
             threads.push(spawn(
                 "fill",
-                Box::new(move || {
-                    niceness::fill_thread(job, s.config.jobs);
-                    background::run(s, job)
-                }),
+                Box::new(move || background::run(s, job)),
             )?);
         }
         let s = shared.clone();
