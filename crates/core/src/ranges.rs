@@ -134,30 +134,18 @@ impl LazyRanges {
 
     /// Pending pages inside `[start, end)`.
     pub fn pages_within(&self, start: u64, end: u64) -> u64 {
-        let (start, end) = (page_floor(start), page_ceil(end));
-        let mut pages = 0;
-        let first = self.find(start).map(|r| r.start);
-        let head = first.into_iter().map(|s| (s, self.map[&s].0));
-        let rest = self.map.range(start..end).map(|(&s, &(e, _))| (s, e)).filter(|&(s, _)| Some(s) != first);
-        for (s, e) in head.chain(rest) {
-            pages += (e.min(end).saturating_sub(s.max(start))) / PAGE_SIZE;
-        }
-        pages
+        let end = page_ceil(end);
+        self.iter_from(start).take_while(|r| r.start < end).map(|r| (r.end.min(end) - r.start) / PAGE_SIZE).sum()
     }
 
     /// Address of the pending page `n` pages (counted in pending pages) after the first
     /// pending page at or above `start`; None if fewer than `n + 1` follow.
     pub fn nth_page_from(&self, start: u64, mut n: u64) -> Option<u64> {
-        let start = page_floor(start);
-        let first = self.find(start).map(|r| (r.start, r.end));
-        let rest = self.map.range(start..).map(|(&s, &(e, _))| (s, e)).filter(|&(s, _)| Some(s) != first.map(|f| f.0));
-        for (s, e) in first.into_iter().chain(rest) {
-            let from = s.max(start);
-            let here = (e - from) / PAGE_SIZE;
-            if n < here {
-                return Some(from + n * PAGE_SIZE);
+        for r in self.iter_from(start) {
+            if n < r.pages() {
+                return Some(r.start + n * PAGE_SIZE);
             }
-            n -= here;
+            n -= r.pages();
         }
         None
     }
