@@ -134,6 +134,8 @@ pub(crate) struct Book {
     reqs: BTreeMap<u64, Request>,
     pub wire: VecDeque<Sent>,
     background_on_wire: u64,
+    /// Background GETs among them.
+    background_gets: u64,
     held: u64,
     /// Spare buffers, `pooled` bytes in all.
     pool: Vec<Vec<u8>>,
@@ -156,6 +158,7 @@ impl Book {
             reqs: BTreeMap::new(),
             wire: VecDeque::new(),
             background_on_wire: 0,
+            background_gets: 0,
             held: 0,
             pool: Vec::new(),
             pooled: 0,
@@ -386,7 +389,7 @@ impl Book {
                 loop {
                     let room = match priority {
                         Priority::Fault => max,
-                        Priority::Background => match self.window.room(self.background_on_wire / PAGE_SIZE, max) {
+                        Priority::Background => match self.window.room(self.background_on_wire / PAGE_SIZE, self.background_gets, max) {
                             Some(room) => room,
                             None => break,
                         },
@@ -400,6 +403,7 @@ impl Book {
                     let seg = Segment { req: id, pid: r.pid, vaddr: r.vaddr + off, pages: take, priority, sent };
                     if priority == Priority::Background {
                         self.background_on_wire += seg.bytes();
+                        self.background_gets += 1;
                     }
                     self.wire.push_back(Sent::Get(seg));
                     out.push(seg);
@@ -450,6 +454,7 @@ impl Book {
             self.wire.push_front(Sent::Get(seg));
         } else if seg.priority == Priority::Background {
             self.background_on_wire = self.background_on_wire.saturating_sub(seg.bytes());
+            self.background_gets = self.background_gets.saturating_sub(1);
         }
         let Some(buf) = landing.buf else { return };
         let Some(r) = self.reqs.get_mut(&seg.req) else { return };
@@ -471,6 +476,7 @@ impl Book {
             let Sent::Get(seg) = sent else { continue };
             if seg.priority == Priority::Background {
                 self.background_on_wire = self.background_on_wire.saturating_sub(seg.bytes());
+                self.background_gets = self.background_gets.saturating_sub(1);
             }
             if let Some(r) = self.reqs.get_mut(&seg.req) {
                 r.unsent.push_front((seg.vaddr - r.vaddr, seg.pages));

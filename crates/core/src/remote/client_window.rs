@@ -30,8 +30,14 @@ const MAX_BYTES: u64 = 8 << 20;
 /// Where the adaptive window starts: half a millisecond at 1 Gbit/s.
 const START_BYTES: u64 = 64 << 10;
 /// Segments per window: with several on the wire, the next GET goes out when one
-/// lands while the rest keep the link busy for the round trip.
-const SEGMENTS: u64 = 4;
+/// lands while the rest keep the link busy for the round trip. As few as do that
+/// (`Adaptive::segments`): a server may pay for every GET whatever its size, and
+/// CRIU's dump-side page server pays a lot (it tees the pipe holding the pages up to
+/// the first one asked for and throws that part away; pipes there are up to 8 MiB).
+/// With four segments per window it spent most of its time on that: 1 GiB from
+/// `criu dump --lazy-pages` over a veth took 1.7-3.0 s against 1.0-1.1 s with the
+/// count below (`npm run bench -- --only remote-fast`).
+const MAX_SEGMENTS: u64 = 8;
 /// Past the start, a round trip's samples move the window by at most this
 /// fraction of `target`'s worth of bytes. A change shows in the delays only a
 /// round trip later; scaling the step by target / (base + target) keeps the loop
@@ -71,18 +77,23 @@ impl Window {
         self.bytes
     }
 
-    /// Pages the next background GET may carry with `used` pages already on the
-    /// wire, or None to wait. An empty wire always takes one, so a window below a
-    /// segment still moves.
-    pub fn room(&self, used: u64, max_request_pages: u64) -> Option<u64> {
+    /// Pages the next background GET may carry with `used` pages in `gets` GETs
+    /// already on the wire, or None to wait. An empty wire always takes one, so a
+    /// window below a segment still moves.
+    pub fn room(&self, used: u64, gets: u64, max_request_pages: u64) -> Option<u64> {
         let cap = (self.bytes / PAGE_SIZE).max(1);
         match self.adaptive {
             // Whatever is left, in one GET: the budget is a plain byte count.
             None => (used == 0 || used < cap).then(|| max_request_pages.min(cap.saturating_sub(used)).max(1)),
             // Whole segments only: slivers would cost a request each for no gain.
-            Some(_) => {
-                let seg = (cap / SEGMENTS).clamp(1, max_request_pages.max(1));
-                (used == 0 || used + seg <= cap).then_some(seg)
+            // Counted in GETs, not bytes: segments cut from a larger window a moment
+            // ago must not block the next one, or the wire runs dry and the link
+            // idles for a round trip (with two segments a window, a byte test did
+            // that once every few GETs).
+            Some(ref a) => {
+                let segments = a.segments();
+                let seg = (cap / segments).clamp(1, max_request_pages.max(1));
+                (gets == 0 || (gets < segments && used < cap)).then_some(seg)
             }
         }
     }
@@ -131,6 +142,18 @@ impl Window {
     }
 }
 
+impl Adaptive {
+    /// Segments that keep the link busy: while one lands, the others must cover the
+    /// round trip. The window holds about rate * (base + target), so the rest of it
+    /// covers the base delay with 1 + base / target segments; at least two, so one
+    /// is always on the wire.
+    fn segments(&self) -> u64 {
+        let base = self.base.get().unwrap_or_default().as_secs_f64();
+        let n = 1.0 + (base / self.target.as_secs_f64()).ceil();
+        (n as u64).clamp(2, MAX_SEGMENTS)
+    }
+}
+
 /// Lowest delay seen over roughly the last one to two epochs.
 #[derive(Default)]
 struct BaseDelay {
@@ -150,6 +173,13 @@ impl BaseDelay {
         self.current = Some(current);
         self.previous.map_or(current, |p| p.min(current))
     }
+
+    fn get(&self) -> Option<Duration> {
+        match (self.current, self.previous) {
+            (Some(c), Some(p)) => Some(c.min(p)),
+            (c, p) => c.or(p),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -161,6 +191,13 @@ mod tests {
     /// background always waiting: (link busy fraction, mean queueing delay a GET
     /// met, final window) over the second half of `secs`.
     fn simulate(rate: f64, rtt: Duration, secs: f64) -> (f64, Duration, u64) {
+        simulate_server(rate, rtt, Duration::ZERO, secs)
+    }
+
+    /// As `simulate`, with a server that spends `per_request` on each GET before its
+    /// reply goes out, one GET at a time; "busy" is then the share of the time the
+    /// link carries page data.
+    fn simulate_server(rate: f64, rtt: Duration, per_request: Duration, secs: f64) -> (f64, Duration, u64) {
         let t0 = Instant::now();
         let mut w = Window::adaptive(Duration::from_micros(500));
         let (mut now, mut link_free, mut used) = (t0, t0, 0u64);
@@ -169,8 +206,8 @@ mod tests {
         let (mut busy, mut queued, mut samples) = (0.0, Duration::ZERO, 0u32);
         let half = t0 + Duration::from_secs_f64(secs / 2.0);
         while now < t0 + Duration::from_secs_f64(secs) {
-            while let Some(pages) = w.room(used, 1024) {
-                let start = (now + rtt / 2).max(link_free);
+            while let Some(pages) = w.room(used, wire.len() as u64, 1024) {
+                let start = (now + rtt / 2).max(link_free) + per_request;
                 link_free = start + Duration::from_secs_f64((pages * PAGE_SIZE) as f64 / rate);
                 wire.push_back((now, start + rtt / 2, link_free + rtt / 2, pages));
                 used += pages;
@@ -180,7 +217,7 @@ mod tests {
             w.sample(header, header - sent, pages * PAGE_SIZE, true);
             if sent >= half {
                 busy += (pages * PAGE_SIZE) as f64 / rate;
-                queued += (header - sent).saturating_sub(rtt);
+                queued += (header - sent).saturating_sub(rtt + per_request);
                 samples += 1;
             }
             used -= pages;
@@ -200,9 +237,23 @@ mod tests {
     }
 
     #[test]
+    fn a_server_that_pays_per_request_gets_few_large_gets() {
+        // CRIU's dump-side page server pays per GET for the position of its first page
+        // in the pipe that holds it (it tees the pipe up to there and throws that
+        // away): tens of microseconds on this VM, whatever the GET's size.
+        for (rate, rtt_us, cost_us) in [(1.25e9, 100, 50), (1.25e9, 100, 100), (125e6, 100, 100)] {
+            let (busy, queue, bytes) = simulate_server(rate, Duration::from_micros(rtt_us), Duration::from_micros(cost_us), 2.0);
+            let what = format!("{} Mbit/s, rtt {rtt_us} us, {cost_us} us a GET: busy {busy:.3}, queue {queue:?}, window {bytes}", rate * 8e-6);
+            eprintln!("{what}");
+            assert!(busy > 0.75, "{what}");
+            assert!(queue < Duration::from_micros(1000), "{what}");
+        }
+    }
+
+    #[test]
     fn fixed_window_sends_what_is_left_of_it_in_one_get() {
         let w = Window::fixed(64 * PAGE_SIZE);
-        assert_eq!((w.room(0, 1024), w.room(60, 1024), w.room(64, 1024)), (Some(64), Some(4), None));
-        assert_eq!(Window::fixed(0).room(0, 1024), Some(1), "an empty wire always takes a page");
+        assert_eq!((w.room(0, 0, 1024), w.room(60, 1, 1024), w.room(64, 1, 1024)), (Some(64), Some(4), None));
+        assert_eq!(Window::fixed(0).room(0, 0, 1024), Some(1), "an empty wire always takes a page");
     }
 }
