@@ -86,7 +86,10 @@ function targets(r: BenchResult): string[] {
   if (l) {
     const fill = l.cases.find((c) => c.name === 'ours during fill')!
     const criu = l.cases.find((c) => c.name === 'criu during fill')!
-    out.push(row([`fault max during fill <= 1 ms, every round`, `worst round ${f1(fill.max.worst)} µs`, verdict(fill.max.worst <= 1000)]))
+    const raw = l.cases.find((c) => c.name.startsWith('raw uffd'))
+    const over = (c: { rounds: { samples: number; maxUs: number }[] }) => c.rounds.filter((q) => q.samples > 0 && q.maxUs > 1000).length
+    const floor = raw ? `; the bare uffd round trip (no daemon, no fill) went over 1 ms in ${over(raw)} of ${raw.rounds.length} rounds (worst ${f1(raw.max.worst)} µs)` : ''
+    out.push(row([`fault max during fill <= 1 ms, every round`, `worst round ${f1(fill.max.worst)} µs (over 1 ms in ${over(fill)} of ${fill.rounds.length} rounds)${floor}`, verdict(fill.max.worst <= 1000)]))
     out.push(row([`fault p99 during fill <= criu's`, `median round ${f1(fill.p99.median)} vs ${f1(criu.p99.median)} µs`, verdict(fill.p99.median <= criu.p99.median)]))
   }
   if (r.remote) out.push(...remoteTargets(r.remote))
@@ -115,7 +118,7 @@ export function markdown(r: BenchResult): string {
   }
   if (r.latency) {
     const l = r.latency
-    lines.push(`## Fault latency: ${l.touches} random first touches of a ${l.mib} MiB restored process (only pages still missing count), ${l.rounds} interleaved rounds`, '', ...latencyTable(l), '', 'p50/p99/max: over every round\'s faults together; then each quantile per round (best / median / worst round).', '')
+    lines.push(`## Fault latency: ${l.touches} random first touches of a ${l.mib} MiB restored process (only pages still missing count), ${l.rounds} interleaved rounds`, '', ...latencyTable(l), '', 'p50/p99/max: over every round\'s faults together; then each quantile per round (best / median / worst round). Raw uffd round trip: `lazy-pages-probe fault`, one thread faulting and another answering with UFFDIO_COPY, no daemon and no fill, once in every round: its max is the stall this VM gives any fault handler.', '')
   }
   if (r.remote) lines.push(...remoteMarkdown(r.remote), '')
   if (r.remoteFast) lines.push(...remoteFastMarkdown(r.remoteFast), '')
