@@ -62,3 +62,54 @@ fn unread_remove_event_makes_copy_answer_changing() {
     assert_eq!(uffd::copy(&u, region.page_addr(2), &page).unwrap(), FillOutcome::Done(PS as u64));
     assert_eq!(uffd::read_events(&u, &mut buf, &mut events).unwrap(), ReadStatus::Empty);
 }
+
+/// What lets `uffd::copy` tell an mremap under way from a page that is gone for good
+/// (it asks an ENOENT twice): while the REMAP is unread, a fill answers EAGAIN even at
+/// the address the pages moved away from, where no VMA is left.
+#[test]
+fn unread_remap_makes_copy_at_the_old_place_answer_changing() {
+    let mut region = Region::new(8);
+    let u = handle(&region);
+    let dest = Region::new(4);
+    // SAFETY: plain mprotect of our own reservation.
+    unsafe { libc::mprotect(dest.addr as *mut libc::c_void, 4 * PS, libc::PROT_NONE) };
+    let (from, to) = (region.page_addr(2), dest.addr);
+    // mremap blocks in the kernel until its REMAP message is read.
+    let mover = std::thread::spawn(move || {
+        // SAFETY: moves pages 2..6 of our region over our own reservation.
+        unsafe { libc::mremap(from as *mut libc::c_void, 4 * PS, 4 * PS, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, to as *mut libc::c_void) as u64 }
+    });
+    // Queued means moved: the VMA change comes before the message.
+    let mut pfd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&u), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    assert_eq!(unsafe { libc::poll(&mut pfd, 1, 10_000) }, 1, "no REMAP message within 10 s");
+    let page = vec![1u8; PS];
+    assert_eq!(uffd::copy(&u, from, &page).unwrap(), FillOutcome::Changing);
+    assert_eq!(uffd::copy(&u, to, &page).unwrap(), FillOutcome::Changing);
+
+    let mut buf = EventBuffer::new(8);
+    let mut events = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // Read until mremap returns (it may also send UNMAP for the old range).
+    while !mover.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "mremap still blocked; events so far: {events:?}");
+        if uffd::read_events(&u, &mut buf, &mut events).unwrap() == ReadStatus::Empty {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert_eq!(mover.join().unwrap(), to);
+    assert!(
+        events.iter().any(|e| matches!(*e, UffdEvent::Remap { from: f, to: t, len } if f == from && t == to && len == 4 * PS as u64)),
+        "{events:?}"
+    );
+    // Once read: nothing at the old place, the pages' new place is served.
+    assert_eq!(uffd::copy(&u, from, &page).unwrap(), FillOutcome::Unmapped);
+    assert_eq!(uffd::copy(&u, to, &page).unwrap(), FillOutcome::Done(PS as u64));
+    // SAFETY: page 0 of the moved span, just filled.
+    assert_eq!(unsafe { check_page(to, |_| 1) }, Ok(()));
+    // Closed before the regions go: unmapping registered pages would wait for an UNMAP
+    // message nobody reads.
+    drop(u);
+    // Keeps the hole ours until the region is unmapped.
+    let _ = region.refill(2, 4, libc::PROT_NONE);
+}

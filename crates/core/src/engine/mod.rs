@@ -55,6 +55,11 @@
 //!    pending (and first in the working set). Anywhere else ENOENT means the VMA is gone and the
 //!    pages are dropped; dropping a not-yet-registered page would leave it to be
 //!    answered with the zero page once it faults.
+//!    ENOENT is only believed when asked twice under one hold of the shared gate
+//!    (`uffd/fill.rs`): a fill the kernel let in just before an mremap/munmap took the
+//!    VMA away answers ENOENT while the REMAP/UNMAP is still unread, and dropping then
+//!    lost pages the REMAP was moving (they read as zeros at their new place). The
+//!    second ask answers EAGAIN while the event is unread, so invariant 3 applies.
 //! 6. **Each lazy page is counted exactly once, by whoever takes it out of the
 //!    task's state, under the state lock.** Pending pages are counted when they leave
 //!    pending; an in-flight claim's pages by its copier when it settles the claim, or,

@@ -251,6 +251,8 @@ fn fill_piece(
             }
             FillOutcome::Unmapped if unregistered_is_retry => return Err(Stop::Halted(cur)),
             FillOutcome::Unmapped if len > PAGE_SIZE => step = page_floor(len / 2).max(PAGE_SIZE),
+            // Final: `uffd::copy` asked twice, and this gate hold keeps an unread REMAP or
+            // UNMAP unread in between, so it would have answered EAGAIN (invariant 5).
             FillOutcome::Unmapped => {
                 let _ = uffd::wake(uffd, cur, PAGE_SIZE);
                 report.dropped += 1;

@@ -5,6 +5,14 @@
 //! `userfaultfd` crate casts a negative `copy` to usize and drops ZEROPAGE's count, so
 //! the engine could neither resume a partial fill nor tell a race from a bug; hence
 //! these wrappers.
+//!
+//! ENOENT is asked twice. A fill can pass the kernel's "event unread" check on entry,
+//! then wait for the mmap lock behind an mremap or munmap and find the VMA gone: ENOENT
+//! while the REMAP/UNMAP that explains it is still unread (seen on Linux 6.18: a fill
+//! job dropped a page an mremap was moving, and the moved page read as zeros). Callers
+//! must not let the uffd's messages be read while a fill ioctl is under way (the engine's
+//! gate: fills hold it shared, the fault thread reads only holding it exclusively), so
+//! the ordering in `run_fill` makes the second answer exact (`FillOutcome::Unmapped`).
 
 use std::os::fd::AsRawFd;
 
@@ -24,7 +32,9 @@ pub enum FillOutcome {
     Partial(u64),
     /// The first page is already present (EEXIST). The kernel does not wake for it.
     Exists,
-    /// No registered VMA covers the range any more, or it spans two VMAs (ENOENT).
+    /// No registered VMA covers the range, or it spans two VMAs (ENOENT), and no event
+    /// that could explain it is unread: answered twice (see the module docs), with the
+    /// caller keeping the uffd's messages unread in between.
     Unmapped,
     /// EAGAIN with no progress: a fork/remap/remove/unmap event is still unread, so the
     /// kernel refuses to touch the address space until the event is consumed.
@@ -38,6 +48,7 @@ pub fn copy(uffd: &Uffd, dst: u64, src: &[u8]) -> Result<FillOutcome, UffdError>
     let len = src.len() as u64;
     let mut arg = UffdioCopy { dst, src: src.as_ptr() as u64, len, mode: 0, copy: 0 };
     run_fill("UFFDIO_COPY", dst, len, || {
+        arg.copy = 0;
         // SAFETY: `arg` is a valid uffdio_copy; `src` outlives the call and the kernel only
         // reads `len` bytes from it; `dst` lies in the *target* mm, never dereferenced here.
         let res = unsafe { uffdio_copy(uffd.as_raw_fd(), &mut arg) };
@@ -49,6 +60,7 @@ pub fn copy(uffd: &Uffd, dst: u64, src: &[u8]) -> Result<FillOutcome, UffdError>
 pub fn zeropage(uffd: &Uffd, dst: u64, len: u64) -> Result<FillOutcome, UffdError> {
     let mut arg = UffdioZeropage { range: UffdioRange { start: dst, len }, mode: 0, zeropage: 0 };
     run_fill("UFFDIO_ZEROPAGE", dst, len, || {
+        arg.zeropage = 0;
         // SAFETY: `arg` is a valid uffdio_zeropage that lives across the call.
         let res = unsafe { uffdio_zeropage(uffd.as_raw_fd(), &mut arg) };
         (res, arg.zeropage)
@@ -61,6 +73,7 @@ pub fn zeropage(uffd: &Uffd, dst: u64, len: u64) -> Result<FillOutcome, UffdErro
 pub fn poison(uffd: &Uffd, dst: u64, len: u64) -> Result<FillOutcome, UffdError> {
     let mut arg = UffdioPoison { range: UffdioRange { start: dst, len }, mode: 0, updated: 0 };
     run_fill("UFFDIO_POISON", dst, len, || {
+        arg.updated = 0;
         // SAFETY: `arg` is a valid uffdio_poison that lives across the call.
         let res = unsafe { uffdio_poison(uffd.as_raw_fd(), &mut arg) };
         (res, arg.updated)
@@ -113,12 +126,23 @@ pub fn poison_span(uffd: &Uffd, start: u64, end: u64) -> Result<(u64, PoisonEnd)
     Ok((poisoned, PoisonEnd::Done))
 }
 
-/// Issues a fill ioctl until it answers with something other than EINTR. `call` issues
-/// it once and returns its result with the count the kernel wrote back.
+/// Issues a fill ioctl until it answers with something other than EINTR, and asks an
+/// ENOENT once more. `call` issues it once and returns its result with the count the
+/// kernel wrote back (it resets the count first).
 fn run_fill(op: &'static str, dst: u64, len: u64, mut call: impl FnMut() -> (nix::Result<i32>, i64)) -> Result<FillOutcome, UffdError> {
+    let mut asked_again = false;
     loop {
         let (res, done) = call();
         match classify(res.map(|_| ()), done, len) {
+            // Why asking again tells an unread event from a VMA that is gone: mremap and
+            // munmap raise the uffd's "changing" count in the same mmap-locked step that
+            // takes the VMA away, and lower it only once their REMAP/UNMAP has been read;
+            // every fill ioctl answers EAGAIN on entry while the count is up. An ENOENT
+            // saw the VMA gone, so the count went up before it, and nobody reads messages
+            // until we return: EAGAIN now means the event is still unread (the caller
+            // keeps the pages for the event to move or drop), ENOENT again means no event
+            // explains it (or one was read before the caller looked the range up).
+            Some(FillOutcome::Unmapped) if !asked_again => asked_again = true,
             Some(outcome) => return Ok(outcome),
             None if res == Err(Errno::EINTR) => continue,
             None => return Err(failure(op, dst, len, res)),
