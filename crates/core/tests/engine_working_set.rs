@@ -63,6 +63,40 @@ fn records_lazy_faults_in_first_touch_order() {
     assert!(summary.tasks[0].reconciles());
 }
 
+/// One probe at a time even when a probe takes longer than the pause between probes:
+/// with a page source that takes 3 ms a request, a second fill job used to probe the
+/// working set's next page while the first probe was still out, and every such page was
+/// fetched again once the VMA was registered.
+#[test]
+fn a_slow_probe_keeps_the_other_jobs_off_the_task_until_it_answers() {
+    let pages = 64;
+    let layout = Arc::new(Layout::all(pages));
+    let mut source = PatternSource::new(&layout);
+    source.delay = Some(Duration::from_millis(3));
+    let source = Arc::new(source);
+    let region = Region::new(pages);
+    let (uffd, engine_fd) = unregistered_uffd();
+    let engine = Engine::start(source.clone(), EngineConfig { jobs: 2, ..EngineConfig::default() }, Recorder::default().callback()).unwrap();
+    engine.prefetch(&[TaskWorkingSet { pid: 5, runs: vec![run(&region, 30, 8)] }]);
+    engine.add_task(5, engine_fd, layout.ranges(region.addr)).unwrap();
+    std::thread::sleep(Duration::from_millis(60));
+    uffd.register(region.addr as *mut libc::c_void, pages * PS).expect("register");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.stats().tasks[0].prefetched < 8 {
+        assert!(Instant::now() < deadline, "working set not fetched: {:?}", engine.stats().tasks[0]);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    engine.restore_finished();
+    assert!(engine.wait(WAIT));
+    let t = &engine.join().unwrap().tasks[0];
+    assert_eq!((t.background, t.prefetched, t.dropped), (pages as u64, 8, 0));
+    // Unregistered for 60 ms at 3 ms a probe: page 30 was asked for many times, and
+    // nothing else more than once.
+    assert!(source.served(30) > 3, "page 30 served {} times", source.served(30));
+    let again: Vec<(usize, u32)> = (0..pages).filter(|&i| i != 30 && source.served(i) != 1).map(|i| (i, source.served(i))).collect();
+    assert!(again.is_empty(), "pages fetched more than once (page, times): {again:?}");
+}
+
 #[test]
 fn prefetch_waits_for_registration_then_fills_the_working_set_before_restore_finished() {
     let pages = 512;

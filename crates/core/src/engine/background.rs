@@ -143,16 +143,14 @@ fn next_claim(shared: &Shared, restore_finished: bool, job: usize) -> Option<(Ar
             if st.not_before.is_some_and(|t| t > now) {
                 continue;
             }
-            if !restore_finished && st.prefetch_not_before.is_some_and(|t| t > now) {
+            if !restore_finished && (st.probe_in_flight.is_some() || st.prefetch_not_before.is_some_and(|t| t > now)) {
                 continue;
             }
             let probing = !restore_finished && !st.prefetch_registered;
             if let Some(claim) = shared.prefetch.claim(task.pid, &mut st.pending, if probing { 1 } else { chunk }) {
-                if probing {
-                    // Other fill threads leave the task alone until the probe answered.
-                    st.prefetch_not_before = Some(now + UNREGISTERED_WAIT);
-                }
                 let id = st.inflight.add(claim);
+                // Other fill threads leave the task alone until the probe answered.
+                st.probe_in_flight = probing.then_some(id);
                 return Some((task.clone(), id, claim, Copier::Prefetch { early: !restore_finished }));
             }
         }
@@ -183,16 +181,14 @@ fn next_claim(shared: &Shared, restore_finished: bool, job: usize) -> Option<(Ar
 fn early_claim(tasks: &[Arc<Task>], job: usize, chunk: u64, now: Instant) -> Option<(Arc<Task>, u64, Claim, Copier)> {
     for task in tasks {
         let mut st = task.state();
-        if st.exited || st.retired || [st.not_before, st.prefetch_not_before].iter().flatten().any(|&t| t > now) {
+        if st.exited || st.retired || st.probe_in_flight.is_some() || [st.not_before, st.prefetch_not_before].iter().flatten().any(|&t| t > now) {
             continue;
         }
         let probing = !st.prefetch_registered;
         let st = &mut *st;
         if let Some(claim) = st.stripes.take(&mut st.pending, job, if probing { 1 } else { chunk }) {
-            if probing {
-                st.prefetch_not_before = Some(now + UNREGISTERED_WAIT);
-            }
             let id = st.inflight.add(claim);
+            st.probe_in_flight = probing.then_some(id);
             return Some((task.clone(), id, claim, Copier::Early));
         }
     }
@@ -230,6 +226,7 @@ fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, who: Copier, ge
             let mut st = task.state();
             let pieces = st.inflight.finish(id);
             st.put_back(pieces);
+            let _ = st.answered(id);
             st.retry_backoff = (st.retry_backoff * 2).clamp(Duration::from_millis(1), MAX_RETRY_BACKOFF);
             st.not_before = Some(Instant::now() + st.retry_backoff);
             let notify = !st.awaited.is_empty();
@@ -250,9 +247,16 @@ fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, who: Copier, ge
             return shared.fail(e.into());
         }
     };
-    let Some(report) = fill_claim(shared, task, id, fill, who) else { return };
+    let Some(report) = fill_claim(shared, task, id, fill, who) else {
+        let probe_answered = task.state().answered(id);
+        if probe_answered {
+            shared.bump_work();
+        }
+        return;
+    };
     let mut st = task.state();
     st.retry_backoff = Duration::ZERO;
+    let probe_answered = st.answered(id);
     let early = matches!(who, Copier::Prefetch { early: true } | Copier::Early);
     let not_yet = early && !report.leftover.is_empty() && !report.gone && report.error.is_none();
     if not_yet {
@@ -274,6 +278,13 @@ fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, who: Copier, ge
         if matches!(who, Copier::Prefetch { .. }) {
             shared.prefetch.put_front(task.pid, report.leftover.iter().map(|r| (r.start, r.end)));
         }
+    }
+    if probe_answered {
+        // Jobs that found the task probed may claim from it again (after the page is
+        // back in front, or the next probe would be another page's).
+        shared.bump_work();
+    }
+    if not_yet {
         return;
     }
     if !report.leftover.is_empty() && !report.gone && report.error.is_none() {
@@ -287,4 +298,5 @@ fn put_back(task: &Task, id: u64) {
     let mut st = task.state();
     let pieces = st.inflight.finish(id);
     st.put_back(pieces);
+    let _ = st.answered(id);
 }

@@ -44,6 +44,10 @@ pub(crate) struct TaskState {
     /// prefetch claims one page at a time, one claim in flight, so waiting for the
     /// restorer to register costs the page source one page per retry.
     pub prefetch_registered: bool,
+    /// The claim id of that one probe while it is under way: other jobs leave the task
+    /// alone until it answers, however long it takes (a time window alone let a second
+    /// job probe the next page when a probe outlasted it, fetching that page twice).
+    pub probe_in_flight: Option<u64>,
     /// Where each background job goes on in this task (`stripes.rs`).
     pub stripes: Stripes,
     pub exited: bool,
@@ -51,6 +55,16 @@ pub(crate) struct TaskState {
 }
 
 impl TaskState {
+    /// Claim `id` is done with: if it was the probe, the task may be claimed from again
+    /// (true: jobs sleeping for want of work should look again).
+    pub fn answered(&mut self, id: u64) -> bool {
+        let probe = self.probe_in_flight == Some(id);
+        if probe {
+            self.probe_in_flight = None;
+        }
+        probe
+    }
+
     /// Nothing pending, in flight, or awaited.
     pub fn is_quiet(&self) -> bool {
         self.pending.is_empty() && self.inflight.is_empty() && self.awaited.is_empty()
