@@ -47,7 +47,6 @@ pub(crate) fn run(shared: Arc<Shared>, job: usize) {
     let mut forgot_absent = false;
     let mut idle_policy = false;
     while !shared.stopping.load(SeqCst) {
-
         let generation = shared.work_generation();
         let finished = shared.restore_finished.load(SeqCst);
         if finished && !forgot_absent {
@@ -84,8 +83,9 @@ pub(crate) fn run(shared: Arc<Shared>, job: usize) {
 }
 
 /// How long a job with nothing to claim may sleep: until the first task that is only
-/// being left alone for a while (a registration probe under way, a retry backing off)
-/// may be claimed from again, at most IDLE_WAIT. Those windows end without a wake-up;
+/// being left alone for a while (the pause between registration probes, a retry backing
+/// off) may be claimed from again, at most IDLE_WAIT. Those windows end without a
+/// wake-up (a probe's answer does wake the jobs: `fill_one`);
 /// sleeping the full IDLE_WAIT through them left one of two jobs idle for 50 ms at a
 /// time while the other probed (perf sched, 1 GiB --jobs 2: about 100 ms of a 0.3 s
 /// restore with both CPUs idle and pages still pending).

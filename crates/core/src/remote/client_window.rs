@@ -169,11 +169,11 @@ impl BaseDelay {
             self.previous = self.current.take();
             self.epoch_start = Some(now);
         }
-        let current = self.current.map_or(delay, |c| c.min(delay));
-        self.current = Some(current);
-        self.previous.map_or(current, |p| p.min(current))
+        self.current = Some(self.current.map_or(delay, |c| c.min(delay)));
+        self.get().unwrap_or(delay)
     }
 
+    /// The base delay now: the lower of this epoch's and the previous one's minimum.
     fn get(&self) -> Option<Duration> {
         match (self.current, self.previous) {
             (Some(c), Some(p)) => Some(c.min(p)),
