@@ -18,6 +18,8 @@ export interface FillServer {
   restoreSecs: number[]
   /** the server's CPU after it was ready (ms per round): the restore's own cost. */
   cpuMs: Spread
+  /** the same, every round in order. */
+  cpuRuns: number[]
   /** CPU until ready (median ms): process start, reading the images. */
   startupCpuMs: number
   /** median of cpuMs per GiB restored. */
@@ -75,6 +77,7 @@ export async function fillScenario(mib: number, rounds: number, log: (s: string)
       runs: r.secs,
       restoreSecs: r.restoreSecs,
       cpuMs,
+      cpuRuns: r.cpu,
       startupCpuMs: spread(r.startup).median,
       cpuMsPerGiB: cpuMs.median / (mib / 1024),
       anonMiB: r.anon,

@@ -28,5 +28,22 @@ export function spread(xs: number[]): Spread {
   return { best: s[0] ?? NaN, median: s.length ? mid : NaN, worst: s.at(-1) ?? NaN }
 }
 
+/**
+ * Paired rounds: how many of the rounds both contenders ran in had `ours` at or below
+ * `theirs` (same index = same round; NaN, a round that measured nothing, is left out).
+ * Interleaving puts both in the same minute of the VM's drift, so k of n says whether a
+ * difference of medians is more than that drift.
+ */
+export function pairedWins(ours: number[], theirs: number[]): { wins: number; of: number } {
+  let wins = 0
+  let of = 0
+  for (let i = 0; i < Math.min(ours.length, theirs.length); i++) {
+    if (Number.isNaN(ours[i]) || Number.isNaN(theirs[i])) continue
+    of++
+    if (ours[i] <= theirs[i]) wins++
+  }
+  return { wins, of }
+}
+
 /** Rounds per contender: the full run, and `--quick`. */
 export const roundsFor = (quick: boolean) => (quick ? 3 : 5)
