@@ -27,7 +27,7 @@ use crate::ranges::Claim;
 
 use super::notify::lock;
 use super::shared::{Hint, Shared};
-use super::task::Task;
+use super::task::{Task, TaskState};
 use super::transfer::{fill_claim, Copier, Fill};
 use super::{EngineError, EngineEvent, PageData};
 
@@ -224,9 +224,7 @@ fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, who: Copier, ge
             // Put back without the gate: pieces and pending change together under the
             // state lock, which is all a FORK snapshot or REMOVE needs.
             let mut st = task.state();
-            let pieces = st.inflight.finish(id);
-            st.put_back(pieces);
-            let _ = st.answered(id);
+            put_back(&mut st, id);
             st.retry_backoff = (st.retry_backoff * 2).clamp(Duration::from_millis(1), MAX_RETRY_BACKOFF);
             st.not_before = Some(Instant::now() + st.retry_backoff);
             let notify = !st.awaited.is_empty();
@@ -238,12 +236,12 @@ fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, who: Copier, ge
         }
         Ok(PageData::Bytes(data)) => {
             let got = data.len();
-            put_back(task, id);
+            put_back(&mut task.state(), id);
             let want = claim.len() as usize;
             return shared.fail(EngineError::ShortData { pid: task.pid, img_addr: claim.img_start, got, want });
         }
         Err(e) => {
-            put_back(task, id);
+            put_back(&mut task.state(), id);
             return shared.fail(e.into());
         }
     };
@@ -272,12 +270,10 @@ fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, who: Copier, ge
         // Parked faults may be settled now, or the task may be ready to retire.
         shared.poke();
     }
-    if not_yet {
+    if not_yet && matches!(who, Copier::Prefetch { .. }) {
         // Back in pending already; a working set's pages go back to its front too, so
         // they go first once the restorer has registered their VMA.
-        if matches!(who, Copier::Prefetch { .. }) {
-            shared.prefetch.put_front(task.pid, report.leftover.iter().map(|r| (r.start, r.end)));
-        }
+        shared.prefetch.put_front(task.pid, report.leftover.iter().map(|r| (r.start, r.end)));
     }
     if probe_answered {
         // Jobs that found the task probed may claim from it again (after the page is
@@ -294,8 +290,8 @@ fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, who: Copier, ge
     }
 }
 
-fn put_back(task: &Task, id: u64) {
-    let mut st = task.state();
+/// Claim `id` was not filled: its pages go back to pending (and a probe counts as answered).
+fn put_back(st: &mut TaskState, id: u64) {
     let pieces = st.inflight.finish(id);
     st.put_back(pieces);
     let _ = st.answered(id);

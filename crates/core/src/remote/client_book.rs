@@ -452,9 +452,8 @@ impl Book {
         let seg = landing.seg;
         if !complete {
             self.wire.push_front(Sent::Get(seg));
-        } else if seg.priority == Priority::Background {
-            self.background_on_wire = self.background_on_wire.saturating_sub(seg.bytes());
-            self.background_gets = self.background_gets.saturating_sub(1);
+        } else {
+            self.off_wire(&seg);
         }
         let Some(buf) = landing.buf else { return };
         let Some(r) = self.reqs.get_mut(&seg.req) else { return };
@@ -474,13 +473,18 @@ impl Book {
     pub fn requeue(&mut self) {
         while let Some(sent) = self.wire.pop_back() {
             let Sent::Get(seg) = sent else { continue };
-            if seg.priority == Priority::Background {
-                self.background_on_wire = self.background_on_wire.saturating_sub(seg.bytes());
-                self.background_gets = self.background_gets.saturating_sub(1);
-            }
+            self.off_wire(&seg);
             if let Some(r) = self.reqs.get_mut(&seg.req) {
                 r.unsent.push_front((seg.vaddr - r.vaddr, seg.pages));
             }
+        }
+    }
+
+    /// `seg` is no longer on the wire: a background one frees its room in the window.
+    fn off_wire(&mut self, seg: &Segment) {
+        if seg.priority == Priority::Background {
+            self.background_on_wire = self.background_on_wire.saturating_sub(seg.bytes());
+            self.background_gets = self.background_gets.saturating_sub(1);
         }
     }
 
