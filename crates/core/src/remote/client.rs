@@ -286,7 +286,7 @@ impl RemotePages {
                 s.cond.notify_all();
                 return Ok(());
             }
-            book.wire.push_back(Sent::Close);
+            book.close_sent();
             drop(book);
             let header = IovHeader::close().encode(s.config.version).map_err(|e| s.fail(e.to_string()))?;
             w.write_all(header.as_slice()).map_err(|e| s.fail(format!("page server {}: sending CLOSE: {e}", s.peer)))?;

@@ -146,6 +146,11 @@ pub(crate) struct Book {
     next_id: u64,
     pub fatal: Option<String>,
     pub closed: bool,
+    /// A CLOSE went out (`close_sent`): no GET may follow it on the wire. The server
+    /// answers CLOSE and hangs up, so a GET sent after it (the unsent rest of a
+    /// read-ahead request, pumped when a last reply landed) met a closed socket and
+    /// turned a clean end into "Broken pipe", exit 1.
+    closing: bool,
     /// The connection dropped and a new one is not up yet: nothing is sent.
     pub lost: bool,
 }
@@ -166,6 +171,7 @@ impl Book {
             next_id: 1,
             fatal: None,
             closed: false,
+            closing: false,
             lost: false,
         }
     }
@@ -379,7 +385,7 @@ impl Book {
     /// write them in this order before anyone else records more.
     pub fn plan_sends(&mut self, sent: Instant) -> Vec<Segment> {
         let mut out = Vec::new();
-        if self.fatal.is_some() || self.closed || self.lost {
+        if self.fatal.is_some() || self.closed || self.closing || self.lost {
             return out;
         }
         let max = self.limits.max_request_pages.max(1);
@@ -478,6 +484,12 @@ impl Book {
                 r.unsent.push_front((seg.vaddr - r.vaddr, seg.pages));
             }
         }
+    }
+
+    /// The CLOSE is being written: it is the last thing on the wire.
+    pub fn close_sent(&mut self) {
+        self.wire.push_back(Sent::Close);
+        self.closing = true;
     }
 
     /// `seg` is no longer on the wire: a background one frees its room in the window.
@@ -598,5 +610,17 @@ mod tests {
         assert!(b.plan_sends(Instant::now()).is_empty(), "nothing goes out between connections");
         assert_eq!(b.cover(1, 7 * P, P, Priority::Fault).unwrap(), first);
         assert_eq!(b.admitted(), 2);
+    }
+
+    #[test]
+    fn nothing_is_sent_after_close() {
+        let mut b = Book::new(Limits { max_request_pages: 1024, cache_bytes: 16 << 20, max_fault_requests: 64 }, Window::fixed(4 * P));
+        b.cover(1, 0, 64 * P, Priority::Background).unwrap();
+        assert_eq!(b.plan_sends(Instant::now()).len(), 1, "four pages of 64 fit the window");
+        b.close_sent();
+        answer_all(&mut b);
+        assert!(b.plan_sends(Instant::now()).is_empty(), "the rest of the request would follow the CLOSE");
+        b.cover(1, 100 * P, P, Priority::Fault).unwrap();
+        assert!(b.plan_sends(Instant::now()).is_empty(), "a fault neither");
     }
 }
