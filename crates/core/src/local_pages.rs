@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use crate::engine::{PageData, PageSource, SourceError};
+use crate::engine::{PageData, PageSource, Priority, SourceError};
 use crate::images::{Dump, PAGE_SIZE};
 
 pub struct LocalPages {
@@ -45,7 +45,8 @@ impl LocalPages {
 }
 
 impl PageSource for LocalPages {
-    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>) -> Result<PageData<'a>, SourceError> {
+    /// Synchronous underneath: a local read completes at once, so never `Pending`.
+    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>, _: Priority) -> Result<PageData<'a>, SourceError> {
         let memory = self.dump.memory(pid).ok_or(SourceError::Missing { pid, img_addr, len })?;
         let pages = len as u64 / PAGE_SIZE;
         // The buffer is reused from call to call: grow it, never clear it (every byte

@@ -8,7 +8,7 @@ mod engine_support;
 use std::sync::Arc;
 
 use engine_support::*;
-use lazy_pages_core::engine::{Engine, EngineConfig, EngineError, PageData, PageSource, SourceError};
+use lazy_pages_core::engine::{Engine, EngineConfig, EngineError, PageData, PageSource, Priority, SourceError};
 
 /// The pattern source, except that the pages from `fail_from` on cannot be read.
 struct FailingSource {
@@ -17,12 +17,12 @@ struct FailingSource {
 }
 
 impl PageSource for FailingSource {
-    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>) -> Result<PageData<'a>, SourceError> {
+    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>, priority: Priority) -> Result<PageData<'a>, SourceError> {
         let first = ((img_addr - IMG_BASE) as usize) / PS;
         if first + len / PS > self.fail_from {
             return Err(SourceError::Other { pid, img_addr, message: "the disk went away".into() });
         }
-        self.inner.pages(pid, img_addr, len, scratch)
+        self.inner.pages(pid, img_addr, len, scratch, priority)
     }
 }
 

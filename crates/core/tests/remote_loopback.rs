@@ -196,22 +196,10 @@ fn one_session_servers_refuse_a_second_client() {
     assert!(TcpStream::connect(&t).is_err());
 }
 
-/// `pages()` until bytes arrive (bounded), as the engine would ask again.
-fn source_fetch(source: &dyn PageSource, pid: u32, addr: u64, len: usize) -> Vec<u8> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut scratch = Vec::new();
-    loop {
-        match source.pages(pid, addr, len, &mut scratch).unwrap() {
-            PageData::Bytes(b) => return b.to_vec(),
-            PageData::Zero => panic!("remote source said Zero"),
-            PageData::Retry => assert!(std::time::Instant::now() < deadline, "no data for task {pid} at {addr:#x} within 30 s"),
-        }
-    }
-}
-
-/// Every lazy page of the dump through `source` in `chunk_pages` spans.
-fn source_compare_all(source: &dyn PageSource, dump: &Dump, chunk_pages: u64) -> u64 {
-    compare_all(dump, chunk_pages, |pid, addr, len| source_fetch(source, pid, addr, len))
+/// Every lazy page of the dump through `source` in `chunk_pages` spans, asked for at
+/// `priority`.
+fn source_compare_all(source: &dyn PageSource, woken: &Wakes, dump: &Dump, chunk_pages: u64, priority: Priority) -> u64 {
+    compare_all(dump, chunk_pages, |pid, addr, len| source_fetch(source, woken, pid, addr, len, priority))
 }
 
 #[test]
@@ -223,10 +211,11 @@ fn a_one_client_server_serves_a_bulk_and_an_urgent_connection_then_exits() {
     let source = PrioritySource::connect(&server.target(), config).unwrap();
     // Faults (1 page: the urgent connection) while background spans (64
     // pages: the bulk one) stream; every byte checked on both.
+    let woken = attach_waker(&source);
     std::thread::scope(|scope| {
-        let (source, dump) = (&source, &dump);
-        let faults = scope.spawn(move || source_compare_all(source, dump, 1));
-        assert_eq!(source_compare_all(source, dump, 64), 2 * 2009);
+        let (source, dump, woken) = (&source, &dump, &woken);
+        let faults = scope.spawn(move || source_compare_all(source, woken, dump, 1, Priority::Fault));
+        assert_eq!(source_compare_all(source, woken, dump, 64, Priority::Background), 2 * 2009);
         assert_eq!(faults.join().unwrap(), 2 * 2009);
     });
     source.close().unwrap();
@@ -283,7 +272,7 @@ fn peer_close_is_fatal_and_names_the_peer() {
     assert!(err.contains(&format!("page server {addr} closed the connection")), "{err}");
     // Every later call fails the same way, at once.
     let mut scratch = Vec::new();
-    let err2 = c.pages(1, 0x30000, 4096, &mut scratch).unwrap_err().to_string();
+    let err2 = c.pages(1, 0x30000, 4096, &mut scratch, Priority::Fault).unwrap_err().to_string();
     assert!(err2.contains("closed the connection"), "{err2}");
     t.join().unwrap();
 }
@@ -321,19 +310,19 @@ fn headers_seen(s: &mut TcpStream, n: usize) -> Vec<IovHeader> {
 fn background_bytes_on_the_wire_stay_within_budget_and_faults_go_at_once() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let config = RemoteConfig { background_budget: 256 * 1024, background_wait: Duration::from_millis(50), ..RemoteConfig::default() };
+    let config = RemoteConfig { background_budget: 256 * 1024, ..RemoteConfig::default() };
     let c = RemotePages::connect(&addr.to_string(), config).unwrap();
     let (mut s, _) = listener.accept().unwrap();
     let mut scratch = Vec::new();
     // A 1024-page background span: only 64 pages (256 KiB) may go out.
-    assert!(matches!(c.fetch(1, 0x100000, 1024 * 4096, &mut scratch, Priority::Background).unwrap(), PageData::Retry));
+    assert!(matches!(c.fetch(1, 0x100000, 1024 * 4096, &mut scratch, Priority::Background).unwrap(), PageData::Pending));
     let seen = headers_seen(&mut s, 10);
     assert_eq!(seen, vec![IovHeader::get(1, 0x100000, 64)]);
     // More background is refused while the budget is used up...
-    assert!(matches!(c.fetch(1, 0x900000, 64 * 4096, &mut scratch, Priority::Background).unwrap(), PageData::Retry));
+    assert!(matches!(c.fetch(1, 0x900000, 64 * 4096, &mut scratch, Priority::Background).unwrap(), PageData::Pending));
     assert_eq!(headers_seen(&mut s, 10), vec![]);
     // ...but a fault goes out immediately.
-    assert!(matches!(c.pages(1, 0x800000, 4096, &mut scratch).unwrap(), PageData::Retry));
+    assert!(matches!(c.pages(1, 0x800000, 4096, &mut scratch, Priority::Fault).unwrap(), PageData::Pending));
     assert_eq!(headers_seen(&mut s, 10), vec![IovHeader::get(1, 0x800000, 1)]);
     // Answer the first background GET: the next 64 pages of that span go out.
     let reply = IovHeader::get(1, 0x100000, 64).get_reply(64);

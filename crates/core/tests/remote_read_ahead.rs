@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use engine_support::{check_page, Recorder, Region, Rng, PS};
-use lazy_pages_core::engine::{Engine, EngineConfig, PageData, PageSource, SourceError};
+use lazy_pages_core::engine::{Engine, EngineConfig, PageData, PageSource, Priority, SourceError, Waker};
 use lazy_pages_core::images::Dump;
 use lazy_pages_core::ranges::{LazyRange, LazyRanges};
 use lazy_pages_core::remote::{PageServerConfig, RemoteConfig, RemotePages, WireVersion};
@@ -36,8 +36,8 @@ struct Watched {
 }
 
 impl PageSource for Watched {
-    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>) -> Result<PageData<'a>, SourceError> {
-        let got = self.client.pages(pid, img_addr, len, scratch)?;
+    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>, priority: Priority) -> Result<PageData<'a>, SourceError> {
+        let got = self.client.pages(pid, img_addr, len, scratch, priority)?;
         if matches!(got, PageData::Bytes(_)) {
             self.asked.lock().unwrap().push((img_addr, len));
         }
@@ -49,8 +49,16 @@ impl PageSource for Watched {
         self.client.will_need(pid, spans);
     }
 
-    fn read_ahead(&self) -> usize {
-        self.client.read_ahead()
+    fn set_waker(&self, waker: Waker) {
+        self.client.set_waker(waker);
+    }
+
+    fn hurry(&self, pid: u32, img_addr: u64, len: usize) {
+        self.client.hurry(pid, img_addr, len);
+    }
+
+    fn read_ahead_bytes(&self) -> u64 {
+        self.client.read_ahead_bytes()
     }
 }
 
@@ -61,7 +69,7 @@ fn read_ahead_with_faults_and_removes_serves_every_byte_once() {
     let dump = Dump::open(&fixture.dir()).unwrap();
     let server = serve(&dump, PageServerConfig { address: "127.0.0.1".parse().unwrap(), version: WireVersion::V42, ..PageServerConfig::default() });
     let client = RemotePages::connect(&server.target(), RemoteConfig { version: WireVersion::V42, ..RemoteConfig::default() }).unwrap();
-    assert!(client.read_ahead() > 1, "read-ahead is on by default");
+    assert!(client.read_ahead_bytes() > 1 << 20, "read-ahead is on by default");
     let source = Arc::new(Watched { client, announced: AtomicUsize::new(0), asked: Mutex::new(Vec::new()) });
 
     // The region mirrors the dump: the gap is a hole that is not lazy.

@@ -106,15 +106,9 @@ fn urgent_connection_over_tls() {
     let dump = Dump::open(tmp.path()).unwrap();
     let server = serve(&dump, cfg(false, server_tls("server", Some("127.0.0.1"))));
     let source = PrioritySource::connect(&server.target(), RemoteConfig { urgent_connection: true, ..client_cfg(client_tls("client")) }).unwrap();
-    let mut scratch = Vec::new();
-    let pages = compare_all(&dump, 1, |pid, addr, len| loop {
-        use lazy_pages_core::engine::{PageData, PageSource};
-        match source.pages(pid, addr, len, &mut scratch).unwrap() {
-            PageData::Bytes(b) => break b.to_vec(),
-            PageData::Retry => std::thread::sleep(Duration::from_millis(1)),
-            other => panic!("unexpected {other:?}"),
-        }
-    });
+    // One page at a time, as faults: the urgent connection carries them.
+    let woken = attach_waker(&source);
+    let pages = compare_all(&dump, 1, |pid, addr, len| source_fetch(&source, &woken, pid, addr, len, Priority::Fault));
     assert_eq!(pages, ALL_PAGES);
     source.close().unwrap();
     drop(source);

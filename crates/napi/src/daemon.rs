@@ -313,18 +313,13 @@ impl Task for Prepare {
                 let version = crate::page_server::wire_version(o.criu_version.as_deref(), &o.images_dir)?;
                 let reconnect = Duration::from_millis(o.reconnect_ms.unwrap_or(0).into());
                 let urgent_connection = o.urgent_connection.unwrap_or(false);
-                // The engine asks for a whole fault cluster in one call; a span wider than
-                // the client's fault threshold would queue behind the background window.
-                // Clamped as EngineConfig::normalized clamps it: a larger value would only
-                // let background chunks pass as faults.
-                let fault_span_pages = o.fault_pages.map_or(EngineConfig::default().fault_pages, u64::from).clamp(1, 16);
                 let defaults = RemoteConfig::default();
                 let stall_timeout = o.stall_timeout_ms.filter(|&ms| ms > 0).map_or(defaults.stall_timeout, |ms| Duration::from_millis(ms.into()));
                 let tls = match &o.tls {
                     Some(t) => Some(Arc::new(TlsClient::new(&t.files(), crate::tls::host_of(addr)).map_err(err)?)),
                     None => None,
                 };
-                let config = RemoteConfig { version, reconnect, urgent_connection, fault_span_pages, stall_timeout, tls, ..defaults };
+                let config = RemoteConfig { version, reconnect, urgent_connection, stall_timeout, tls, ..defaults };
                 PageOrigin::Remote { addr: addr.clone(), config }
             }
         };

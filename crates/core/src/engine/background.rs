@@ -29,7 +29,7 @@ use super::notify::lock;
 use super::shared::{Hint, Shared};
 use super::task::{Task, TaskState};
 use super::transfer::{fill_claim, Copier, Fill};
-use super::{EngineError, EngineEvent, PageData};
+use super::{EngineError, EngineEvent, PageData, Priority};
 
 /// How long a job with nothing to claim sleeps when nothing will be due sooner (new
 /// work wakes it earlier: `Shared::bump_work`).
@@ -37,7 +37,9 @@ const IDLE_WAIT: Duration = Duration::from_millis(50);
 /// How long to wait for the fault thread to drain the event that made COPY return
 /// EAGAIN before trying again anyway.
 const CHANGING_WAIT: Duration = Duration::from_millis(10);
-const MAX_RETRY_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest wait for a claim's bytes between two asks: a safety net only, the source's
+/// waker ends the wait when anything completes.
+const SOURCE_WAIT: Duration = Duration::from_millis(50);
 /// Before RESTORE_FINISHED a task's uffd arrives before the restorer registers its
 /// VMAs; how long to leave a task alone after ENOENT said "not registered yet".
 const UNREGISTERED_WAIT: Duration = Duration::from_millis(1);
@@ -83,8 +85,8 @@ pub(crate) fn run(shared: Arc<Shared>, job: usize) {
 }
 
 /// How long a job with nothing to claim may sleep: until the first task that is only
-/// being left alone for a while (the pause between registration probes, a retry backing
-/// off) may be claimed from again, at most IDLE_WAIT. Those windows end without a
+/// being left alone for a while (the pause between registration probes) may be
+/// claimed from again, at most IDLE_WAIT. Those windows end without a
 /// wake-up (a probe's answer does wake the jobs: `fill_one`);
 /// sleeping the full IDLE_WAIT through them left one of two jobs idle for 50 ms at a
 /// time while the other probed (perf sched, 1 GiB --jobs 2: about 100 ms of a 0.3 s
@@ -98,7 +100,7 @@ fn idle_wait(shared: &Shared, now: Instant) -> Duration {
             if st.exited || st.retired || st.pending.is_empty() {
                 return None;
             }
-            [st.not_before, st.prefetch_not_before].into_iter().flatten().filter(|&t| t > now).max()
+            st.prefetch_not_before.filter(|&t| t > now)
         })
         .min();
     due.map_or(IDLE_WAIT, |t| (t - now).min(IDLE_WAIT))
@@ -140,9 +142,6 @@ fn next_claim(shared: &Shared, restore_finished: bool, job: usize) -> Option<(Ar
                 shared.prefetch.retain(|pid| pid != task.pid);
                 continue;
             }
-            if st.not_before.is_some_and(|t| t > now) {
-                continue;
-            }
             if !restore_finished && (st.probe_in_flight.is_some() || st.prefetch_not_before.is_some_and(|t| t > now)) {
                 continue;
             }
@@ -163,7 +162,7 @@ fn next_claim(shared: &Shared, restore_finished: bool, job: usize) -> Option<(Ar
     }
     for task in &tasks {
         let mut st = task.state();
-        if st.exited || st.retired || st.not_before.is_some_and(|t| t > now) {
+        if st.exited || st.retired {
             continue;
         }
         let st = &mut *st;
@@ -181,7 +180,7 @@ fn next_claim(shared: &Shared, restore_finished: bool, job: usize) -> Option<(Ar
 fn early_claim(tasks: &[Arc<Task>], job: usize, chunk: u64, now: Instant) -> Option<(Arc<Task>, u64, Claim, Copier)> {
     for task in tasks {
         let mut st = task.state();
-        if st.exited || st.retired || st.probe_in_flight.is_some() || [st.not_before, st.prefetch_not_before].iter().flatten().any(|&t| t > now) {
+        if st.exited || st.retired || st.probe_in_flight.is_some() || st.prefetch_not_before.is_some_and(|t| t > now) {
             continue;
         }
         let probing = !st.prefetch_registered;
@@ -217,23 +216,30 @@ fn hinted_claim(shared: &Shared, tasks: &[Arc<Task>], chunk: u64) -> Option<(Arc
 }
 
 fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, who: Copier, generation: u64, scratch: &mut Vec<u8>) {
-    let fill = match shared.source.pages(task.pid, claim.img_start, claim.len() as usize, scratch) {
-        Ok(PageData::Bytes(data)) if data.len() as u64 == claim.len() => Fill::Bytes { img_start: claim.img_start, data },
-        Ok(PageData::Zero) => Fill::Zero,
-        Ok(PageData::Retry) => {
-            // Put back without the gate: pieces and pending change together under the
-            // state lock, which is all a FORK snapshot or REMOVE needs.
-            let mut st = task.state();
-            put_back(&mut st, id);
-            st.retry_backoff = (st.retry_backoff * 2).clamp(Duration::from_millis(1), MAX_RETRY_BACKOFF);
-            st.not_before = Some(Instant::now() + st.retry_backoff);
-            let notify = !st.awaited.is_empty();
-            drop(st);
-            if notify {
-                shared.poke();
-            }
+    let priority = match who {
+        Copier::Prefetch { .. } => Priority::WorkingSet,
+        _ => Priority::Background,
+    };
+    // Invariant 8: the claim stays in flight while its bytes are on their way (nobody
+    // else fetches or copies them; a fault on one of them parks in `awaited` and hurries
+    // the source), and this job waits with no lock held, woken by the source's waker.
+    let fetched = loop {
+        let seen = shared.work_generation();
+        let fetched = shared.source.pages(task.pid, claim.img_start, claim.len() as usize, scratch, priority);
+        if !matches!(fetched, Ok(PageData::Pending)) {
+            break fetched;
+        }
+        if shared.stopping.load(SeqCst) || !task.state().inflight.has(id) {
+            // Stopping: unserved pages are poisoned from pending and in flight alike.
+            // Claim gone: the task exited and its exit counted the pages.
             return;
         }
+        shared.wait_work(seen, SOURCE_WAIT);
+    };
+    let fill = match fetched {
+        Ok(PageData::Bytes(data)) if data.len() as u64 == claim.len() => Fill::Bytes { img_start: claim.img_start, data },
+        Ok(PageData::Zero) => Fill::Zero,
+        Ok(PageData::Pending) => unreachable!("waited for above"),
         Ok(PageData::Bytes(data)) => {
             let got = data.len();
             put_back(&mut task.state(), id);
@@ -253,7 +259,6 @@ fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, who: Copier, ge
         return;
     };
     let mut st = task.state();
-    st.retry_backoff = Duration::ZERO;
     let probe_answered = st.answered(id);
     let early = matches!(who, Copier::Prefetch { early: true } | Copier::Early);
     let not_yet = early && !report.leftover.is_empty() && !report.gone && report.error.is_none();

@@ -2,9 +2,11 @@
 //!
 //! It is the only reader of uffd messages. Per readable uffd it reads one batch under
 //! the task's exclusive gate (`drain.rs`), then serves that batch's faults
-//! (`serve.rs`). Faults it cannot finish right now (EAGAIN, source Retry) are deferred
-//! with a short backoff; faults on pages a background claim is bringing are parked in
-//! the task's `awaited` list and rechecked when that claim ends.
+//! (`serve.rs`). Faults whose bytes the source does not have yet wait in `fetching`
+//! with their claim in flight, and are asked for again when the source's waker pokes
+//! (invariant 8); faults it cannot finish right now (EAGAIN) are deferred with a short
+//! backoff; faults on pages a background claim is bringing are parked in the task's
+//! `awaited` list and rechecked when that claim ends.
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::epoll::{EpollEvent, EpollFlags, EpollTimeout};
 
+use crate::ranges::Claim;
 use crate::uffd::EventBuffer;
 
 use super::shared::{Shared, CONTROL_TOKEN};
@@ -33,11 +36,24 @@ pub(crate) struct Deferred {
     pub read_at: Instant,
 }
 
+/// A fault whose claim is in flight, waiting for the page source's bytes.
+pub(crate) struct Fetching {
+    pub task: u32,
+    /// The claim (in the task's in-flight set) and what it was when taken.
+    pub id: u64,
+    pub claim: Claim,
+    pub page: u64,
+    pub read_at: Instant,
+    pub attempt: u32,
+}
+
 pub(crate) struct FaultLoop {
     pub shared: Arc<Shared>,
     pub buf: EventBuffer,
     pub scratch: Vec<u8>,
     pub deferred: Vec<Deferred>,
+    /// Faults with the page source (`Pending`), each holding its claim.
+    pub fetching: Vec<Fetching>,
     /// Tasks with a non-empty `awaited` list.
     pub awaiting: Vec<u32>,
     /// Lazy faults of this round, for the policy layer: (task, pid, addr, pages).
@@ -55,6 +71,7 @@ impl FaultLoop {
             buf: EventBuffer::new(batch),
             scratch: Vec::new(),
             deferred: Vec::new(),
+            fetching: Vec::new(),
             awaiting: Vec::new(),
             notes: Vec::new(),
             last_retire_check: Instant::now(),
@@ -88,6 +105,7 @@ impl FaultLoop {
                     self.service(&task, flags);
                 }
             }
+            self.run_fetching();
             self.recheck_awaited();
             self.run_deferred();
             self.flush_notes();

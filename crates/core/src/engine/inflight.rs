@@ -37,6 +37,11 @@ impl InFlightSet {
         self.claims.iter().any(|c| c.pieces.contains(addr))
     }
 
+    /// The dump-time address of `addr`, if a claim in flight holds it.
+    pub fn img_addr_of(&self, addr: u64) -> Option<u64> {
+        self.claims.iter().find_map(|c| c.pieces.iter().find(|r| r.start <= addr && addr < r.end)).map(|r| r.img_addr(addr))
+    }
+
     /// What is left of claim `id`; None once it was finished or dropped wholesale.
     pub fn pieces(&self, id: u64) -> Option<Vec<LazyRange>> {
         self.claims.iter().find(|c| c.id == id).map(|c| c.pieces.iter().collect())

@@ -73,6 +73,15 @@
 //!    address-space event before it is applied (still under the exclusive gate, so the
 //!    record and the read are one step for every fill). A successor that resumes from
 //!    the record never copies into a range the process dropped, and finds every uffd.
+//! 8. **No thread waits on the page source while holding anything a fault needs.**
+//!    `PageSource::pages` returns at once (`source.rs`): bytes, or `Pending`. The
+//!    fault thread keeps a pending fault's claim in flight (so nobody else copies
+//!    those pages, and REMOVE/UNMAP/FORK/exit act on the claim as on any other: the
+//!    bytes, when they come, are copied only into what the claim still holds) and goes
+//!    on; the source's waker pokes it, and it asks again. So faults of any number of
+//!    tasks are with the source at once, each costing one fetch, not a queue of them.
+//!    Background fill waits for its claim's bytes with no lock held; a fault on one of
+//!    its pages parks in `awaited` and asks the source to hurry the span.
 
 mod background;
 mod config;
@@ -105,7 +114,7 @@ pub use config::EngineConfig;
 pub use error::{EngineError, UnservedNote};
 pub use journal::{Journal, SpaceEvent};
 pub use notify::{EngineEvent, EventCallback};
-pub use source::{PageData, PageSource, SourceError};
+pub use source::{PageData, PageSource, Priority, SourceError, Waker};
 pub use stats::{EngineStats, EngineSummary, LatencySnapshot, TaskStats};
 pub use working_set::{PageRun, TaskWorkingSet};
 
@@ -126,6 +135,13 @@ impl Engine {
     /// Starts the fault, background-fill and notifier threads. No task yet.
     pub fn start(source: Arc<dyn PageSource>, config: EngineConfig, events: EventCallback) -> Result<Engine, EngineError> {
         let shared = Arc::new(Shared::new(source, config.normalized())?);
+        // Weak: the source lives in `shared`, so a strong reference would be a cycle.
+        let weak = Arc::downgrade(&shared);
+        shared.source.set_waker(Arc::new(move || {
+            if let Some(shared) = weak.upgrade() {
+                shared.source_completed();
+            }
+        }));
         let mut threads = Vec::new();
         // A thread that panics must not leave faulting tasks waiting forever on a
         // daemon that looks alive: it fails the engine, which stops and reports it.

@@ -16,9 +16,12 @@
 //! asked for (a fault took part of it, MADV_DONTNEED dropped it, the task exited);
 //! the source then fetched bytes for nothing, which its own limits bound (the remote
 //! client: its background window and cache). Sources that do not want read-ahead
-//! (`PageSource::read_ahead` = 0, the local images) cost one virtual call per claim.
+//! (`PageSource::read_ahead_bytes` = 0, the local images) cost one virtual call per claim.
 
 use crate::ranges::{Claim, PAGE_SIZE};
+
+/// Most spans announced after one claim (a 64 MiB window of 1 MiB chunks).
+const MAX_SPANS: usize = 64;
 
 use super::shared::Shared;
 use super::task::Task;
@@ -27,11 +30,14 @@ use super::transfer::Copier;
 /// Announces `claim` (just taken by fill job `job` of `task`) and the spans after it in
 /// the job's stripe, cut as `Stripes::take` will cut them.
 pub(crate) fn announce(shared: &Shared, task: &Task, claim: &Claim, who: Copier, job: usize) {
-    let depth = shared.source.read_ahead();
-    if depth == 0 || !matches!(who, Copier::Background | Copier::Early) {
+    let budget = shared.source.read_ahead_bytes();
+    if budget == 0 || !matches!(who, Copier::Background | Copier::Early) {
         return;
     }
     let chunk = shared.config.chunk_pages.max(1) * PAGE_SIZE;
+    // The claim itself, then as many chunks as the source's budget holds (at least one
+    // more, so the next claim's bytes are always on their way).
+    let depth = (budget.div_ceil(chunk) as usize).clamp(1, MAX_SPANS) + 1;
     let mut spans = Vec::with_capacity(depth);
     spans.push((claim.img_start, claim.len() as usize));
     {

@@ -1,16 +1,17 @@
 //! Serving one fault on the fault thread.
 
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::ranges::{page_floor, PAGE_SIZE};
 use crate::uffd::{self, FillOutcome};
 
-use super::fault_loop::FaultLoop;
+use super::fault_loop::{FaultLoop, Fetching};
 use super::stats::TaskCounters;
 use super::task::Task;
 use super::transfer::{fill_claim, Copier, Fill};
-use super::{EngineError, PageData};
+use super::{EngineError, PageData, Priority};
 
 impl FaultLoop {
     /// Resolves a fault at `addr`: copy it if it is a pending lazy page, leave it to the
@@ -30,7 +31,13 @@ impl FaultLoop {
                 Some(claim) => (st.inflight.add(claim), claim),
                 None if st.inflight.contains(page) => {
                     // That copy wakes the thread; if it gets put back instead, the
-                    // recheck below serves the page.
+                    // recheck below serves the page. A background claim may still be
+                    // waiting for its bytes: the source fetches this page first.
+                    if attempt == 0 && !st.awaited.contains(&page) {
+                        if let Some(img) = st.inflight.img_addr_of(page) {
+                            self.shared.source.hurry(task.pid, img, PAGE_SIZE as usize);
+                        }
+                    }
                     if !st.awaited.contains(&page) {
                         st.awaited.push(page);
                     }
@@ -46,17 +53,32 @@ impl FaultLoop {
             }
         };
         let (id, claim) = claim;
-        let fetched = self.shared.source.pages(task.pid, claim.img_start, claim.len() as usize, &mut self.scratch);
+        self.fetch(task, Fetching { task: task.id, id, claim, page, read_at, attempt });
+    }
+
+    /// Asks the source for a fault's claim and copies it if the bytes are there; if the
+    /// source answers `Pending`, keeps the claim in flight and the fault in `fetching`
+    /// (invariant 8): the source's waker brings the fault thread back to it.
+    pub(crate) fn fetch(&mut self, task: &Arc<Task>, f: Fetching) {
+        let Fetching { id, claim, page, read_at, attempt, .. } = f;
+        if !task.state().inflight.has(id) {
+            // The task exited (or its claim was dropped whole) while the bytes were on
+            // their way: its exit counted the pages.
+            return;
+        }
+        // Counted before asking: a completion that lands between the source's answer
+        // and our bookkeeping must still poke us.
+        self.shared.faults_fetching.fetch_add(1, SeqCst);
+        let fetched = self.shared.source.pages(task.pid, claim.img_start, claim.len() as usize, &mut self.scratch, Priority::Fault);
+        if matches!(fetched, Ok(PageData::Pending)) {
+            self.fetching.push(f);
+            return;
+        }
+        self.shared.faults_fetching.fetch_sub(1, SeqCst);
         let fill = match fetched {
             Ok(PageData::Bytes(data)) if data.len() as u64 == claim.len() => Fill::Bytes { img_start: claim.img_start, data },
             Ok(PageData::Zero) => Fill::Zero,
-            Ok(PageData::Retry) => {
-                let mut st = task.state();
-                let pieces = st.inflight.finish(id);
-                st.put_back(pieces);
-                drop(st);
-                return self.defer(task.id, page, attempt.max(1) + 1, read_at);
-            }
+            Ok(PageData::Pending) => unreachable!("handled above"),
             Ok(PageData::Bytes(data)) => {
                 let got = data.len();
                 self.put_back(task, id);
@@ -77,6 +99,21 @@ impl FaultLoop {
         }
         self.shared.latency.record(read_at.elapsed());
         self.notes.push((task.id, task.pid, claim.start, claim.pages()));
+    }
+
+    /// Asks again for every fault the source answered `Pending`.
+    pub(crate) fn run_fetching(&mut self) {
+        if self.fetching.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.fetching);
+        self.shared.faults_fetching.fetch_sub(waiting.len(), SeqCst);
+        for f in waiting {
+            match self.shared.task(f.task) {
+                Some(task) => self.fetch(&task, f),
+                None => {}
+            }
+        }
     }
 
     fn put_back(&self, task: &Task, id: u64) {

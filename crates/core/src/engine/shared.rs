@@ -1,7 +1,7 @@
 //! State shared by the engine's threads and its handle.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
@@ -39,6 +39,9 @@ pub(crate) struct Shared {
     pub epoll: Epoll,
     /// Wakes the fault thread: new task, awaited fault settled, task to retire, stop.
     pub control: EventFd,
+    /// Faults the fault thread has with the page source (asked, answered `Pending`):
+    /// while any, a completion pokes it (invariant 8).
+    pub faults_fetching: AtomicUsize,
     pub restore_finished: AtomicBool,
     pub stopping: AtomicBool,
     pub finished: AtomicBool,
@@ -75,6 +78,7 @@ impl Shared {
             tasks: RwLock::default(),
             epoll,
             control,
+            faults_fetching: AtomicUsize::new(0),
             restore_finished: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             finished: AtomicBool::new(false),
@@ -138,6 +142,16 @@ impl Shared {
 
     pub fn poke(&self) {
         let _ = self.control.write(1);
+    }
+
+    /// The page source's waker: a fetch completed (or the source failed). Fill jobs
+    /// waiting for their claim's bytes wait on the work generation; the fault thread,
+    /// if it has faults with the source, on its eventfd.
+    pub fn source_completed(&self) {
+        self.bump_work();
+        if self.faults_fetching.load(SeqCst) > 0 {
+            self.poke();
+        }
     }
 
     pub fn work_generation(&self) -> u64 {

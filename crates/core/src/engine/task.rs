@@ -2,7 +2,7 @@
 
 use std::sync::{Mutex, RwLockReadGuard};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::ranges::{LazyRange, LazyRanges};
 use crate::uffd::Uffd;
@@ -34,9 +34,6 @@ pub(crate) struct TaskState {
     pub inflight: InFlightSet,
     /// Faulting pages whose bytes a background claim is bringing; rechecked when it ends.
     pub awaited: Vec<u64>,
-    /// Background fill skips the task until then (the source said Retry).
-    pub not_before: Option<Instant>,
-    pub retry_backoff: Duration,
     /// Fill before RESTORE_FINISHED (early prefetch, early fill) skips the task until
     /// then: its VMAs were not registered yet.
     pub prefetch_not_before: Option<Instant>,

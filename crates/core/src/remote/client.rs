@@ -2,18 +2,18 @@
 //! (ours, `criu page-server --lazy-pages`, or `criu dump --lazy-pages`).
 //!
 //! One connection; GETs are pipelined, replies arrive in request order and a
-//! reader thread lands them in per-request buffers. `pages()` asks for a span
-//! (unless it is already asked for or arrived), waits a bounded time, and says
-//! `Retry` if the bytes are not there yet; the engine asks again later.
+//! reader thread lands them in per-request buffers. `pages()` never waits
+//! (`engine/source.rs`): it asks for a span (unless it is already asked for or
+//! arrived) and answers `Pending` until its bytes are in; the reader calls the
+//! engine's waker after every reply it lands, and on failure.
 //!
 //! Faults first on the wire: a CRIU server answers strictly in order, so a
 //! fault's GET waits behind every byte already requested. Background GETs are
-//! therefore kept within a window of bytes on the wire, by default one sized to
-//! keep the link busy with about `queue_target` of data ahead of a fault
-//! (`client_window.rs`); fault GETs are sent at once. The engine does not say
-//! which calls are faults: `pages()` treats spans of at most
-//! `fault_span_pages` pages as faults, and `fetch(.., Priority)` lets a
-//! caller say so explicitly.
+//! therefore kept within a window of bytes on the wire, sized to keep the link
+//! busy and little more (`client_window.rs`); fault GETs are sent at once, and a
+//! fault on a span background already asked for promotes the part not yet sent
+//! instead of asking twice (`client_book.rs`). Callers say which they are
+//! (`Priority`).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -22,13 +22,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use super::client_book::Priority;
+pub use crate::engine::Priority;
 use super::client_book::{Book, Limits, Sent};
 use super::client_reader::{self, READ_TICK};
 use super::client_window::Window;
 use super::tls::{client_handshake, TlsClient, Wire};
 use super::wire::{IovHeader, WireVersion};
-use crate::engine::{PageData, PageSource, SourceError};
+use crate::engine::{PageData, PageSource, SourceError, Waker};
 use crate::images::PAGE_SIZE;
 
 /// Background claim size the daemon uses with a page server unless told otherwise:
@@ -46,17 +46,13 @@ pub struct RemoteConfig {
     /// Must match the server's CRIU version (no negotiation on this socket).
     pub version: WireVersion,
     pub connect_timeout: Duration,
-    /// How long a fault call waits for its bytes before saying Retry (it blocks
-    /// the engine's fault thread, so keep it short).
-    pub fault_wait: Duration,
-    /// How long a background call waits for room and for its bytes.
-    pub background_wait: Duration,
     /// Background bytes on the wire at once: the most a fault queues behind.
-    /// `ADAPTIVE_BUDGET` (the default): as few as keep the link busy, found
-    /// from the replies' delays (see `queue_target`).
+    /// `ADAPTIVE_BUDGET` (the default): about one bandwidth-delay product, measured
+    /// (`client_window.rs`).
     pub background_budget: u64,
-    /// With the adaptive budget: the queueing delay a fault may meet behind
-    /// background bytes. Smaller risks leaving the link idle between replies.
+    /// With the adaptive budget: the queue kept on top of the bandwidth-delay
+    /// product (and the path's jitter), so the link never waits for a GET; a fault
+    /// waits about a round trip plus this.
     pub queue_target: Duration,
     /// Pages per GET (CRIU's own client asks at most 1024).
     pub max_request_pages: u64,
@@ -64,8 +60,6 @@ pub struct RemoteConfig {
     pub cache_bytes: u64,
     /// Outstanding requests with no byte from the server for this long: fatal.
     pub stall_timeout: Duration,
-    /// `pages()` calls of at most this many pages count as faults.
-    pub fault_span_pages: u64,
     /// A CLOSE not answered within this is given up on.
     pub close_timeout: Duration,
     /// Zero: a dropped connection is fatal (right for CRIU, whose page server
@@ -78,10 +72,10 @@ pub struct RemoteConfig {
     pub urgent_connection: bool,
     /// `--tls`: TLS on every connection (see `tls.rs`).
     pub tls: Option<Arc<TlsClient>>,
-    /// Spans background fill announces ahead (`PageSource::read_ahead`); the
-    /// background window decides how many of them actually go out. 0: none, one
-    /// chunk per round trip.
-    pub read_ahead: usize,
+    /// Bytes background fill announces ahead (`PageSource::read_ahead_bytes`) at
+    /// least; more while the window is larger. The background window decides how
+    /// many of them actually go out. 0: none, one chunk per round trip.
+    pub read_ahead: u64,
 }
 
 impl Default for RemoteConfig {
@@ -89,19 +83,16 @@ impl Default for RemoteConfig {
         RemoteConfig {
             version: WireVersion::V42,
             connect_timeout: Duration::from_secs(10),
-            fault_wait: Duration::from_millis(5),
-            background_wait: Duration::from_secs(2),
             background_budget: RemoteConfig::ADAPTIVE_BUDGET,
             queue_target: Duration::from_micros(500),
             max_request_pages: 1024,
             cache_bytes: 16 << 20,
             stall_timeout: Duration::from_secs(60),
-            fault_span_pages: 1,
             close_timeout: Duration::from_secs(5),
             reconnect: Duration::ZERO,
             urgent_connection: false,
             tls: None,
-            read_ahead: 8,
+            read_ahead: 8 << 20,
         }
     }
 }
@@ -133,6 +124,8 @@ pub(crate) struct Shared {
     /// Serialises "record on the wire" + "write": wire order = queue order.
     writer: Mutex<Wire>,
     pub shutdown: AtomicBool,
+    /// The engine's waker (`PageSource::set_waker`).
+    waker: Mutex<Option<Waker>>,
 }
 
 pub struct RemotePages {
@@ -179,6 +172,7 @@ impl RemotePages {
             cond: Condvar::new(),
             writer: Mutex::new(writer),
             shutdown: AtomicBool::new(false),
+            waker: Mutex::new(None),
         });
         let s = shared.clone();
         let reader = std::thread::Builder::new()
@@ -208,7 +202,8 @@ impl RemotePages {
         self.shared.lock().fatal.clone()
     }
 
-    /// `pages()` with the caller saying whether a thread is blocked on the span.
+    /// The bytes of a span if they are in, else `Pending` (having asked for them,
+    /// or promoted them for a fault, as far as the limits allow now). Never waits.
     pub fn fetch<'a>(
         &'a self,
         pid: u32,
@@ -222,46 +217,45 @@ impl RemotePages {
             return Err(SourceError::Other { pid, img_addr, message: format!("bad span length {len:#x}") });
         }
         let s = &self.shared;
-        let wait = match priority {
-            Priority::Fault => s.config.fault_wait,
-            Priority::Background => s.config.background_wait,
-        };
-        let deadline = Instant::now() + wait;
         let mut book = s.lock();
-        // Find or make the requests holding the span, waiting (bounded) for room if need be.
-        let parts = loop {
+        s.check(&book, pid, img_addr)?;
+        let before = (book.admitted(), book.urgent_parts());
+        let parts = book.cover(pid, img_addr, len64, priority);
+        if (book.admitted(), book.urgent_parts()) != before {
+            // Even when a later part found no room: what was admitted must go out.
+            drop(book);
+            s.pump();
+            book = s.lock();
+        }
+        // No room now: a landing frees some, and wakes the engine to ask again.
+        let Some(parts) = parts else { return Ok(PageData::Pending) };
+        Ok(match book.take_out(&parts, img_addr, len64, scratch) {
+            Some(start) => PageData::Bytes(&scratch[start..start + len]),
+            None => PageData::Pending,
+        })
+    }
+
+    /// Waits (up to `timeout`) until [img_addr, img_addr + len) of `pid` is in, asking
+    /// for it at `priority`; then `fetch` returns its bytes. For tools and tests: the
+    /// engine never waits on a source.
+    pub fn wait_for(&self, pid: u32, img_addr: u64, len: usize, priority: Priority, timeout: Duration) -> Result<bool, SourceError> {
+        let s = &self.shared;
+        let deadline = Instant::now() + timeout;
+        let mut book = s.lock();
+        loop {
             s.check(&book, pid, img_addr)?;
-            let before = book.admitted();
-            let parts = book.cover(pid, img_addr, len64, priority);
-            if book.admitted() != before {
-                // Even when a later part found no room: what was admitted must go out.
+            let before = (book.admitted(), book.urgent_parts());
+            let parts = book.cover(pid, img_addr, len as u64, priority);
+            if (book.admitted(), book.urgent_parts()) != before {
                 drop(book);
                 s.pump();
                 book = s.lock();
             }
-            if let Some(parts) = parts {
-                break parts;
+            if parts.is_some_and(|p| book.span_ready(&p, img_addr, len as u64) == Some(true)) {
+                return Ok(true);
             }
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return Ok(PageData::Retry) };
-            book = s.cond.wait_timeout(book, left).unwrap_or_else(PoisonError::into_inner).0;
-        };
-        loop {
-            s.check(&book, pid, img_addr)?;
-            let mut done = true;
-            for id in &parts {
-                match book.request(*id) {
-                    None => return Ok(PageData::Retry),
-                    Some(r) => done &= r.done(),
-                }
-            }
-            if done {
-                return Ok(match book.take_out(&parts, img_addr, len64, scratch) {
-                    Some(start) => PageData::Bytes(&scratch[start..start + len]),
-                    None => PageData::Retry,
-                });
-            }
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return Ok(PageData::Retry) };
-            book = s.cond.wait_timeout(book, left).unwrap_or_else(PoisonError::into_inner).0;
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return Ok(false) };
+            book = s.cond.wait_timeout(book, left.min(READ_TICK)).unwrap_or_else(PoisonError::into_inner).0;
         }
     }
 
@@ -322,19 +316,25 @@ pub(crate) fn prepare(stream: TcpStream, peer: SocketAddr, config: &RemoteConfig
     Ok((wire, reader))
 }
 
-/// What `pages()` takes a call of `len` bytes for (the engine does not say).
-pub(crate) fn priority_of(config: &RemoteConfig, len: usize) -> Priority {
-    let fault = (len as u64) <= config.fault_span_pages.saturating_mul(PAGE_SIZE);
-    if fault { Priority::Fault } else { Priority::Background }
-}
-
 impl PageSource for RemotePages {
-    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>) -> Result<PageData<'a>, SourceError> {
-        self.fetch(pid, img_addr, len, scratch, priority_of(&self.shared.config, len))
+    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>, priority: Priority) -> Result<PageData<'a>, SourceError> {
+        self.fetch(pid, img_addr, len, scratch, priority)
+    }
+
+    fn set_waker(&self, waker: Waker) {
+        *self.shared.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(waker);
+    }
+
+    fn hurry(&self, pid: u32, img_addr: u64, len: usize) {
+        let s = &self.shared;
+        let promoted = s.lock().promote(pid, img_addr, len as u64);
+        if promoted {
+            s.pump();
+        }
     }
 
     /// Background GETs for the spans, as far as the background window has room
-    /// (so a fault still queues behind at most about `queue_target` of them);
+    /// (so a fault still queues behind about a round trip's worth of them);
     /// never waits. Later `pages()` calls find them on the wire or arrived.
     fn will_need(&self, pid: u32, spans: &[(u64, usize)]) {
         let s = &self.shared;
@@ -349,8 +349,13 @@ impl PageSource for RemotePages {
         }
     }
 
-    fn read_ahead(&self) -> usize {
-        self.shared.config.read_ahead
+    /// At least the configured read-ahead, and the window whenever it is larger, so
+    /// read-ahead never leaves a long path idle.
+    fn read_ahead_bytes(&self) -> u64 {
+        match self.shared.config.read_ahead {
+            0 => 0,
+            at_least => at_least.max(self.shared.lock().window_bytes()),
+        }
     }
 }
 
@@ -419,7 +424,16 @@ impl Shared {
         let message = book.fatal.get_or_insert(message).clone();
         drop(book);
         self.cond.notify_all();
+        self.wake();
         SourceError::Other { pid: 0, img_addr: 0, message }
+    }
+
+    /// Something completed (or failed): wakes the engine to ask again.
+    pub fn wake(&self) {
+        let waker = self.waker.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(waker) = waker {
+            waker();
+        }
     }
 
     fn check(&self, book: &Book, pid: u32, img_addr: u64) -> Result<(), SourceError> {
@@ -430,22 +444,5 @@ impl Shared {
             return Err(SourceError::Other { pid, img_addr, message: format!("the session with page server {} is closed", self.peer) });
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // The engine's fault clusters span up to its fault_pages; the daemon sets
-    // fault_span_pages to match, and a whole cluster must skip the window.
-    #[test]
-    fn a_fault_cluster_up_to_the_span_is_a_fault() {
-        let config = RemoteConfig { fault_span_pages: 4, ..RemoteConfig::default() };
-        let page = PAGE_SIZE as usize;
-        assert_eq!(priority_of(&config, page), Priority::Fault);
-        assert_eq!(priority_of(&config, 4 * page), Priority::Fault);
-        assert_eq!(priority_of(&config, 5 * page), Priority::Background);
-        assert_eq!(priority_of(&RemoteConfig::default(), 2 * page), Priority::Background);
     }
 }

@@ -22,17 +22,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
-use super::client_window::Window;
+use super::client_window::{Mark, Window};
 use super::wire::IovHeader;
 use crate::images::PAGE_SIZE;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Priority {
-    /// A thread is blocked on it: sent at once, never held back by the window.
-    Fault,
-    /// Background fill: on the wire only within the background window.
-    Background,
-}
+pub use crate::engine::Priority;
 
 /// Limits, all in bytes or counts.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +51,9 @@ pub(crate) struct Request {
     pub received: u64,
     /// (byte offset, pages) not asked for yet, including clamped remainders.
     unsent: VecDeque<(u64, u64)>,
+    /// Parts a fault is waiting on, taken out of `unsent`: they go out first, as
+    /// faults, outside the window (`promote`).
+    urgent: VecDeque<(u64, u64)>,
     /// Bytes handed to callers; a request served whole is dropped.
     served: u64,
 }
@@ -66,10 +63,45 @@ impl Request {
         self.received >= self.len
     }
 
-    /// Part of it is held back by the background window (a fault's own request
-    /// goes out at once, even if it has not been written yet).
-    fn waits_for_room(&self) -> bool {
-        self.priority == Priority::Background && !self.unsent.is_empty()
+    /// Whether any byte of [off, off + len) of the span is still to be asked for.
+    fn unsent_within(&self, off: u64, len: u64) -> bool {
+        self.unsent.iter().chain(&self.urgent).any(|&(o, pages)| o < off + len && off < o + pages * PAGE_SIZE)
+    }
+
+    /// Moves the unsent parts of [off, off + len) to the urgent queue, cut out of the
+    /// pieces that hold them. True if anything moved.
+    fn promote(&mut self, off: u64, len: u64) -> bool {
+        let end = off + len;
+        let mut moved = false;
+        let mut keep = VecDeque::with_capacity(self.unsent.len() + 2);
+        for (o, pages) in self.unsent.drain(..) {
+            let stop = o + pages * PAGE_SIZE;
+            let (a, b) = (o.max(off), stop.min(end));
+            if a >= b {
+                keep.push_back((o, pages));
+                continue;
+            }
+            if o < a {
+                keep.push_back((o, (a - o) / PAGE_SIZE));
+            }
+            self.urgent.push_back((a, (b - a) / PAGE_SIZE));
+            moved = true;
+            if b < stop {
+                keep.push_back((b, (stop - b) / PAGE_SIZE));
+            }
+        }
+        self.unsent = keep;
+        moved
+    }
+
+    /// Where a part sent at `priority` goes when it must be asked for again: a
+    /// promoted part stays urgent.
+    fn queue_for(&mut self, priority: Priority) -> &mut VecDeque<(u64, u64)> {
+        if priority == Priority::Fault && self.priority != Priority::Fault {
+            &mut self.urgent
+        } else {
+            &mut self.unsent
+        }
     }
 
     fn covers(&self, pid: u32, addr: u64, len: u64) -> bool {
@@ -86,8 +118,9 @@ pub(crate) struct Segment {
     pub pages: u64,
     pub priority: Priority,
     /// When its GET was handed to the socket: its reply header's delay is a sample
-    /// of what a fault waits.
+    /// of the round trip, and its data's landing one of the delivery rate.
     pub sent: Instant,
+    pub mark: Mark,
 }
 
 impl Segment {
@@ -181,21 +214,26 @@ impl Book {
         self.next_id
     }
 
+    /// Parts promoted and not sent yet (to tell whether a call promoted any).
+    pub fn urgent_parts(&self) -> usize {
+        self.reqs.values().map(|r| r.urgent.len()).sum()
+    }
+
+    pub fn window_bytes(&self) -> u64 {
+        self.window.bytes()
+    }
+
+    #[cfg(test)]
     pub fn request(&self, id: u64) -> Option<&Request> {
         self.reqs.get(&id)
     }
 
-    /// A request whose span holds [addr, addr+len) of `pid`, done ones first. A
-    /// fault takes only one that is done or wholly on the wire: part of a background
-    /// request may still wait for room in the window, and a fault must not.
-    pub fn covering(&self, pid: u32, addr: u64, len: u64, priority: Priority) -> Option<u64> {
+    /// A request whose span holds [addr, addr+len) of `pid`, done ones first.
+    fn covering(&self, pid: u32, addr: u64, len: u64) -> Option<u64> {
         let mut found = None;
         for (&id, r) in self.reqs.iter().filter(|(_, r)| r.covers(pid, addr, len)) {
             if r.done() {
                 return Some(id);
-            }
-            if priority == Priority::Fault && r.waits_for_room() {
-                continue;
             }
             found = found.or(Some(id));
         }
@@ -206,20 +244,30 @@ impl Book {
     /// order, admitting a request for each part nobody asked for yet. A span
     /// that no longer lines up with the requests (a fault took a page out of a
     /// run, so later claims start elsewhere) is thus put together from what is
-    /// already asked for, never fetched twice. None: a part could not be
-    /// admitted now (the parts admitted so far stay asked for).
+    /// already asked for, never fetched twice. A fault promotes what it needs of
+    /// requests made at a lower priority that has not gone out yet (`promote`).
+    /// None: a part could not be admitted now (the parts admitted so far stay
+    /// asked for).
     pub fn cover(&mut self, pid: u32, addr: u64, len: u64, priority: Priority) -> Option<Vec<u64>> {
-        if let Some(id) = self.covering(pid, addr, len, priority) {
+        if let Some(id) = self.covering(pid, addr, len) {
+            if priority == Priority::Fault {
+                self.promote_in(id, addr, len);
+            }
             return Some(vec![id]);
         }
         let end = addr.saturating_add(len);
         let mut parts = Vec::new();
         let mut at = addr;
         while at < end {
-            let usable = |r: &Request| r.pid == pid && r.vaddr <= at && at < r.vaddr + r.len && !(priority == Priority::Fault && r.waits_for_room());
+            let usable = |r: &Request| r.pid == pid && r.vaddr <= at && at < r.vaddr + r.len;
             let holder = self.reqs.iter().filter(|(_, r)| usable(r)).max_by_key(|(_, r)| (r.done(), r.vaddr + r.len)).map(|(&id, r)| (id, r.vaddr + r.len));
             let (id, next) = match holder {
-                Some(found) => found,
+                Some((id, next)) => {
+                    if priority == Priority::Fault {
+                        self.promote_in(id, at, next.min(end) - at);
+                    }
+                    (id, next)
+                }
                 None => {
                     // Up to the next request of this task, or the span's end.
                     let stop = self.reqs.values().filter(|r| r.pid == pid && r.vaddr > at).map(|r| r.vaddr).min().map_or(end, |v| v.min(end));
@@ -230,6 +278,58 @@ impl Book {
             at = next;
         }
         Some(parts)
+    }
+
+    /// A fault waits on [addr, addr+len) of request `id`: whatever of it has not gone
+    /// out yet goes out first, outside the window, so the fault is not asked twice and
+    /// does not wait for room. True if anything was promoted (a send plan is due).
+    fn promote_in(&mut self, id: u64, addr: u64, len: u64) -> bool {
+        let Some(r) = self.reqs.get_mut(&id) else { return false };
+        if r.priority == Priority::Fault {
+            return false;
+        }
+        let off = addr.saturating_sub(r.vaddr);
+        let len = len.min(r.len.saturating_sub(off));
+        r.promote(off, len)
+    }
+
+    /// `hurry`: every request holding part of [addr, addr+len) of `pid` promotes it.
+    pub fn promote(&mut self, pid: u32, addr: u64, len: u64) -> bool {
+        let end = addr.saturating_add(len);
+        let ids: Vec<u64> = self.reqs.iter().filter(|(_, r)| r.pid == pid && r.vaddr < end && addr < r.vaddr + r.len).map(|(&id, _)| id).collect();
+        let mut any = false;
+        for id in ids {
+            let r = &self.reqs[&id];
+            let (a, b) = (addr.max(r.vaddr), end.min(r.vaddr + r.len));
+            any |= self.promote_in(id, a, b - a);
+        }
+        any
+    }
+
+    /// Whether every byte of [addr, addr+len) is in, across `parts` (as `cover` gave
+    /// them): a part that is not done may still hold the span's bytes, when what is
+    /// missing of it lies elsewhere (a promoted page of a large request).
+    pub fn span_ready(&self, parts: &[u64], addr: u64, len: u64) -> Option<bool> {
+        let end = addr + len;
+        for id in parts {
+            let r = self.reqs.get(id)?;
+            if r.done() {
+                continue;
+            }
+            let (a, b) = (addr.max(r.vaddr), end.min(r.vaddr + r.len));
+            if a >= b {
+                continue;
+            }
+            // The reader has the buffer while it lands a reply into it.
+            if r.buf.is_empty() || r.unsent_within(a - r.vaddr, b - a) {
+                return Some(false);
+            }
+            let on_wire = self.wire.iter().any(|w| matches!(w, Sent::Get(seg) if seg.req == *id && seg.vaddr < b && a < seg.vaddr + seg.bytes()));
+            if on_wire {
+                return Some(false);
+            }
+        }
+        Some(true)
     }
 
     /// Read-ahead: asks for whatever part of each span nobody asked for yet, as
@@ -256,10 +356,11 @@ impl Book {
         let unfinished = |p: Priority| self.reqs.values().filter(move |r| r.priority == p && !r.done());
         match priority {
             Priority::Fault if unfinished(Priority::Fault).count() >= self.limits.max_fault_requests => return None,
-            Priority::Background => {
+            Priority::WorkingSet | Priority::Background => {
                 // Admitting up to a window ahead lets a second fill job's span go
                 // out right behind the first one's, with no gap on the link.
-                let queued: u64 = unfinished(Priority::Background).map(|r| r.len - r.received).sum();
+                let queued: u64 =
+                    unfinished(Priority::Background).chain(unfinished(Priority::WorkingSet)).map(|r| r.len - r.received).sum();
                 if queued >= self.window.bytes() {
                     return None;
                 }
@@ -272,7 +373,7 @@ impl Book {
         self.next_id += 1;
         self.held += len;
         let unsent = VecDeque::from([(0, len / PAGE_SIZE)]);
-        self.reqs.insert(id, Request { pid, vaddr, priority, buf, base, len, received: 0, unsent, served: 0 });
+        self.reqs.insert(id, Request { pid, vaddr, priority, buf, base, len, received: 0, unsent, urgent: VecDeque::new(), served: 0 });
         Some(id)
     }
 
@@ -317,7 +418,10 @@ impl Book {
 
     /// Drops done requests, oldest first, until `len` more bytes fit the cache.
     fn evict_for(&mut self, len: u64) {
-        while self.held.saturating_add(len) > self.limits.cache_bytes {
+        // Read-ahead keeps up to a window of bytes arriving ahead of the fill: a
+        // cache smaller than that would evict them before they are used.
+        let limit = self.limits.cache_bytes.max(2 * self.window.bytes());
+        while self.held.saturating_add(len) > limit {
             let Some(id) = self.reqs.iter().find(|(_, r)| r.done()).map(|(&id, _)| id) else { return };
             self.remove(id);
         }
@@ -333,10 +437,13 @@ impl Book {
     /// Puts [addr, addr+len) in `out`, from done requests `parts` (as `cover` gave
     /// them), and says where in `out` the bytes start. A call for one whole request
     /// takes its buffer (swapped with `out`, whose old buffer the pool keeps); any
-    /// other copies. None if a part is gone or not done.
+    /// other copies. None if a part is gone or the span is not all in.
     pub fn take_out(&mut self, parts: &[u64], addr: u64, len: u64, out: &mut Vec<u8>) -> Option<usize> {
+        if !self.span_ready(parts, addr, len)? {
+            return None;
+        }
         let [id] = *parts else { return self.assemble(parts, addr, len, out) };
-        let r = self.reqs.get_mut(&id).filter(|r| r.done())?;
+        let r = self.reqs.get_mut(&id)?;
         let start = r.base + (addr - r.vaddr) as usize;
         r.buf.get(start..start + len as usize)?;
         if addr == r.vaddr && len == r.len && r.served == 0 {
@@ -357,9 +464,6 @@ impl Book {
 
     /// Copies [addr, addr+len) out of several done requests, in order.
     fn assemble(&mut self, parts: &[u64], addr: u64, len: u64, out: &mut Vec<u8>) -> Option<usize> {
-        if !parts.iter().all(|id| self.reqs.get(id).is_some_and(Request::done)) {
-            return None;
-        }
         out.clear();
         let end = addr + len;
         let mut at = addr;
@@ -389,34 +493,45 @@ impl Book {
             return out;
         }
         let max = self.limits.max_request_pages.max(1);
-        for priority in [Priority::Fault, Priority::Background] {
-            let ids: Vec<u64> = self.reqs.iter().filter(|(_, r)| r.priority == priority).map(|(&id, _)| id).collect();
-            for id in ids {
+        // Faults first, outside the window: fault requests, and the parts of other
+        // requests that a fault promoted.
+        let ids: Vec<u64> = self.reqs.keys().copied().collect();
+        for &id in &ids {
+            let Some(r) = self.reqs.get_mut(&id) else { continue };
+            let queue = if r.priority == Priority::Fault { &mut r.unsent } else { &mut r.urgent };
+            while let Some((off, pages)) = queue.pop_front() {
+                let take = pages.min(max);
+                if take < pages {
+                    queue.push_front((off + take * PAGE_SIZE, pages - take));
+                }
+                let seg = Segment { req: id, pid: r.pid, vaddr: r.vaddr + off, pages: take, priority: Priority::Fault, sent, mark: self.window.mark() };
+                self.wire.push_back(Sent::Get(seg));
+                out.push(seg);
+            }
+        }
+        // Then the working set, then the rest, within the window.
+        'planning: for priority in [Priority::WorkingSet, Priority::Background] {
+            for &id in &ids {
                 loop {
-                    let room = match priority {
-                        Priority::Fault => max,
-                        Priority::Background => match self.window.room(self.background_on_wire / PAGE_SIZE, self.background_gets, max) {
-                            Some(room) => room,
-                            None => break,
-                        },
-                    };
-                    let Some(r) = self.reqs.get_mut(&id) else { break };
+                    let Some(r) = self.reqs.get_mut(&id).filter(|r| r.priority == priority) else { break };
+                    if r.unsent.is_empty() {
+                        break;
+                    }
+                    let Some(room) = self.window.room(self.background_on_wire / PAGE_SIZE, self.background_gets, max) else { break 'planning };
                     let Some((off, pages)) = r.unsent.pop_front() else { break };
                     let take = pages.min(room);
                     if take < pages {
                         r.unsent.push_front((off + take * PAGE_SIZE, pages - take));
                     }
-                    let seg = Segment { req: id, pid: r.pid, vaddr: r.vaddr + off, pages: take, priority, sent };
-                    if priority == Priority::Background {
-                        self.background_on_wire += seg.bytes();
-                        self.background_gets += 1;
-                    }
+                    let seg = Segment { req: id, pid: r.pid, vaddr: r.vaddr + off, pages: take, priority, sent, mark: self.window.mark() };
+                    self.background_on_wire += seg.bytes();
+                    self.background_gets += 1;
                     self.wire.push_back(Sent::Get(seg));
                     out.push(seg);
                 }
             }
         }
-        let held = self.reqs.values().any(|r| r.priority == Priority::Background && !r.unsent.is_empty());
+        let held = self.reqs.values().any(|r| r.priority != Priority::Fault && !r.unsent.is_empty());
         self.window.set_limited(held || self.wanting);
         out
     }
@@ -442,7 +557,7 @@ impl Book {
             ));
         }
         self.wire.pop_front();
-        self.window.sample(now, now.saturating_duration_since(seg.sent), seg.bytes(), seg.priority == Priority::Background);
+        self.window.rtt_sample(now, now.saturating_duration_since(seg.sent));
         let (offset, start, buf) = match self.reqs.get_mut(&seg.req) {
             Some(r) => (seg.vaddr - r.vaddr, r.base + (seg.vaddr - r.vaddr) as usize, Some(std::mem::take(&mut r.buf))),
             None => (0, 0, None),
@@ -454,12 +569,13 @@ impl Book {
     /// mid-reply: return the buffer either way; count only whole replies and
     /// queue the clamped-off rest again. A broken reply goes back on the wire
     /// front, so `requeue` asks for it again whole.
-    pub fn landed(&mut self, landing: Landing, complete: bool) {
+    pub fn landed(&mut self, landing: Landing, complete: bool, now: Instant) {
         let seg = landing.seg;
         if !complete {
             self.wire.push_front(Sent::Get(seg));
         } else {
             self.off_wire(&seg);
+            self.window.landed(now, seg.sent, seg.mark, landing.pages * PAGE_SIZE);
         }
         let Some(buf) = landing.buf else { return };
         let Some(r) = self.reqs.get_mut(&seg.req) else { return };
@@ -469,8 +585,8 @@ impl Book {
         }
         r.received += landing.pages * PAGE_SIZE;
         if landing.pages < seg.pages {
-            let rest = landing.offset + landing.pages * PAGE_SIZE;
-            r.unsent.push_front((rest, seg.pages - landing.pages));
+            let rest = (landing.offset + landing.pages * PAGE_SIZE, seg.pages - landing.pages);
+            r.queue_for(seg.priority).push_front(rest);
         }
     }
 
@@ -481,7 +597,8 @@ impl Book {
             let Sent::Get(seg) = sent else { continue };
             self.off_wire(&seg);
             if let Some(r) = self.reqs.get_mut(&seg.req) {
-                r.unsent.push_front((seg.vaddr - r.vaddr, seg.pages));
+                let part = (seg.vaddr - r.vaddr, seg.pages);
+                r.queue_for(seg.priority).push_front(part);
             }
         }
     }
@@ -494,7 +611,7 @@ impl Book {
 
     /// `seg` is no longer on the wire: a background one frees its room in the window.
     fn off_wire(&mut self, seg: &Segment) {
-        if seg.priority == Priority::Background {
+        if seg.priority != Priority::Fault {
             self.background_on_wire = self.background_on_wire.saturating_sub(seg.bytes());
             self.background_gets = self.background_gets.saturating_sub(1);
         }
@@ -507,7 +624,7 @@ impl Book {
 
     /// Every request and the wire, in one line (for test failures).
     pub fn debug_dump(&self) -> String {
-        let reqs: Vec<String> = self.reqs.iter().map(|(id, r)| format!("#{id} {:#x}+{} {:?} rcv {} unsent {:?} served {}", r.vaddr, r.len / PAGE_SIZE, r.priority, r.received / PAGE_SIZE, r.unsent, r.served)).collect();
+        let reqs: Vec<String> = self.reqs.iter().map(|(id, r)| format!("#{id} {:#x}+{} {:?} rcv {} unsent {:?} urgent {:?} served {}", r.vaddr, r.len / PAGE_SIZE, r.priority, r.received / PAGE_SIZE, r.unsent, r.urgent, r.served)).collect();
         format!("reqs {reqs:?} wire {} bg_on_wire {} held {} lost {} win {}", self.wire.len(), self.background_on_wire / PAGE_SIZE, self.held, self.lost, self.window.bytes())
     }
 
@@ -541,7 +658,7 @@ mod tests {
                 let at = landing.start + (i * P) as usize;
                 buf[at..at + 8].copy_from_slice(&(seg.vaddr + i * P).to_le_bytes());
             }
-            b.landed(landing, true);
+            b.landed(landing, true, now);
         }
     }
 
@@ -591,15 +708,24 @@ mod tests {
     }
 
     #[test]
-    fn a_fault_does_not_wait_for_background_still_unsent() {
+    fn a_fault_on_background_still_unsent_promotes_it_instead_of_asking_twice() {
         let mut b = Book::new(Limits { max_request_pages: 1024, cache_bytes: 16 << 20, max_fault_requests: 64 }, Window::fixed(4 * P));
         let bg = b.cover(1, 0, 64 * P, Priority::Background).unwrap();
         b.plan_sends(Instant::now());
         // Four pages went out; page 40 still waits for room.
         let fault = b.cover(1, 40 * P, P, Priority::Fault).unwrap();
-        assert_ne!(fault, bg, "a request of its own, sent at once");
+        assert_eq!(fault, bg, "the background request holds it: not asked twice");
+        assert_eq!(b.admitted(), 2, "no new request");
         let sent = b.plan_sends(Instant::now());
-        assert_eq!(sent.iter().map(|s| (s.vaddr, s.priority)).collect::<Vec<_>>(), [(40 * P, Priority::Fault)]);
+        assert_eq!(sent.iter().map(|s| (s.vaddr, s.pages, s.priority)).collect::<Vec<_>>(), [(40 * P, 1, Priority::Fault)], "sent at once, outside the window");
+        assert_eq!(b.span_ready(&fault, 40 * P, P), Some(false));
+        answer_all(&mut b);
+        // Its page is in long before the rest of the request.
+        let mut out = Vec::new();
+        let start = b.take_out(&fault, 40 * P, P, &mut out).expect("the promoted page is in");
+        assert_eq!(page_at(&out[start..], 0), 40 * P);
+        assert!(!b.request(bg[0]).unwrap().done(), "the rest still waits for room");
+        assert_eq!(b.span_ready(&bg, 0, 64 * P), Some(false));
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub(crate) fn run(shared: &Shared, mut stream: Wire) {
     }
     drop(book);
     shared.cond.notify_all();
+    shared.wake();
 }
 
 /// How often a lost connection is tried again.
@@ -149,11 +150,12 @@ fn read_replies(shared: &Shared, stream: &mut Wire) -> Result<(), End> {
         };
         // Give the buffer back before reporting, so the book stays consistent.
         let mut book = shared.lock();
-        book.landed(landing, read.is_ok());
+        book.landed(landing, read.is_ok(), Instant::now());
         drop(book);
         read.map_err(|s| describe(shared, s, &what))?;
         shared.cond.notify_all();
         shared.pump();
+        shared.wake();
     }
 }
 

@@ -5,8 +5,8 @@
 //! on its own connection it waits behind other faults only, and our server
 //! runs each connection on its own thread.
 
-use super::client::{priority_of, ConnectError, Priority, RemoteConfig, RemotePages};
-use crate::engine::{PageData, PageSource, SourceError};
+use super::client::{ConnectError, Priority, RemoteConfig, RemotePages};
+use crate::engine::{PageData, PageSource, SourceError, Waker};
 
 pub struct PrioritySource {
     bulk: RemotePages,
@@ -37,20 +37,26 @@ impl PrioritySource {
 }
 
 impl PageSource for PrioritySource {
-    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>) -> Result<PageData<'a>, SourceError> {
+    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>, priority: Priority) -> Result<PageData<'a>, SourceError> {
         // Each connection keeps its own book: a fault for a page the bulk
-        // connection already asked for is fetched again, which is the point.
-        match priority_of(self.bulk.config(), len) {
-            Priority::Fault => self.urgent.fetch(pid, img_addr, len, scratch, Priority::Fault),
-            Priority::Background => self.bulk.fetch(pid, img_addr, len, scratch, Priority::Background),
+        // connection already asked for is fetched again on the urgent one, which is
+        // the point of having two (`hurry` is therefore not needed here).
+        match priority {
+            Priority::Fault => self.urgent.fetch(pid, img_addr, len, scratch, priority),
+            _ => self.bulk.fetch(pid, img_addr, len, scratch, priority),
         }
+    }
+
+    fn set_waker(&self, waker: Waker) {
+        self.bulk.set_waker(waker.clone());
+        self.urgent.set_waker(waker);
     }
 
     fn will_need(&self, pid: u32, spans: &[(u64, usize)]) {
         self.bulk.will_need(pid, spans);
     }
 
-    fn read_ahead(&self) -> usize {
-        self.bulk.read_ahead()
+    fn read_ahead_bytes(&self) -> u64 {
+        self.bulk.read_ahead_bytes()
     }
 }

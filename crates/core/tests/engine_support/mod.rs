@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lazy_pages_core::engine::{EngineEvent, EventCallback, PageData, PageSource, SourceError};
+use lazy_pages_core::engine::{EngineEvent, EventCallback, PageData, PageSource, Priority, SourceError, Waker};
 use lazy_pages_core::ranges::{LazyRange, LazyRanges, PAGE_SIZE};
 use userfaultfd::{FeatureFlags, UffdBuilder};
 
@@ -170,10 +170,12 @@ impl Layout {
 pub struct PatternSource {
     data: Vec<u8>,
     present: Vec<bool>,
-    /// Times each page was served (Retry answers are not counted).
+    /// Times each page was served (Pending answers are not counted).
     pub served: Vec<AtomicU32>,
-    /// Answer Retry to this many requests first.
+    /// Answer Pending to this many requests first (waking the engine at once, as a
+    /// source whose fetch completed right away would).
     pub retries: AtomicI64,
+    waker: Mutex<Option<Waker>>,
     /// Sleep per request, to widen race windows.
     pub delay: Option<Duration>,
     /// First page index of every request served, in order.
@@ -196,6 +198,7 @@ impl PatternSource {
             present: layout.present.clone(),
             served: (0..n).map(|_| AtomicU32::new(0)).collect(),
             retries: AtomicI64::new(0),
+            waker: Mutex::new(None),
             delay: None,
             log: Mutex::new(Vec::new()),
         }
@@ -207,7 +210,11 @@ impl PatternSource {
 }
 
 impl PageSource for PatternSource {
-    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, _scratch: &'a mut Vec<u8>) -> Result<PageData<'a>, SourceError> {
+    fn set_waker(&self, waker: Waker) {
+        *self.waker.lock().unwrap() = Some(waker);
+    }
+
+    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, _scratch: &'a mut Vec<u8>, _: Priority) -> Result<PageData<'a>, SourceError> {
         if let Some(d) = self.delay {
             std::thread::sleep(d);
         }
@@ -216,7 +223,10 @@ impl PageSource for PatternSource {
             return Err(SourceError::Missing { pid, img_addr, len });
         };
         if self.retries.fetch_sub(1, SeqCst) > 0 {
-            return Ok(PageData::Retry);
+            if let Some(wake) = self.waker.lock().unwrap().clone() {
+                wake();
+            }
+            return Ok(PageData::Pending);
         }
         let pages = off / PS..(off + len) / PS;
         self.log.lock().unwrap().push(off / PS);

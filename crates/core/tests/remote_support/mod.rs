@@ -7,11 +7,11 @@ pub mod criu;
 pub mod images;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lazy_pages_core::engine::{PageData, SourceError};
+use lazy_pages_core::engine::{PageData, PageSource, SourceError};
 use lazy_pages_core::images::{Dump, PE_LAZY, PE_PRESENT};
 use lazy_pages_core::remote::{PageServer, PageServerConfig, Priority, RemotePages, ServeSummary, ServerError, ServerEvent, ServerStopper};
 
@@ -95,15 +95,53 @@ pub fn serve(dump: &Dump, config: PageServerConfig) -> Running {
     Running { addr, stopper, events, handle }
 }
 
-/// Fetches a span, waiting through `Retry` (bounded).
+/// Fetches a span, waiting (bounded) until its bytes are in.
 pub fn fetch(client: &RemotePages, pid: u32, addr: u64, len: usize, priority: Priority) -> Result<Vec<u8>, SourceError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut scratch = Vec::new();
     loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(client.wait_for(pid, addr, len, priority, left)?, "no data for task {pid} at {addr:#x} within 30 s: {}", client.debug_dump());
         match client.fetch(pid, addr, len, &mut scratch, priority)? {
             PageData::Bytes(b) => return Ok(b.to_vec()),
             PageData::Zero => panic!("remote source said Zero"),
-            PageData::Retry => assert!(Instant::now() < deadline, "no data for task {pid} at {addr:#x} within 30 s: {}", client.debug_dump()),
+            // Taken by someone else between the two calls: ask again.
+            PageData::Pending => {}
+        }
+    }
+}
+
+/// Counts the wake-ups of a source, as the engine's waker would take them.
+pub type Wakes = Arc<(Mutex<u64>, Condvar)>;
+
+/// Gives `source` its one waker (as the engine does once); every caller of
+/// `source_fetch` on that source shares it.
+pub fn attach_waker(source: &dyn PageSource) -> Wakes {
+    let woken: Wakes = Arc::new((Mutex::new(0u64), Condvar::new()));
+    let w = woken.clone();
+    source.set_waker(Arc::new(move || {
+        *w.0.lock().unwrap() += 1;
+        w.1.notify_all();
+    }));
+    woken
+}
+
+/// `pages()` until bytes arrive (bounded), asking again whenever the source's
+/// waker says something completed, as the engine does.
+pub fn source_fetch(source: &dyn PageSource, woken: &Wakes, pid: u32, addr: u64, len: usize, priority: Priority) -> Vec<u8> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut scratch = Vec::new();
+    loop {
+        let seen = *woken.0.lock().unwrap();
+        match source.pages(pid, addr, len, &mut scratch, priority).unwrap() {
+            PageData::Bytes(b) => return b.to_vec(),
+            PageData::Zero => panic!("remote source said Zero"),
+            PageData::Pending => {
+                let left = deadline.checked_duration_since(std::time::Instant::now());
+                let left = left.unwrap_or_else(|| panic!("no data for task {pid} at {addr:#x} within 30 s"));
+                let guard = woken.0.lock().unwrap();
+                drop(woken.1.wait_timeout_while(guard, left, |n| *n == seen).unwrap());
+            }
         }
     }
 }
