@@ -32,17 +32,18 @@ impl FaultLoop {
                 None if st.inflight.contains(page) => {
                     // That copy wakes the thread; if it gets put back instead, the
                     // recheck below serves the page. A background claim may still be
-                    // waiting for its bytes: the source fetches this page first.
-                    if attempt == 0 && !st.awaited.contains(&page) {
-                        if let Some(img) = st.inflight.img_addr_of(page) {
-                            self.shared.source.hurry(task.pid, img, PAGE_SIZE as usize);
-                        }
-                    }
+                    // waiting for its bytes: the source fetches this page first
+                    // (asked after the state lock is let go).
+                    let hurry = (attempt == 0 && !st.awaited.contains(&page)).then(|| st.inflight.img_addr_of(page)).flatten();
                     if !st.awaited.contains(&page) {
                         st.awaited.push(page);
                     }
                     if !self.awaiting.contains(&task.id) {
                         self.awaiting.push(task.id);
+                    }
+                    drop(st);
+                    if let Some(img) = hurry {
+                        self.shared.source.hurry(task.pid, img, PAGE_SIZE as usize);
                     }
                     return;
                 }

@@ -2,7 +2,8 @@
 //! (ours, `criu page-server --lazy-pages`, or `criu dump --lazy-pages`).
 //!
 //! One connection; GETs are pipelined, replies arrive in request order and a
-//! reader thread lands them in per-request buffers. `pages()` never waits
+//! reader thread lands them in per-request buffers; a writer thread sends what the
+//! book plans, so no caller ever blocks on the socket. `pages()` never waits
 //! (`engine/source.rs`): it asks for a span (unless it is already asked for or
 //! arrived) and answers `Pending` until its bytes are in; the reader calls the
 //! engine's waker after every reply it lands, and on failure.
@@ -126,11 +127,20 @@ pub(crate) struct Shared {
     pub shutdown: AtomicBool,
     /// The engine's waker (`PageSource::set_waker`).
     waker: Mutex<Option<Waker>>,
+    /// A send plan is due (`pump`); the writer thread takes it. Callers never write
+    /// to the socket themselves: a peer that stops reading would block them there,
+    /// and one of them is the engine's fault thread.
+    send_due: Mutex<bool>,
+    send_cond: Condvar,
+    /// A second handle on the current socket, to shut it down from `drop` while the
+    /// writer may be blocked in a write holding `writer`.
+    kill: Mutex<Option<TcpStream>>,
 }
 
 pub struct RemotePages {
     shared: Arc<Shared>,
     reader: Mutex<Option<JoinHandle<()>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl RemotePages {
@@ -173,13 +183,22 @@ impl RemotePages {
             writer: Mutex::new(writer),
             shutdown: AtomicBool::new(false),
             waker: Mutex::new(None),
+            send_due: Mutex::new(false),
+            send_cond: Condvar::new(),
+            kill: Mutex::new(None),
         });
+        shared.keep_kill_switch(&shared.write_lock());
+        let s = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("lazy-ps-writer".into())
+            .spawn(move || s.run_writer())
+            .map_err(|source| ConnectError::Setup { addr: peer, what: "starting the writer thread", source })?;
         let s = shared.clone();
         let reader = std::thread::Builder::new()
             .name("lazy-ps-reader".into())
             .spawn(move || client_reader::run(&s, reader_stream))
             .map_err(|source| ConnectError::Setup { addr: peer, what: "starting the reader thread", source })?;
-        Ok(RemotePages { shared, reader: Mutex::new(Some(reader)) })
+        Ok(RemotePages { shared, reader: Mutex::new(Some(reader)), writer: Mutex::new(Some(writer)) })
     }
 
     /// Every request and the wire, in one line (for test failures).
@@ -362,6 +381,14 @@ impl PageSource for RemotePages {
 impl Drop for RemotePages {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, SeqCst);
+        // First through the spare handle: the writer may be blocked in a write.
+        if let Some(sock) = self.shared.kill.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+        self.shared.send_cond.notify_all();
+        if let Some(writer) = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = writer.join();
+        }
         let mut w = self.shared.write_lock();
         w.close_notify();
         let _ = w.shutdown(std::net::Shutdown::Both);
@@ -382,8 +409,35 @@ impl Shared {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends whatever the book allows now, in the order it recorded it.
+    /// Asks the writer thread to send whatever the book allows now. Never blocks.
     pub fn pump(&self) {
+        *self.send_due.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.send_cond.notify_one();
+    }
+
+    /// The writer thread: sends each time a plan is due, until shutdown.
+    fn run_writer(&self) {
+        loop {
+            let mut due = self.send_due.lock().unwrap_or_else(PoisonError::into_inner);
+            while !*due && !self.shutdown.load(SeqCst) {
+                due = self.send_cond.wait(due).unwrap_or_else(PoisonError::into_inner);
+            }
+            if self.shutdown.load(SeqCst) {
+                return;
+            }
+            *due = false;
+            drop(due);
+            self.send_now();
+        }
+    }
+
+    /// Keeps a handle on `wire`'s socket for `drop`.
+    fn keep_kill_switch(&self, wire: &Wire) {
+        *self.kill.lock().unwrap_or_else(PoisonError::into_inner) = wire.socket().try_clone().ok();
+    }
+
+    /// Sends whatever the book allows now, in the order it recorded it.
+    fn send_now(&self) {
         let mut w = self.write_lock();
         let segs = self.lock().plan_sends(Instant::now());
         if segs.is_empty() {
@@ -411,6 +465,7 @@ impl Shared {
     /// A new connection is up: from now on requests go to it.
     pub fn adopt(&self, stream: Wire) {
         let mut w = self.write_lock();
+        self.keep_kill_switch(&stream);
         *w = stream;
         self.lock().lost = false;
         drop(w);
