@@ -121,6 +121,12 @@ export function buildProgram(rawArgs: string[] = [], notes: Note[] = []): Comman
     .option('--no-progress', 'no progress bar, even on a TTY')
   configOptions(program)
     .addHelpText('after', () => compatibilityHelp(program, 'lazy-pages'))
+    .addHelpText(
+      'after',
+      '\nExit status: 0 every lazy page served (or dropped with its task) and every report written; ' +
+        '1 the restore failed (unserved pages poisoned) or never started; ' +
+        '2 every page served, but --stats-json or --record-ws could not be written (one line names the file).',
+    )
     .action(async (opts) => {
       const { runDaemon } = await import('./daemon')
       process.exitCode = await runDaemon({ ...opts, notes }, rawArgs)

@@ -3,6 +3,8 @@
 // (a TTY or pipe); a log file is appended through a stream.
 import { createWriteStream, type WriteStream } from 'node:fs'
 
+import { openOwned } from './out-file'
+
 export enum Level {
   Msg = 0,
   Error = 1,
@@ -27,8 +29,8 @@ export class Logger {
       this.sinkOverride = process.stdout
       return
     }
+    this.stream = createWriteStream('', { fd: openOwned(path, '-o', false) })
     this.path = path
-    this.stream = createWriteStream(path, { flags: 'w', mode: 0o644 })
   }
 
   private path: string | undefined
@@ -38,11 +40,18 @@ export class Logger {
     return this.path
   }
 
-  /** SIGHUP under -d, as daemons do: append to the file at the same path anew (it may have been rotated away). */
+  /** SIGHUP under -d, as daemons do: append to the file at the same path anew (it may have been rotated away). A name we may not write (openOwned) keeps the old file, with a warning. */
   reopen(): void {
     if (!this.path || !this.stream) return
+    let fd: number
+    try {
+      fd = openOwned(this.path, '-o', true)
+    } catch (err) {
+      this.warn(`${(err as Error).message}; logging on to the file it replaced`)
+      return
+    }
     const old = this.stream
-    this.stream = createWriteStream(this.path, { flags: 'a', mode: 0o644 })
+    this.stream = createWriteStream('', { fd })
     old.end()
   }
 
@@ -74,6 +83,11 @@ export class Logger {
   }
   msg(message: string): void {
     this.write(Level.Msg, '', message)
+  }
+  /** An error the user must see even when the log goes to a file: logged, and on stderr too. */
+  alert(message: string): void {
+    this.error(message)
+    if (this.stream) this.sink.write(`lazy-pages: ${message}\n`)
   }
 
   async close(): Promise<void> {

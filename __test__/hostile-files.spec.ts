@@ -1,0 +1,86 @@
+// Files we write or read on a root daemon's behalf, when another user can plant names
+// in its work dir (-W /tmp, or any 1777 or group-writable dir) or hands it odd option
+// files (issue 20): a symlink, someone else's file, a FIFO, a device or a full disk
+// never makes us write through it, hang, or end a healthy restore. The attacker's
+// steps run as uid 65534 (setpriv).
+import test from 'ava'
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+
+import { assertMemoryAsDumped, checksums } from './helpers/check'
+import { lazyPages } from './helpers/cli'
+import { restoreLogTail, startLazyRestore } from './helpers/criu'
+import { startDaemon } from './helpers/daemon'
+import { dumpAndWait } from './helpers/dumped'
+import { run, waitFor } from './helpers/proc'
+import { Workload } from './helpers/workload'
+
+const NOBODY = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups']
+
+/** Runs `argv` as uid/gid 65534; a failure fails the test (a missing prerequisite is not a pass). */
+async function asNobody(argv: string[]): Promise<void> {
+  const r = await run(NOBODY[0], [...NOBODY.slice(1), ...argv])
+  if (r.code !== 0) throw new Error(`as uid 65534: ${argv.join(' ')}: exit ${r.code}: ${r.stderr.trim()}`)
+}
+
+/** A dumped small workload, a work dir anyone may write to (1777, as /tmp), and root-only files an attacker would like us to overwrite. */
+async function sharedWorkDir(name: string) {
+  const w = await Workload.start(name, ['dense', '--mib', '4'])
+  const before = await checksums(w)
+  await dumpAndWait(w)
+  const work = join(w.dir, 'shared')
+  mkdirSync(work)
+  chmodSync(work, 0o1777)
+  chmodSync(w.dir, 0o755)
+  const vault = join(w.dir, 'vault')
+  mkdirSync(vault, { mode: 0o700 })
+  const victim = (file: string) => {
+    const path = join(vault, file)
+    writeFileSync(path, `root's ${file}\n`, { mode: 0o600 })
+    return path
+  }
+  return { w, before, work, victim }
+}
+
+test('-o: a symlink or another user\'s file planted in the work dir is refused with one line, and nothing behind it is written', async (t) => {
+  const { w, work, victim } = await sharedWorkDir('hostile-log')
+  t.teardown(() => w.kill())
+  const secret = victim('secret')
+  await asNobody(['ln', '-s', secret, join(work, 'lazy.log')])
+  const linked = await lazyPages(['-D', w.images, '-W', work, '-o', 'lazy.log', '--connect-timeout', '2'])
+  t.is(linked.code, 1)
+  t.regex(linked.stderr, /^lazy-pages: -o \S*lazy\.log: is a symbolic link: refused.*\n$/)
+  t.is(readFileSync(secret, 'utf8'), "root's secret\n", 'the file behind the link is untouched')
+
+  await asNobody(['touch', join(work, 'mine.log')])
+  const foreign = await lazyPages(['-D', w.images, '-W', work, '-o', 'mine.log', '--connect-timeout', '2'])
+  t.is(foreign.code, 1)
+  t.regex(foreign.stderr, /^lazy-pages: -o \S*mine\.log: belongs to uid 65534, not to us \(uid 0\): refused\n$/)
+  t.is(readFileSync(join(work, 'mine.log'), 'utf8'), '', 'nothing of ours went into a file its owner can read')
+
+  const early = await lazyPages(['-D', w.images, '-W', work, '--stats-json', 'lazy.log', '--connect-timeout', '2'])
+  t.is(early.code, 1)
+  t.regex(early.stderr, /^lazy-pages: --stats-json \S*lazy\.log: is a symbolic link, not a regular file: refused\n$/, 'a report name planted before the start is refused before listening')
+})
+
+test('--stats-json and --record-ws: symlinks planted while the restore runs are refused at the end (exit 2), the restore itself is served', async (t) => {
+  const { w, before, work, victim } = await sharedWorkDir('hostile-reports')
+  t.teardown(() => w.kill())
+  const stats = victim('stats')
+  const ws = victim('ws')
+  const daemon = await startDaemon(w.images, ['-W', work, '-o', 'lazy.log', '--stats-json', 'stats.json', '--record-ws', 'ws.json'])
+  t.true(lstatSync(join(work, 'lazy.log')).isFile())
+  await asNobody(['ln', '-s', stats, join(work, 'stats.json')])
+  await asNobody(['ln', '-s', ws, join(work, 'ws.json')])
+  const restore = startLazyRestore(w.images, ['-W', work])
+  t.is(await restore.done, 0, restoreLogTail(work))
+  const exit = await daemon.exit
+  t.is(exit.code, 2, daemon.stderr())
+  t.regex(daemon.stderr(), /^lazy-pages: --stats-json \S*stats\.json: is a symbolic link, not a regular file: refused$/m)
+  t.regex(daemon.stderr(), /^lazy-pages: --record-ws \S*ws\.json: is a symbolic link, not a regular file: refused$/m)
+  t.is(readFileSync(stats, 'utf8'), "root's stats\n")
+  t.is(readFileSync(ws, 'utf8'), "root's ws\n")
+  t.regex(readFileSync(join(work, 'lazy.log'), 'utf8'), /every page accounted for once/)
+  t.false(existsSync(join(work, '.stats.json')), 'no temporary file left behind')
+  await assertMemoryAsDumped(t, w, before)
+})
