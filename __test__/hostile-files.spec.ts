@@ -3,14 +3,14 @@
 // files (issue 20): a symlink, someone else's file, a FIFO, a device or a full disk
 // never makes us write through it, hang, or end a healthy restore. The attacker's
 // steps run as uid 65534 (setpriv).
-import test from 'ava'
-import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import test, { type ExecutionContext } from 'ava'
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
 import { assertMemoryAsDumped, checksums } from './helpers/check'
 import { lazyPages } from './helpers/cli'
 import { restoreLogTail, startLazyRestore } from './helpers/criu'
-import { startDaemon } from './helpers/daemon'
+import { startDaemon, type Stats } from './helpers/daemon'
 import { dumpAndWait } from './helpers/dumped'
 import { run, waitFor } from './helpers/proc'
 import { Workload } from './helpers/workload'
@@ -82,5 +82,68 @@ test('--stats-json and --record-ws: symlinks planted while the restore runs are 
   t.is(readFileSync(ws, 'utf8'), "root's ws\n")
   t.regex(readFileSync(join(work, 'lazy.log'), 'utf8'), /every page accounted for once/)
   t.false(existsSync(join(work, '.stats.json')), 'no temporary file left behind')
+  await assertMemoryAsDumped(t, w, before)
+})
+
+/** A 64 KiB tmpfs mounted for this test, filled up but for `freePages` pages; unmounted at its end. */
+async function smallDisk(t: ExecutionContext, dir: string, freePages: number): Promise<string> {
+  mkdirSync(dir, { recursive: true })
+  const mounted = await run('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', dir])
+  if (mounted.code !== 0) throw new Error(`mount -t tmpfs ${dir}: ${mounted.stderr.trim()}`)
+  t.teardown(() => run('umount', [dir]).then(() => undefined))
+  // dd stops at ENOSPC; then the fill gives back what the test wants free.
+  await run('dd', ['if=/dev/zero', `of=${join(dir, 'fill')}`, 'bs=4096'])
+  const size = readFileSync(join(dir, 'fill')).length
+  if (size === 0 || size > 64 * 1024) throw new Error(`filling ${dir}: ${size} bytes`)
+  if (freePages > 0) {
+    const shrunk = await run('truncate', ['-s', String(size - freePages * 4096), join(dir, 'fill')])
+    if (shrunk.code !== 0) throw new Error(`truncate: ${shrunk.stderr}`)
+  }
+  return dir
+}
+
+test('-o on a disk that fills up mid-restore at -v4: lines are dropped and counted, said once, and the restore is served', async (t) => {
+  const w = await Workload.start('hostile-full-log', ['dense', '--mib', '4'])
+  t.teardown(() => w.kill())
+  const before = await checksums(w)
+  await dumpAndWait(w)
+  // One page free: the first lines fit, the fault lines of the check below do not.
+  const disk = await smallDisk(t, join(w.dir, 'disk'), 1)
+  const stats = join(w.dir, 'stats.json')
+  const daemon = await startDaemon(w.images, ['-o', join(disk, 'lazy.log'), '-v4', '--stats-json', stats, '--fill-delay', '3000'])
+  const restore = startLazyRestore(w.images)
+  t.is(await restore.done, 0, restoreLogTail(w.images))
+  // Touched before the fill starts: every page comes by a fault, each logged at -v4.
+  await assertMemoryAsDumped(t, w, before)
+  const exit = await daemon.exit
+  t.is(exit.code, 0, daemon.stderr())
+  const said = daemon.stderr().split('\n').filter((l) => l.includes('lazy.log'))
+  t.is(said.length, 2, daemon.stderr())
+  t.regex(said[0], /^lazy-pages: log \S*lazy\.log: cannot write \(ENOSPC\): dropping log lines until it can; the restore goes on$/)
+  t.regex(said[1], /^lazy-pages: log \S*lazy\.log: \d+ lines could not be written and are missing from it$/)
+  const report = JSON.parse(readFileSync(stats, 'utf8')) as Stats & { logLinesDropped: number }
+  t.true(report.reconciles)
+  t.true(report.logLinesDropped > 0)
+  t.regex(readFileSync(join(disk, 'lazy.log'), 'utf8'), /listening on/, 'the lines that fitted are there')
+})
+
+test('--stats-json and --record-ws on a full disk: one line naming each file, exit 2, the restore served and nothing left behind', async (t) => {
+  const w = await Workload.start('hostile-full-reports', ['dense', '--mib', '4'])
+  t.teardown(() => w.kill())
+  const before = await checksums(w)
+  await dumpAndWait(w)
+  const disk = await smallDisk(t, join(w.dir, 'disk'), 0)
+  const daemon = await startDaemon(w.images, ['--stats-json', join(disk, 'stats.json'), '--record-ws', join(disk, 'ws.json')])
+  const restore = startLazyRestore(w.images)
+  t.is(await restore.done, 0, restoreLogTail(w.images))
+  const exit = await daemon.exit
+  t.is(exit.code, 2, daemon.stderr())
+  t.regex(daemon.stderr(), /every page accounted for once/)
+  for (const [option, file] of [['--stats-json', 'stats.json'], ['--record-ws', 'ws.json']]) {
+    const said = daemon.stderr().split('\n').filter((l) => l.includes(file))
+    t.is(said.length, 1, daemon.stderr())
+    t.true(said[0]?.endsWith(`Error: ${option} ${join(disk, file)}: cannot write: ENOSPC`), said[0])
+  }
+  t.deepEqual(readdirSync(disk), ['fill'], 'no partial report or temporary file')
   await assertMemoryAsDumped(t, w, before)
 })

@@ -69,7 +69,7 @@ export function buildProgram(rawArgs: string[] = [], notes: Note[] = []): Comman
     .option('-d, --daemon', 'detach once the socket is ready')
     .option('--pidfile <file>', 'with --daemon: write the daemon pid here (relative to the work dir)')
     .option('--status-fd <fd>', 'write one zero byte to this fd and close it when ready', nonNegativeInt('--status-fd'))
-    .option('-o, --log-file <file>', 'log here instead of stderr (relative to the work dir; "-" = stdout)')
+    .option('-o, --log-file <file>', 'log here instead of stderr (relative to the work dir; "-" = stdout); lines a full disk cannot take are dropped and counted, the restore goes on')
     .addOption(verbosityOption())
     .option('--page-server', 'fetch lazy pages from a page server (--address, --port) instead of the local pages images')
     .option('--address <host>', 'with --page-server: the page server host')

@@ -153,7 +153,7 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
     signals.done((signal) => log.warn(`${signal}: ignored, the restore is over; finishing the report`))
   }
 
-  const summary = buildSummary(imagesDir, stats, tracker, resumed)
+  const summary = buildSummary(imagesDir, stats, tracker, log.dropped, resumed)
   for (const line of formatSummary(summary)) log.msg(line)
   // The restore is over either way: a report that cannot be written is one line and
   // exit 2 (REPORT_LOST), never a reason to skip the other one.
