@@ -9,9 +9,11 @@ import { join } from 'node:path'
 
 import { assertMemoryAsDumped, checksums } from './helpers/check'
 import { lazyPages } from './helpers/cli'
+import { CLI } from './helpers/paths'
 import { restoreLogTail, startLazyRestore } from './helpers/criu'
 import { startDaemon, type Stats } from './helpers/daemon'
 import { dumpAndWait } from './helpers/dumped'
+import { ROOT } from './helpers/paths'
 import { run, waitFor } from './helpers/proc'
 import { Workload } from './helpers/workload'
 
@@ -146,4 +148,88 @@ test('--stats-json and --record-ws on a full disk: one line naming each file, ex
   }
   t.deepEqual(readdirSync(disk), ['fill'], 'no partial report or temporary file')
   await assertMemoryAsDumped(t, w, before)
+})
+
+/** FIFOs, devices and a 3 GB sparse file, made in `dir`. */
+async function oddFiles(dir: string) {
+  mkdirSync(dir, { recursive: true })
+  const fifo = join(dir, 'fifo')
+  const made = await run('mkfifo', [fifo])
+  if (made.code !== 0) throw new Error(`mkfifo: ${made.stderr}`)
+  const sparse = join(dir, 'sparse')
+  const grown = await run('truncate', ['-s', '3G', sparse])
+  if (grown.code !== 0) throw new Error(`truncate: ${grown.stderr}`)
+  return { fifo, sparse }
+}
+
+/** One run that must end by itself: an old hang shows as the timeout's SIGKILL. */
+const quick = (args: string[], env: NodeJS.ProcessEnv = process.env) => run(process.execPath, [CLI, ...args], { env, timeoutMs: 20_000 })
+
+test('config files and --prefetch-ws that are FIFOs, devices or huge: one line naming the file, at once', async (t) => {
+  const dir = join(Workload.scratch('hostile-options'), 'odd')
+  const { fifo, sparse } = await oddFiles(dir)
+  const images = join(dir, '..', 'images')
+  const home = join(dir, 'home')
+  mkdirSync(join(home, '.criu'), { recursive: true })
+  const cases: Array<{ what: string; args: string[]; env?: NodeJS.ProcessEnv; line: RegExp }> = [
+    { what: '--config FIFO', args: ['--config', fifo], line: /^lazy-pages: --config \S*\/fifo: is a FIFO, not a regular file\n$/ },
+    { what: 'CRIU_CONFIG_FILE=/dev/zero', args: [], env: { CRIU_CONFIG_FILE: '/dev/zero' }, line: /^lazy-pages: \/dev\/zero: is a character device, not a regular file\n$/ },
+    { what: 'CRIU_CONFIG_FILE FIFO', args: [], env: { CRIU_CONFIG_FILE: fifo }, line: /^lazy-pages: \S*\/fifo: is a FIFO, not a regular file\n$/ },
+    { what: '--config /dev/urandom', args: ['--config', '/dev/urandom'], line: /^lazy-pages: --config \/dev\/urandom: is a character device, not a regular file\n$/ },
+    { what: '~/.criu/default.conf 3 GB sparse', args: [], env: { HOME: home }, line: /^lazy-pages: \S*\/home\/\.criu\/default\.conf: is 3221225472 bytes, more than the 1 MiB it may have\n$/ },
+    { what: '--prefetch-ws FIFO', args: ['--prefetch-ws', fifo], line: /^lazy-pages: \S*\/fifo: working set is a FIFO, not a regular file\n$/ },
+    { what: '--prefetch-ws /dev/zero', args: ['--prefetch-ws', '/dev/zero'], line: /^lazy-pages: \/dev\/zero: working set is a character device, not a regular file\n$/ },
+  ]
+  for (const c of cases) {
+    if (c.env?.HOME) {
+      const made = await run('ln', ['-sf', sparse, join(home, '.criu', 'default.conf')])
+      if (made.code !== 0) throw new Error(made.stderr)
+    }
+    const started = Date.now()
+    const r = await quick(['-D', images, '-W', dir, '--connect-timeout', '1', ...c.args], { ...process.env, HOME: join(dir, 'nohome'), ...c.env })
+    t.is(r.code, 1, `${c.what}: ${r.stderr}`)
+    t.regex(r.stderr, c.line, c.what)
+    t.true(Date.now() - started < 10_000, `${c.what}: refused at once`)
+  }
+  // The same on page-server, whose options come from the same files.
+  const r = await quick(['page-server', '-D', images, '--config', fifo])
+  t.regex(r.stderr, /^lazy-pages: --config \S*\/fifo: is a FIFO, not a regular file\n$/)
+})
+
+test('--tls-cert/-key/-cacert/-cacrl that are FIFOs, devices or huge: one line naming the file, at once, page server and client', async (t) => {
+  const w = await Workload.start('hostile-tls', ['dense', '--mib', '1'])
+  t.teardown(() => w.kill())
+  await dumpAndWait(w)
+  const pki = join(w.dir, 'pki')
+  const made = await run('bash', [join(ROOT, 'scripts', 'make-test-certs.sh'), pki])
+  if (made.code !== 0) throw new Error(`make-test-certs.sh: ${made.stderr}`)
+  const { fifo, sparse } = await oddFiles(join(w.dir, 'odd'))
+  const good: Record<string, string> = { cacert: join(pki, 'ca.pem'), cacrl: join(pki, 'crl.pem'), cert: join(pki, 'server.pem'), key: join(pki, 'server.key') }
+  const bad: Array<[string, string, RegExp]> = [
+    ['cert', fifo, /is a FIFO, not a regular file/],
+    ['key', fifo, /is a FIFO, not a regular file/],
+    ['cacert', fifo, /is a FIFO, not a regular file/],
+    ['cacrl', fifo, /is a FIFO, not a regular file/],
+    ['cert', '/dev/zero', /is a character device, not a regular file/],
+    ['key', '/dev/urandom', /is a character device, not a regular file/],
+    ['cacert', sparse, /is 3221225472 bytes, more than the 16777216 it may have/],
+    ['key', sparse, /is 3221225472 bytes, more than the 1048576 it may have/],
+  ]
+  for (const [option, file, why] of bad) {
+    const files = { ...good, [option]: file }
+    const tls = ['--tls', ...Object.entries(files).flatMap(([o, f]) => [`--tls-${o}`, f])]
+    for (const argv of [
+      ['page-server', '-D', w.images, '--address', '127.0.0.1', '--port', '0', ...tls],
+      ['-D', w.images, '-W', join(w.dir, 'odd'), '--page-server', '--address', '127.0.0.1', '--port', '1', '--connect-timeout', '1', ...tls],
+    ]) {
+      const started = Date.now()
+      const r = await quick(argv)
+      const what = `${argv[0] === 'page-server' ? 'page-server' : 'client'} --tls-${option} ${file}`
+      t.is(r.code, 1, `${what}: ${r.stderr}`)
+      t.is(r.stderr.split('\n').length, 2, `${what}: one line: ${r.stderr}`)
+      t.true(r.stderr.includes(`--tls-${option} ${file}: `), `${what}: names the file: ${r.stderr}`)
+      t.regex(r.stderr, why, what)
+      t.true(Date.now() - started < 10_000, `${what}: refused at once`)
+    }
+  }
 })
