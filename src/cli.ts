@@ -69,7 +69,7 @@ export function buildProgram(rawArgs: string[] = [], notes: Note[] = []): Comman
     .option('-d, --daemon', 'detach once the socket is ready')
     .option('--pidfile <file>', 'with --daemon: write the daemon pid here (relative to the work dir)')
     .option('--status-fd <fd>', 'write one zero byte to this fd and close it when ready', nonNegativeInt('--status-fd'))
-    .option('-o, --log-file <file>', 'log here instead of stderr (relative to the work dir; "-" = stdout)')
+    .option('-o, --log-file <file>', 'log here instead of stderr (relative to the work dir; "-" = stdout); lines a full disk cannot take are dropped and counted, the restore goes on')
     .addOption(verbosityOption())
     .option('--page-server', 'fetch lazy pages from a page server (--address, --port) instead of the local pages images')
     .option('--address <host>', 'with --page-server: the page server host')
@@ -121,6 +121,12 @@ export function buildProgram(rawArgs: string[] = [], notes: Note[] = []): Comman
     .option('--no-progress', 'no progress bar, even on a TTY')
   configOptions(program)
     .addHelpText('after', () => compatibilityHelp(program, 'lazy-pages'))
+    .addHelpText(
+      'after',
+      '\nExit status: 0 every lazy page served (or dropped with its task) and every report written; ' +
+        '1 the restore failed (unserved pages poisoned) or never started; ' +
+        '2 every page served, but --stats-json or --record-ws could not be written (one line names the file).',
+    )
     .action(async (opts) => {
       const { runDaemon } = await import('./daemon')
       process.exitCode = await runDaemon({ ...opts, notes }, rawArgs)

@@ -6,10 +6,12 @@
 // dashes and, after blanks, its value; a value with blanks goes in double quotes (\" for
 // a quote inside); '#' starts a comment. Missing default files are skipped, as CRIU
 // does; a missing --config file is an error, a missing $CRIU_CONFIG_FILE a warning.
-import { readFileSync } from 'node:fs'
+// A file there that is no regular file (a FIFO would hang us) or more than 1 MiB is an
+// error naming it, wherever it comes from (option-file.ts).
 import { join } from 'node:path'
 
 import { UserError } from './errors'
+import { MAX_CONFIG_BYTES, OptionFileError, readOptionFile } from './option-file'
 
 export const GLOBAL_CONFIG = '/etc/criu/default.conf'
 export const USER_CONFIG = join('.criu', 'default.conf')
@@ -49,9 +51,11 @@ export function configSources(config: string | undefined, noDefaultConfig: boole
 export function readConfig(source: Source, notes: Note[]): ConfigWord[] {
   let text: string
   try {
-    text = readFileSync(source.path, 'utf8')
+    text = readOptionFile(source.path, MAX_CONFIG_BYTES)
   } catch (err) {
-    const why = (err as NodeJS.ErrnoException).code ?? String(err)
+    const bad = err as OptionFileError
+    if (!bad.code) throw new UserError(`${source.missing === 'error' ? '--config ' : ''}${source.path}: ${bad.message}`)
+    const why = bad.code
     if (source.missing === 'error') throw new UserError(`--config ${source.path}: cannot read it: ${why}`)
     if (source.missing === 'warn') notes.push({ level: 'warn', message: `CRIU_CONFIG_FILE ${source.path}: cannot read it (${why}); going on without it` })
     else if (why !== 'ENOENT') notes.push({ level: 'debug', message: `${source.path}: cannot read it (${why}); skipped` })

@@ -2,13 +2,14 @@
 // does. The Rust session does all socket, uffd and page I/O on its own threads; this
 // file wires options, readiness signals, policy, logs and the final report.
 import { constants, existsSync } from 'node:fs'
-import { access, writeFile } from 'node:fs/promises'
+import { access } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 
 import type { DaemonEvent, LazyDaemon } from '../index'
 import { oneLine, UserError } from './errors'
 import { Level, Logger } from './log'
 import { native } from './native'
+import { checkReplaceable, replaceFile } from './out-file'
 import { strategyByName } from './policy'
 import { tlsOptions, type TlsCliOptions } from './tls'
 import { runService, type ServiceContext, type ServiceOptions } from './service'
@@ -72,6 +73,9 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
   }
   // Found out now, not after the whole restore, when the recording would be lost.
   if (opts.recordWs) await checkWritableDir(inWorkDir(opts.recordWs), '--record-ws')
+  // A symlink or someone else's file there is refused again when the report is written.
+  if (opts.statsJson) checkReplaceable(inWorkDir(opts.statsJson), '--stats-json')
+  if (opts.recordWs) checkReplaceable(inWorkDir(opts.recordWs), '--record-ws')
   const prefetch = opts.prefetchWs ? await readWorkingSet(inWorkDir(opts.prefetchWs)) : undefined
   const guardian = guardianProgram()
 
@@ -149,19 +153,35 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
     signals.done((signal) => log.warn(`${signal}: ignored, the restore is over; finishing the report`))
   }
 
-  const summary = buildSummary(imagesDir, stats, tracker, resumed)
+  const summary = buildSummary(imagesDir, stats, tracker, log.dropped, resumed)
   for (const line of formatSummary(summary)) log.msg(line)
-  if (opts.statsJson) await writeFile(inWorkDir(opts.statsJson), JSON.stringify(summary, null, 2) + '\n')
+  // The restore is over either way: a report that cannot be written is one line and
+  // exit 2 (REPORT_LOST), never a reason to skip the other one.
+  let reportLost = false
+  const report = (write: () => void) => {
+    try {
+      write()
+    } catch (err) {
+      reportLost = true
+      log.alert(oneLine(err))
+    }
+  }
+  if (opts.statsJson) report(() => replaceFile(inWorkDir(opts.statsJson!), '--stats-json', JSON.stringify(summary, null, 2) + '\n'))
   if (opts.recordWs) {
-    const ws = await writeWorkingSet(inWorkDir(opts.recordWs), daemon.recordedWorkingSet() ?? [])
-    log.msg(`working set: ${ws.pages} faulted pages of ${ws.tasks} tasks written to ${opts.recordWs}`)
+    report(() => {
+      const ws = writeWorkingSet(inWorkDir(opts.recordWs!), daemon.recordedWorkingSet() ?? [])
+      log.msg(`working set: ${ws.pages} faulted pages of ${ws.tasks} tasks written to ${opts.recordWs}`)
+    })
   }
   if (!summary.reconciles) {
     log.error('page accounting does not reconcile: some lazy page was neither served nor dropped')
     return 1
   }
-  return 0
+  return reportLost ? REPORT_LOST : 0
 }
+
+/** Exit status of a restore that served every page but could not write --stats-json or --record-ws. */
+export const REPORT_LOST = 2
 
 function logEvent(log: Logger, e: DaemonEvent): void {
   switch (e.kind) {

@@ -1,7 +1,9 @@
 // Log lines in CRIU's shape: "(SS.UUUUUU) message", levels 0 msg, 1 error,
 // 2 warn (default), 3 info, 4 debug. Writes are synchronous only to stderr/stdout
-// (a TTY or pipe); a log file is appended through a stream.
-import { createWriteStream, type WriteStream } from 'node:fs'
+// (a TTY or pipe); a log file is appended in the background (log-file.ts), and no
+// failure to write a line, to either, ever ends the process.
+import { LogFile } from './log-file'
+import { openOwned } from './out-file'
 
 export enum Level {
   Msg = 0,
@@ -13,40 +15,46 @@ export enum Level {
 
 export class Logger {
   private readonly start = process.hrtime.bigint()
-  private stream: WriteStream | undefined
+  private logFile: LogFile | undefined
+  private sinkOverride: NodeJS.WritableStream | undefined
+  private sinkDropped = 0
 
   constructor(
     public level: number = Level.Warn,
     private readonly sink: NodeJS.WritableStream = process.stderr,
   ) {}
 
-  /** Send log lines to FILE (truncated, as CRIU does); "-" means stdout. */
+  /** Send log lines to FILE (truncated, as CRIU does); "-" means stdout. A name we may not write is refused (out-file.ts). */
   toFile(path: string): void {
     if (path === '-') {
-      this.stream = undefined
       this.sinkOverride = process.stdout
       return
     }
-    this.path = path
-    this.stream = createWriteStream(path, { flags: 'w', mode: 0o644 })
+    this.logFile = new LogFile(path, openOwned(path, '-o', false), (line) => this.tell(line))
   }
-
-  private path: string | undefined
 
   /** The log file, if lines go to one ("-" and stderr are not files). */
   get file(): string | undefined {
-    return this.path
+    return this.logFile?.path
   }
 
-  /** SIGHUP under -d, as daemons do: append to the file at the same path anew (it may have been rotated away). */
+  /** Lines lost so far: a log file or stdout/stderr that could not take them. */
+  get dropped(): number {
+    return (this.logFile?.dropped ?? 0) + this.sinkDropped
+  }
+
+  /** SIGHUP under -d, as daemons do: append to the file at the same path anew (it may have been rotated away). A name we may not write (openOwned) keeps the old file, with a warning. */
   reopen(): void {
-    if (!this.path || !this.stream) return
-    const old = this.stream
-    this.stream = createWriteStream(this.path, { flags: 'a', mode: 0o644 })
-    old.end()
+    if (!this.logFile) return
+    let fd: number
+    try {
+      fd = openOwned(this.logFile.path, '-o', true)
+    } catch (err) {
+      this.warn(`${(err as Error).message}; logging on to the file it replaced`)
+      return
+    }
+    this.logFile.replace(fd)
   }
-
-  private sinkOverride: NodeJS.WritableStream | undefined
 
   enabled(level: Level): boolean {
     return level <= this.level
@@ -57,7 +65,23 @@ export class Logger {
     const us = Number((process.hrtime.bigint() - this.start) / 1000n)
     const stamp = `(${String(Math.floor(us / 1e6)).padStart(2, '0')}.${String(us % 1e6).padStart(6, '0')})`
     const line = `${stamp} ${prefix}${message}\n`
-    ;(this.stream ?? this.sinkOverride ?? this.sink).write(line)
+    if (this.logFile) this.logFile.write(line)
+    else if (!this.tryWrite(this.sinkOverride ?? this.sink, line)) this.sinkDropped++
+  }
+
+  /** A synchronous stream (a file behind stdout) throws what it cannot write. */
+  private tryWrite(out: NodeJS.WritableStream, line: string): boolean {
+    try {
+      out.write(line)
+      return true
+    } catch {
+      return false
+    }
+  }
+
+  /** One line straight to stderr, whatever the log goes to. */
+  private tell(message: string): void {
+    this.tryWrite(this.sink, `lazy-pages: ${message}\n`)
   }
 
   error(message: string): void {
@@ -75,11 +99,16 @@ export class Logger {
   msg(message: string): void {
     this.write(Level.Msg, '', message)
   }
+  /** An error the user must see even when the log goes to a file: logged, and on stderr too. */
+  alert(message: string): void {
+    this.error(message)
+    if (this.logFile) this.tell(message)
+  }
 
   async close(): Promise<void> {
-    const stream = this.stream
-    if (!stream) return
-    this.stream = undefined
-    await new Promise<void>((resolve) => stream.end(resolve))
+    const file = this.logFile
+    if (!file) return
+    this.logFile = undefined
+    await file.close()
   }
 }

@@ -4,7 +4,7 @@ import type { PageServerEvent } from '../index'
 import { native } from './native'
 import { releaseDeadTerminal, takeSignals } from './signals'
 import { runService, type ServiceContext, type ServiceOptions } from './service'
-import { isLoopback, tlsOptions, type TlsCliOptions } from './tls'
+import { isLoopback, ownCertificateDates, tlsOptions, type TlsCliOptions } from './tls'
 
 export interface PageServerCliOptions extends ServiceOptions, TlsCliOptions {
   address?: string
@@ -26,15 +26,11 @@ async function serve(opts: PageServerCliOptions, { imagesDir, log, ready }: Serv
     criuVersion: opts.criuVersion,
     tls: tlsOptions(opts),
   })
-  // CRIU logs the port it got; scripts read it from here.
-  log.msg(`Using ${server.port} port (${server.address}, CRIU ${server.criuVersion} wire format${opts.keepServing ? ', serving any number of restores' : ''})`)
-  if (!opts.tls && !isLoopback(server.address)) {
-    log.warn(`page server listens on ${server.address} without --tls: anyone who can reach port ${server.port} can read this dump's memory`)
-  }
-  ready()
-  // A closed terminal must not cut restores off mid-transfer; any other terminating
-  // signal ends the sessions in order (their clients see a clean close, not a reset
-  // halfway through a reply) instead of killing us outright (signals.ts).
+  // Taken before anyone is told we listen (ready, or the port line scripts wait for),
+  // so a stop sent at once is handled, not a kill. A closed terminal must not cut
+  // restores off mid-transfer; any other terminating signal ends the sessions in order
+  // (their clients see a clean close, not a reset halfway through a reply) instead of
+  // killing us outright (signals.ts).
   const signals = takeSignals({
     stop: (signal) => {
       log.warn(`${signal}: stopping; sessions in progress end now`)
@@ -47,6 +43,14 @@ async function serve(opts: PageServerCliOptions, { imagesDir, log, ready }: Serv
       log.info(`SIGHUP: ignored, serving on${log.file ? `; log ${log.file} reopened` : ''}`)
     },
   })
+  const dated = ownCertificateDates(opts)
+  if (dated) log.warn(dated)
+  // CRIU logs the port it got; scripts read it from here.
+  log.msg(`Using ${server.port} port (${server.address}, CRIU ${server.criuVersion} wire format${opts.keepServing ? ', serving any number of restores' : ''})`)
+  if (!opts.tls && !isLoopback(server.address)) {
+    log.warn(`page server listens on ${server.address} without --tls: anyone who can reach port ${server.port} can read this dump's memory`)
+  }
+  ready()
   try {
     const summary = await server.serve((e: PageServerEvent) => {
       if (e.kind === 'session-started') log.info(`session from ${e.peer}`)

@@ -10,12 +10,14 @@ export interface Summary {
   total: { tasks: number; lazy: number; faulted: number; background: number; prefetched: number; zero: number; exists: number; dropped: number; exited: number }
   faults: { count: number; p50Us: number; p99Us: number; maxUs: number }
   droppedFaultEvents: number
+  /** Log lines that could not be written (a full disk under -o): the log is incomplete. */
+  logLinesDropped: number
   reconciles: boolean
   /** Set when this daemon took the restore over from a guardian whose daemon died. */
   resumed?: { guardianPid: number; lostDaemon: number; tasks: number; doneTasks: number }
 }
 
-export function buildSummary(imagesDir: string, stats: DaemonStats, tracker: TaskTracker, resumed?: Summary['resumed']): Summary {
+export function buildSummary(imagesDir: string, stats: DaemonStats, tracker: TaskTracker, logLinesDropped: number, resumed?: Summary['resumed']): Summary {
   const tasks = stats.tasks.map((t) => ({ ...t, reconciles: reconciles(t) }))
   const total = { tasks: tasks.length, lazy: 0, faulted: 0, background: 0, prefetched: 0, zero: 0, exists: 0, dropped: 0, exited: 0 }
   for (const t of tasks) {
@@ -36,6 +38,7 @@ export function buildSummary(imagesDir: string, stats: DaemonStats, tracker: Tas
     total,
     faults: { count: stats.faults, p50Us: stats.faultP50Us, p99Us: stats.faultP99Us, maxUs: stats.faultMaxUs },
     droppedFaultEvents: stats.droppedFaultEvents,
+    logLinesDropped,
     reconciles: tasks.every((t) => t.reconciles),
     ...(resumed ? { resumed } : {}),
   }
@@ -61,6 +64,7 @@ export function formatSummary(s: Summary): string[] {
         `the ${s.total.exists} pages it had already copied count as already present`,
     )
   }
+  if (s.logLinesDropped > 0) lines.push(`log: ${s.logLinesDropped} lines could not be written (see the first one on stderr); the restore was not affected`)
   lines.push(
     `total: ${s.total.tasks} tasks (${s.zombies.length} zombies, ${s.total.exited} exited), ${s.total.lazy} lazy pages (${mib(s.total.lazy)}) = ` +
       `${s.total.faulted} faulted + ${s.total.background} background + ${s.total.dropped} dropped + ${s.total.exists} already present; ` +

@@ -8,11 +8,12 @@
 // `runs` are [run-time address, page count] in first-fault order; adjacent pages are
 // merged into one run. Addresses are hex strings, exact beyond 2^53. `pages` (the runs'
 // total) is informational: readers go by `runs`.
-import { readFile, writeFile } from 'node:fs/promises'
 import { z } from 'zod'
 
 import type { WorkingSetTask } from '../index'
 import { UserError } from './errors'
+import { OptionFileError, readOptionFile } from './option-file'
+import { replaceFile } from './out-file'
 
 const FORMAT = 'lazy-pages-working-set'
 const PAGE_SIZE = 4096
@@ -20,6 +21,8 @@ const PAGE_SIZE = 4096
 const ADDR_LIMIT = 2n ** 57n
 /** Far beyond any real working set; stops a hostile file from exhausting memory. */
 const MAX_RUNS = 4 << 20
+/** MAX_RUNS runs at their widest ("0x" + 15 digits, a count, the line's blanks: ~40 bytes) fit. */
+const MAX_FILE_BYTES = 192 << 20
 
 const hexAddr = z
   .string()
@@ -46,9 +49,10 @@ export type WorkingSetFile = z.output<typeof fileSchema>
 export async function readWorkingSet(path: string): Promise<WorkingSetTask[]> {
   let text: string
   try {
-    text = await readFile(path, 'utf8')
+    text = readOptionFile(path, MAX_FILE_BYTES)
   } catch (err) {
-    throw new UserError(`${path}: cannot read working set: ${(err as NodeJS.ErrnoException).code ?? err}`)
+    const bad = err as OptionFileError
+    throw new UserError(bad.code ? `${path}: cannot read working set: ${bad.code}` : `${path}: working set ${bad.message}`)
   }
   let json: unknown
   try {
@@ -73,8 +77,8 @@ export async function readWorkingSet(path: string): Promise<WorkingSetTask[]> {
   }))
 }
 
-/** Writes what the daemon recorded (tasks without faults are left out). */
-export async function writeWorkingSet(path: string, sets: WorkingSetTask[]): Promise<{ tasks: number; pages: number }> {
+/** Writes what the daemon recorded (tasks without faults are left out); errors are one line naming the file (out-file.ts). */
+export function writeWorkingSet(path: string, sets: WorkingSetTask[]): { tasks: number; pages: number } {
   const tasks = sets
     .filter((t) => t.addrs.length > 0)
     .map((t) => {
@@ -86,7 +90,7 @@ export async function writeWorkingSet(path: string, sets: WorkingSetTask[]): Pro
   // One run per line: diffable, and still small (a 200 MiB working set of scattered
   // pages is ~1.5 MB).
   const body = JSON.stringify(file, null, 1).replace(/\[\n\s+("0x[0-9a-f]+"),\n\s+(\d+)\n\s+\]/g, '[$1, $2]')
-  await writeFile(path, body + '\n')
+  replaceFile(path, '--record-ws', body + '\n')
   return { tasks: tasks.length, pages: tasks.reduce((a, t) => a + t.pages, 0) }
 }
 

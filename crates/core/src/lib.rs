@@ -5,6 +5,7 @@ pub mod engine;
 pub mod guardian;
 pub mod images;
 pub mod local_pages;
+pub mod option_file;
 pub mod ranges;
 pub mod remote;
 pub mod restore_socket;

@@ -307,12 +307,32 @@ impl Keeper {
 
     fn say(&self, line: &str) {
         let written = self.config.log.as_ref().is_some_and(|path| {
-            std::fs::OpenOptions::new().append(true).create(true).open(path).and_then(|mut f| writeln!(f, "{line}")).is_ok()
+            open_own_log(path).and_then(|mut f| writeln!(f, "{line}")).is_ok()
         });
         if !written {
             let _ = writeln!(std::io::stderr(), "{line}");
         }
     }
+}
+
+/// The daemon's -o file, appended to as the daemon opened it (src/out-file.ts): never
+/// through a symlink planted in a shared work dir, nor into a FIFO, a hard link or a
+/// file another user owns. Refused: the line goes to stderr instead.
+fn open_own_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let ours = meta.uid() == unsafe { libc::geteuid() };
+    if !meta.is_file() || !ours || meta.nlink() != 1 {
+        return Err(std::io::Error::other("not our own regular file"));
+    }
+    Ok(file)
 }
 
 /// Poisons every page of `task`'s ranges that is not present. Unread events (the kernel

@@ -9,7 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use super::error::ImageError;
@@ -29,19 +29,7 @@ pub fn open_regular(path: &Path, what: &str) -> Result<File, ImageError> {
         .map_err(|e| ImageError::io(path, &format!("cannot open {what}"), &e))?;
     let kind = file.metadata().map_err(|e| ImageError::io(path, &format!("cannot stat {what}"), &e))?.file_type();
     if !kind.is_file() {
-        let is = if kind.is_fifo() {
-            "a FIFO"
-        } else if kind.is_char_device() {
-            "a character device"
-        } else if kind.is_block_device() {
-            "a block device"
-        } else if kind.is_socket() {
-            "a socket"
-        } else if kind.is_dir() {
-            "a directory"
-        } else {
-            "not a regular file"
-        };
+        let is = crate::option_file::kind_name(kind);
         return Err(ImageError::new(path, format!("{what} is {is}, not a regular file")));
     }
     Ok(file)

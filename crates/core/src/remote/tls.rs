@@ -24,7 +24,8 @@
 //! Kernel TLS is not used: this kernel is built without CONFIG_TLS (no `tls`
 //! ULP), so records are sealed and opened in userspace (rustls, ring).
 //!
-//! May go wrong: unreadable or empty files (`TlsSetupError`, one line naming
+//! May go wrong: unreadable or empty files, or ones that are no regular file or
+//! too big (`option_file`: a FIFO cannot hang us) (`TlsSetupError`, one line naming
 //! the file); a peer that fails verification, is not speaking TLS, or stalls
 //! the handshake (an error naming the peer, from `client_handshake` /
 //! `server_handshake`); a record that fails to open later (an I/O error of
@@ -51,6 +52,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
 
 use super::zero_copy::{send_file_range, send_header};
+use crate::option_file::{read_regular, OptionFileError};
 
 /// CRIU's defaults (SYSCONFDIR=/etc).
 pub const DEFAULT_CACERT: &str = "/etc/pki/CA/cacert.pem";
@@ -175,49 +177,71 @@ impl Material {
     fn load(files: &TlsFiles) -> Result<Material, TlsSetupError> {
         let mut roots = RootCertStore::empty();
         if files.cacert.is_none() {
-            if let Some(certs) = SYSTEM_TRUST.iter().find_map(|p| read_certs(Path::new(p)).ok()) {
+            if let Some(certs) = SYSTEM_TRUST.iter().find_map(|p| read_certs(Path::new(p), MAX_CA_BYTES).ok()) {
                 roots.add_parsable_certificates(certs);
             }
         }
         let cacert = files.cacert.as_deref().unwrap_or(Path::new(DEFAULT_CACERT));
-        match read_certs(cacert) {
+        match read_certs(cacert, MAX_CA_BYTES) {
             Ok(certs) => {
                 let (added, _) = roots.add_parsable_certificates(certs);
                 if added == 0 && files.cacert.is_some() {
                     return Err(TlsSetupError(format!("--tls-cacert {}: no usable CA certificate in it", cacert.display())));
                 }
             }
-            Err(e) if files.cacert.is_some() => return Err(TlsSetupError(format!("--tls-cacert {}: {e}", cacert.display()))),
-            Err(_) => {}
+            // The default CA file may be absent or unusable (the system trust may do); not a FIFO or a huge file.
+            Err(PemFileError::File(OptionFileError::Open(_)) | PemFileError::Pem(_)) if files.cacert.is_none() => {}
+            Err(e) => return Err(TlsSetupError(format!("--tls-cacert {}: {e}", cacert.display()))),
         }
         if roots.is_empty() {
             return Err(TlsSetupError(format!("--tls: no trusted CA certificate ({} is not readable; pass --tls-cacert)", cacert.display())));
         }
         let crl_path = files.cacrl.as_deref().unwrap_or(Path::new(DEFAULT_CACRL));
-        let crls = if files.cacrl.is_some() || File::open(crl_path).is_ok() {
-            let crls = CertificateRevocationListDer::pem_file_iter(crl_path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| TlsSetupError(format!("--tls-cacrl {}: {e}", crl_path.display())))?;
-            if crls.is_empty() {
-                return Err(TlsSetupError(format!("--tls-cacrl {}: no CRL in it", crl_path.display())));
+        let crl_err = |e: PemFileError| TlsSetupError(format!("--tls-cacrl {}: {e}", crl_path.display()));
+        let crls = match read_regular(crl_path, MAX_CA_BYTES) {
+            // As CRIU: the default CRL only if it is there and readable.
+            Err(OptionFileError::Open(_)) if files.cacrl.is_none() => Vec::new(),
+            Err(e) => return Err(crl_err(e.into())),
+            Ok(pem) => {
+                let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| crl_err(e.into()))?;
+                if crls.is_empty() {
+                    return Err(TlsSetupError(format!("--tls-cacrl {}: no CRL in it", crl_path.display())));
+                }
+                crls
             }
-            crls
-        } else {
-            Vec::new()
         };
         let cert = files.cert.as_deref().unwrap_or(Path::new(DEFAULT_CERT));
-        let certs = read_certs(cert).map_err(|e| TlsSetupError(format!("--tls-cert {}: {e}", cert.display())))?;
+        let certs = read_certs(cert, MAX_OWN_BYTES).map_err(|e| TlsSetupError(format!("--tls-cert {}: {e}", cert.display())))?;
         if certs.is_empty() {
             return Err(TlsSetupError(format!("--tls-cert {}: no certificate in it", cert.display())));
         }
         let key_path = files.key.as_deref().unwrap_or(Path::new(DEFAULT_KEY));
-        let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsSetupError(format!("--tls-key {}: {e}", key_path.display())))?;
+        let key_err = |e: PemFileError| TlsSetupError(format!("--tls-key {}: {e}", key_path.display()));
+        let key_pem = read_regular(key_path, MAX_OWN_BYTES).map_err(|e| key_err(e.into()))?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| key_err(e.into()))?;
         Ok(Material { roots: Arc::new(roots), crls, certs, key })
     }
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, rustls_pki_types::pem::Error> {
-    CertificateDer::pem_file_iter(path)?.collect()
+/// Own certificate (with its chain) or key: a few KiB in practice.
+const MAX_OWN_BYTES: u64 = 1 << 20;
+/// CA bundles and CRLs: a system bundle is ~200 KiB, a big CA's CRL some MiB.
+const MAX_CA_BYTES: u64 = 16 << 20;
+
+/// A PEM file that could not be read (`option_file`) or parsed.
+#[derive(Debug, thiserror::Error)]
+enum PemFileError {
+    #[error(transparent)]
+    File(#[from] OptionFileError),
+    #[error("{0}")]
+    Pem(#[from] rustls_pki_types::pem::Error),
+}
+
+fn read_certs(path: &Path, max: u64) -> Result<Vec<CertificateDer<'static>>, PemFileError> {
+    let pem = read_regular(path, max)?;
+    Ok(CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>()?)
 }
 
 /// The client's check of the server certificate: webpki's chain, dates and
