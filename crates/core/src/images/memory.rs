@@ -40,13 +40,14 @@ pub struct TaskSummary {
 }
 
 /// Where the bytes of an address live, after following PE_PARENT.
-enum Lookup<'a> {
-    /// The bytes from the address up to the end of the narrowest run crossed.
-    Data(&'a [u8]),
+enum Found<'a> {
+    /// `len` bytes at `offset` of `level`'s pages file: from the address up to the end
+    /// of the narrowest run crossed.
+    Data { level: &'a Level, run: &'a PageRun, offset: u64, len: u64 },
     /// A run covers the address but holds no bytes (PE_LAZY without PE_PRESENT).
     NoData(&'a Level, &'a PageRun),
-    /// No run of this level covers the address.
-    NotDumped(&'a Level),
+    /// No run of this level (None: no level at all) covers the address.
+    NotDumped(Option<&'a Level>),
 }
 
 impl TaskMemory {
@@ -84,25 +85,42 @@ impl TaskMemory {
         out
     }
 
-    /// Like `pages_slice`, but read with pread into `buf` (whose length gives the span):
-    /// false when the span does not lie in one data-carrying run of one level, or on a
-    /// read error (the caller then falls back to the mapping, which reports it).
-    pub fn read_run(&self, vaddr: u64, buf: &mut [u8]) -> bool {
-        let mut limit = u64::MAX;
-        for level in &self.levels {
-            let Some(run) = level.pagemap.run_at(vaddr) else { return false };
-            limit = limit.min(run.end());
-            if run.is_parent() {
-                continue;
-            }
-            let Some(base) = run.data_offset else { return false };
-            let fits = vaddr.checked_add(buf.len() as u64).is_some_and(|end| end <= limit);
-            return match vaddr.checked_sub(run.vaddr).and_then(|d| base.checked_add(d)) {
-                Some(off) if fits => level.pages.read_at(off, buf).is_ok(),
-                _ => false,
+    /// Fills `buf` with the dumped bytes from `vaddr` on, like `read_pages`, but
+    /// through `read(pages file, offset, piece)` for each piece (one run of one level)
+    /// instead of the mapping: the serving path reads with pread and checks the file
+    /// did not change (`local_pages.rs`). Errors if any byte has no dumped data.
+    pub fn read_span(
+        &self,
+        vaddr: u64,
+        buf: &mut [u8],
+        mut read: impl FnMut(&std::path::Path, u64, &mut [u8]) -> Result<(), ImageError>,
+    ) -> Result<(), ImageError> {
+        let mut addr = vaddr;
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let (level, offset, avail) = match self.find(addr) {
+                Found::Data { level, offset, len, .. } if len > 0 => (level, offset, len),
+                other => return Err(self.missing(addr, other)),
             };
+            let n = usize::try_from(avail).unwrap_or(usize::MAX).min(rest.len());
+            let (head, tail) = rest.split_at_mut(n);
+            read(&level.pages.path, offset, head)?;
+            rest = tail;
+            addr = addr.checked_add(n as u64).ok_or_else(|| {
+                ImageError::new(&self.top_path(), format!("read past the end of the address space at {addr:#x}"))
+            })?;
         }
-        false
+        Ok(())
+    }
+
+    /// The top level's pages file, watched for changes from now on (`watch.rs`).
+    pub fn watch_top(&self) -> Result<Option<super::Watched>, ImageError> {
+        Ok(self.levels.first().map(|l| l.pages.watch()).transpose()?.flatten())
+    }
+
+    /// Every pages file of the chain, watched for changes from now on (`watch.rs`).
+    pub fn watch_files(&self) -> Result<Vec<super::Watched>, ImageError> {
+        self.levels.iter().filter_map(|l| l.pages.watch().transpose()).collect()
     }
 
     /// Zero-copy: the bytes of [vaddr, vaddr+pages*4096) if they lie in ONE
@@ -112,10 +130,7 @@ impl TaskMemory {
         if len == 0 {
             return None;
         }
-        match self.lookup(vaddr) {
-            Lookup::Data(bytes) => bytes.get(..len),
-            _ => None,
-        }
+        self.lookup(vaddr).ok()?.get(..len)
     }
 
     /// The bytes of one dumped page, or None if the dump has no bytes for it
@@ -131,8 +146,9 @@ impl TaskMemory {
         let mut rest = buf;
         while !rest.is_empty() {
             let bytes = match self.lookup(addr) {
-                Lookup::Data(bytes) if !bytes.is_empty() => bytes,
-                other => return Err(self.missing(addr, other)),
+                Ok(bytes) if !bytes.is_empty() => bytes,
+                Ok(_) => return Err(self.missing(addr, Found::NotDumped(None))),
+                Err(found) => return Err(self.missing(addr, found)),
             };
             let n = bytes.len().min(rest.len());
             let (head, tail) = rest.split_at_mut(n);
@@ -176,9 +192,9 @@ impl TaskMemory {
     }
 
     /// The error for an address `lookup` found no bytes for.
-    fn missing(&self, addr: u64, lookup: Lookup<'_>) -> ImageError {
-        match lookup {
-            Lookup::NoData(level, run) => ImageError::at(
+    fn missing(&self, addr: u64, found: Found<'_>) -> ImageError {
+        match found {
+            Found::NoData(level, run) => ImageError::at(
                 &level.pagemap.path,
                 run.entry_offset,
                 format!(
@@ -188,11 +204,11 @@ impl TaskMemory {
                     run.flags
                 ),
             ),
-            Lookup::NotDumped(level) => ImageError::new(
+            Found::NotDumped(Some(level)) => ImageError::new(
                 &level.pagemap.path,
                 format!("page {addr:#x} was not dumped"),
             ),
-            Lookup::Data(_) => {
+            Found::NotDumped(None) | Found::Data { .. } => {
                 ImageError::new(&self.top_path(), format!("page {addr:#x} was not dumped"))
             }
         }
@@ -205,38 +221,38 @@ impl TaskMemory {
             .unwrap_or_default()
     }
 
-    /// Follows `addr` down the chain. The returned data stops at the end of
-    /// the narrowest run crossed, so it never mixes levels: a PE_PARENT run
-    /// only vouches for the parent's bytes inside its own bounds.
-    fn lookup(&self, addr: u64) -> Lookup<'_> {
+    /// The mapped bytes at `addr` (see `find`), or why there are none.
+    fn lookup(&self, addr: u64) -> Result<&[u8], Found<'_>> {
+        match self.find(addr) {
+            Found::Data { level, run, offset, len } => level.pages.bytes(offset, len).ok_or(Found::NoData(level, run)),
+            other => Err(other),
+        }
+    }
+
+    /// Follows `addr` down the chain. The data found stops at the end of the
+    /// narrowest run crossed, so it never mixes levels: a PE_PARENT run only
+    /// vouches for the parent's bytes inside its own bounds.
+    fn find(&self, addr: u64) -> Found<'_> {
         let mut limit = u64::MAX;
         for level in &self.levels {
             let Some(run) = level.pagemap.run_at(addr) else {
-                return Lookup::NotDumped(level);
+                return Found::NotDumped(Some(level));
             };
             limit = limit.min(run.end());
             if run.is_parent() {
                 continue;
             }
             let Some(base) = run.data_offset else {
-                return Lookup::NoData(level, run);
+                return Found::NoData(level, run);
             };
             // Pagemap validation guarantees these cannot fail; a None here
             // degrades to "no data" rather than a panic.
-            let bytes = addr
-                .checked_sub(run.vaddr)
-                .and_then(|delta| base.checked_add(delta))
-                .zip(limit.checked_sub(addr))
-                .and_then(|(off, len)| level.pages.bytes(off, len));
-            return match bytes {
-                Some(bytes) => Lookup::Data(bytes),
-                None => Lookup::NoData(level, run),
+            return match addr.checked_sub(run.vaddr).and_then(|delta| base.checked_add(delta)).zip(limit.checked_sub(addr)) {
+                Some((offset, len)) => Found::Data { level, run, offset, len },
+                None => Found::NoData(level, run),
             };
         }
         // A PE_PARENT run at the last level; open-time validation rules it out.
-        match self.levels.last() {
-            Some(level) => Lookup::NotDumped(level),
-            None => Lookup::Data(&[]),
-        }
+        Found::NotDumped(self.levels.last())
     }
 }

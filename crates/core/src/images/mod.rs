@@ -14,6 +14,7 @@ mod pages;
 pub mod proto;
 mod pstree;
 mod style;
+mod watch;
 pub mod writer;
 
 /// CRIU uses the runtime page size; x86_64 is the only target.
@@ -21,6 +22,7 @@ pub const PAGE_SIZE: u64 = 4096;
 
 pub use chain::{parent_dir, PARENT_LINK};
 pub use dump::Dump;
+pub use watch::Watched;
 pub use style::{classify, pagemap_writer_of, PagemapWriter};
 pub use error::ImageError;
 pub use framing::HeadMagic;

@@ -1,5 +1,5 @@
-//! pages-<id>.img: raw page bytes, mapped read-only (for lookups and gathering),
-//! and readable with pread (the fill path: `local_pages.rs` says why).
+//! pages-<id>.img: raw page bytes, mapped read-only (for inspection tools), and
+//! opened again, watched, for serving (`watch.rs`; `local_pages.rs` says why pread).
 
 use std::fs::File;
 use std::io;
@@ -9,14 +9,16 @@ use memmap2::Mmap;
 
 use super::error::ImageError;
 use super::pagemap::Pagemap;
+use super::watch::{Stamp, Watched};
 
 #[derive(Debug)]
 pub struct PagesFile {
     pub path: PathBuf,
     /// None when no byte is needed or the file is empty (mmap of 0 bytes fails).
     map: Option<Mmap>,
-    /// The same file, for `read_at` (reading without mapping).
-    file: Option<File>,
+    /// The same file, for `read_at` (reading without mapping), and how it looked when
+    /// opened (what `watch` holds it to).
+    file: Option<(File, Stamp)>,
 }
 
 impl PagesFile {
@@ -41,34 +43,29 @@ impl PagesFile {
             },
             _ => e,
         })?;
-        let len = file
-            .metadata()
-            .map_err(|e| ImageError::io(&path, "cannot stat pages file", &e))?
-            .len();
+        let stamp = Stamp::of(&file, &path)?;
+        let len = stamp.size();
         if len < needed {
             return Err(short_file_error(&path, len, pagemap));
         }
         // SAFETY: the mapping is read-only and we never create a mutable view.
-        // Image files are not modified while a dump is served; if someone
-        // truncated this file anyway, touching the lost tail would SIGBUS, a
-        // hazard shared by every mmap-based reader and accepted here for
-        // zero-copy faults.
+        // Serving never reads it (`watch` and pread do, so a changed file is an
+        // error, not a SIGBUS or zeros); inspection tools that read through it
+        // would SIGBUS on a tail someone truncated away meanwhile, a hazard of
+        // every mmap-based reader.
         let map = unsafe { Mmap::map(&file) }
             .map_err(|e| ImageError::io(&path, "cannot mmap pages file", &e))?;
         Ok(PagesFile {
             path,
             map: Some(map),
-            file: Some(file),
+            file: Some((file, stamp)),
         })
     }
 
-    /// Reads `buf.len()` bytes at `offset` with pread, without touching the mapping.
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        match &self.file {
-            Some(f) => f.read_exact_at(buf, offset),
-            None => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "no pages file")),
-        }
+    /// The file watched for changes from now on (`watch.rs`), held to how it looked
+    /// when opened; None when no byte of it is needed.
+    pub fn watch(&self) -> Result<Option<Watched>, ImageError> {
+        self.file.as_ref().map(|(file, stamp)| Watched::new(file, &self.path, *stamp)).transpose()
     }
 
     /// `len` bytes at `offset`, or None if out of the file.

@@ -1,13 +1,13 @@
 //! Where the server finds the bytes of a GET: per live task, the lazy runs that
 //! carry data (flags LAZY|PRESENT, i.e. a normal dump) and the open pages file
-//! they sit in. Built once; lookups are binary searches with no I/O.
+//! they sit in, watched for changes (`images/watch.rs`: the session checks it around
+//! every reply). Built once; lookups are binary searches with no I/O.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::images::{Dump, PAGE_SIZE};
+use crate::images::{Dump, Watched, PAGE_SIZE};
 
 /// One servable run: `pages` pages from `vaddr`, at `offset` in the pages file.
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +25,7 @@ impl LazyRun {
 
 #[derive(Debug)]
 struct TaskRuns {
-    file: Arc<File>,
+    file: Arc<Watched>,
     path: PathBuf,
     /// Sorted, disjoint (the pagemap reader validated that).
     runs: Vec<LazyRun>,
@@ -39,7 +39,7 @@ pub struct LazyIndex {
 /// The answer to one valid GET: send `pages` pages from `offset` of `file`.
 #[derive(Debug)]
 pub struct Span<'a> {
-    pub file: &'a File,
+    pub file: &'a Watched,
     pub path: &'a Path,
     pub offset: u64,
     pub pages: u64,
@@ -64,7 +64,7 @@ impl LazyIndex {
     /// without data (`criu dump --lazy-pages` images) are left out: their bytes
     /// are not here, and serving the file offset would hand out wrong memory.
     pub fn build(dump: &Dump) -> std::io::Result<LazyIndex> {
-        let mut files: HashMap<PathBuf, Arc<File>> = HashMap::new();
+        let mut files: HashMap<PathBuf, Arc<Watched>> = HashMap::new();
         let mut tasks = HashMap::new();
         for task in &dump.tasks {
             let Some(memory) = dump.memory(task.pid) else { continue };
@@ -81,9 +81,13 @@ impl LazyIndex {
             let file = match files.get(path) {
                 Some(file) => file.clone(),
                 None => {
-                    let file = crate::images::open::open_regular(path, "pages file").map_err(|e| {
+                    let as_io = |e: crate::images::ImageError| {
                         std::io::Error::new(e.io_kind.unwrap_or(std::io::ErrorKind::InvalidData), e.to_string())
-                    })?;
+                    };
+                    let file = memory
+                        .watch_top()
+                        .map_err(as_io)?
+                        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{}: no pages file", path.display())))?;
                     let file = Arc::new(file);
                     files.insert(path.to_path_buf(), file.clone());
                     file

@@ -30,6 +30,8 @@ pub enum SessionError {
     Invalid(Invalid, SocketAddr),
     #[error("client {peer}: unsupported command {cmd:#x} (only PS_IOV_GET and CLOSE in lazy mode); closing the session")]
     Unsupported { peer: SocketAddr, cmd: u32 },
+    #[error("client {peer}: {error}; ending the session")]
+    Changed { peer: SocketAddr, error: String },
     #[error("client {peer}: {what}: {source}")]
     Io {
         peer: SocketAddr,
@@ -87,9 +89,15 @@ impl ServerSession<'_> {
             .encode(self.version)
             .map_err(|e| self.io("encoding the reply", io::Error::new(io::ErrorKind::InvalidData, e)))?;
         let what = format!("sending pages for task {} at {:#x} (+{} pages)", header.dst_id, header.vaddr, span.pages);
+        // A pages image changed under us (truncated and regrown reads as zeros) must
+        // never go out as pages: checked before the send, and after it, so a change
+        // during it ends the session too (`images/watch.rs` says what the lease covers).
+        let changed = |e: crate::images::ImageError| SessionError::Changed { peer: self.peer, error: e.to_string() };
+        span.file.check().map_err(changed)?;
         self.stream
-            .send_reply(reply.as_slice(), span.file, span.offset, span.pages * PAGE_SIZE)
+            .send_reply(reply.as_slice(), span.file.file(), span.offset, span.pages * PAGE_SIZE)
             .map_err(|e| self.io(&format!("{what} from {} at offset {:#x}", span.path.display(), span.offset), e))?;
+        span.file.check().map_err(changed)?;
         stats.requests += 1;
         stats.pages += span.pages;
         if span.pages < header.nr_pages {
