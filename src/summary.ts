@@ -13,9 +13,17 @@ export interface Summary {
   reconciles: boolean
   /** Set when this daemon took the restore over from a guardian whose daemon died. */
   resumed?: { guardianPid: number; lostDaemon: number; tasks: number; doneTasks: number }
+  /** Set when the guardian died or stopped reading while this daemon served: crash safety ended then. */
+  guardianLost?: { afterMs: number; message: string }
 }
 
-export function buildSummary(imagesDir: string, stats: DaemonStats, tracker: TaskTracker, resumed?: Summary['resumed']): Summary {
+export function buildSummary(
+  imagesDir: string,
+  stats: DaemonStats,
+  tracker: TaskTracker,
+  resumed?: Summary['resumed'],
+  guardianLost?: Summary['guardianLost'],
+): Summary {
   const tasks = stats.tasks.map((t) => ({ ...t, reconciles: reconciles(t) }))
   const total = { tasks: tasks.length, lazy: 0, faulted: 0, background: 0, prefetched: 0, zero: 0, exists: 0, dropped: 0, exited: 0 }
   for (const t of tasks) {
@@ -38,6 +46,7 @@ export function buildSummary(imagesDir: string, stats: DaemonStats, tracker: Tas
     droppedFaultEvents: stats.droppedFaultEvents,
     reconciles: tasks.every((t) => t.reconciles),
     ...(resumed ? { resumed } : {}),
+    ...(guardianLost ? { guardianLost } : {}),
   }
 }
 
@@ -59,6 +68,12 @@ export function formatSummary(s: Summary): string[] {
       `resumed: took over ${s.resumed.tasks} tasks from guardian pid ${s.resumed.guardianPid} after daemon pid ${s.resumed.lostDaemon} died` +
         `${s.resumed.doneTasks ? ` (${s.resumed.doneTasks} more had every page already: not counted below)` : ''}; ` +
         `the ${s.total.exists} pages it had already copied count as already present`,
+    )
+  }
+  if (s.guardianLost) {
+    lines.push(
+      `crash safety: ended ${(s.guardianLost.afterMs / 1000).toFixed(2)} s into serving, when the guardian was lost; ` +
+        'a death of this daemon after that would have left the unserved pages to read as zeros',
     )
   }
   lines.push(

@@ -4,6 +4,7 @@
 mod chain;
 mod dump;
 mod error;
+mod identity;
 pub mod framing;
 mod inventory;
 mod memory;
@@ -23,6 +24,7 @@ pub use chain::{parent_dir, PARENT_LINK};
 pub use dump::Dump;
 pub use style::{classify, pagemap_writer_of, PagemapWriter};
 pub use error::ImageError;
+pub use identity::dump_identity;
 pub use framing::HeadMagic;
 pub use inventory::{Inventory, INVENTORY_FILE};
 pub use memory::{LazyExtent, TaskMemory, TaskSummary};
