@@ -549,7 +549,8 @@ test.serial('a closed terminal: the daemon on a pty that goes away serves on, ex
   t.teardown(async () => {
     term.kill('SIGKILL')
     const lock = join(dir, 'lazy-pages.lock')
-    const pid = existsSync(lock) ? Number(readFileSync(lock, 'utf8')) : 0
+    // The holder's pid is the first line (its record follows).
+    const pid = existsSync(lock) ? Number(readFileSync(lock, 'utf8').split('\n')[0]) : 0
     if (pid > 0 && alive(pid)) process.kill(pid, 'SIGKILL')
     await killAndWait(w, report)
   })

@@ -68,7 +68,7 @@ impl WorkDirLock {
 pub fn note(work_dir: &Path, line: &str) {
     let file = OpenOptions::new().append(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK).open(work_dir.join(LOCK_NAME));
     if let Ok(mut file) = file {
-        let _ = file.write_all(format!("{line}\n").as_bytes());
+        let _ = file.write_all(format!("\n{line}").as_bytes());
     }
 }
 
@@ -99,7 +99,9 @@ pub fn lock_work_dir(work_dir: &Path) -> Result<WorkDirLock, LockError> {
     let _ = Read::by_ref(&mut file).take(4096).read_to_string(&mut previous);
     file.set_len(0).map_err(io)?;
     file.rewind().map_err(io)?;
-    file.write_all(format!("{}\n", std::process::id()).as_bytes()).map_err(io)?;
+    // The pid alone, as before records were kept: readers of just the pid still work;
+    // `note` starts each line with its own newline.
+    file.write_all(std::process::id().to_string().as_bytes()).map_err(io)?;
     Ok(WorkDirLock { _file: file, previous })
 }
 
