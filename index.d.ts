@@ -15,6 +15,11 @@ export declare class LazyDaemon {
   get socketPath(): string | null
   /** Set when this daemon resumes the restore of one that died. */
   get resumed(): ResumeInfo | null
+  /**
+   * Lines to log as warnings before serving (e.g. a stranger's socket where our
+   * guardian's goes, which was ignored).
+   */
+  get warnings(): Array<string>
   /** The guardian holding this restore's uffds (null without one). */
   get guardianPid(): number | null
   /** Processes in the dump's pstree: CRIU sends one message per process. */
@@ -156,9 +161,10 @@ export interface ImageTaskSummary {
 
 /**
  * Takes `<dir>/lazy-pages.lock` for the rest of this process's life, or rejects with
- * one line naming the pid that holds it. Never waits.
+ * one line naming the pid that holds it. Never waits. Resolves to a line when the
+ * previous holder died mid-restore (after criu restore connected), else null.
  */
-export declare function lockWorkDirForLife(dir: string): Promise<void>
+export declare function lockWorkDirForLife(dir: string): Promise<string | null>
 
 /** Version of the native addon; the CLI checks it matches package.json. */
 export declare function nativeVersion(): string

@@ -15,7 +15,7 @@ import { tlsOptions, type TlsCliOptions } from './tls'
 import { runService, type ServiceContext, type ServiceOptions } from './service'
 import { ProgressBar } from './progress'
 import { releaseDeadTerminal, takeSignals } from './signals'
-import { buildSummary, formatSummary } from './summary'
+import { buildSummary, formatSummary, type Summary } from './summary'
 import { TaskTracker } from './tracker'
 import { readWorkingSet, workingSetPages, writeWorkingSet } from './working-set'
 
@@ -51,11 +51,14 @@ export function runDaemon(opts: DaemonCliOptions, rawArgs: string[]): Promise<nu
   return runService(opts, rawArgs, (ctx) => serve(opts, ctx), lockWorkDir)
 }
 
+/** What the work dir's last daemon left: it died mid-restore (a line), or null. */
+let interruptedRestore: string | null = null
+
 /** One daemon per work dir: a second one is refused before it touches the first's
  * socket, log or pidfile (a kernel lock, so a daemon that died holds nothing). */
 async function lockWorkDir(workDir: string): Promise<void> {
   try {
-    await native.lockWorkDirForLife(workDir)
+    interruptedRestore = await native.lockWorkDirForLife(workDir)
   } catch (err) {
     throw new UserError(oneLine(err))
   }
@@ -125,9 +128,12 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
   }
   // A stop asked for while we prepared: the session sees it before serving anything.
   if (aborting) daemon.abort()
+  for (const line of daemon.warnings) log.warn(line)
   const resumed = daemon.resumed ?? undefined
   if (resumed) log.info(`images ${imagesDir}: resuming ${resumed.tasks} tasks from guardian pid ${resumed.guardianPid} (daemon pid ${resumed.lostDaemon} died)`)
   else log.info(`images ${imagesDir}: ${daemon.expectedTasks} processes; listening on ${daemon.socketPath}; guardian pid ${daemon.guardianPid}`)
+  // Said now, not after --connect-timeout: that restore will never connect again.
+  if (!resumed && interruptedRestore) log.warn(`${interruptedRestore}; waiting for a new criu restore on ${daemon.socketPath}`)
   if (prefetch) log.info(`working set ${opts.prefetchWs}: ${workingSetPages(prefetch)} pages of ${prefetch.length} tasks go first`)
   ready()
 
@@ -135,7 +141,10 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
   const strategy = strategyByName(opts.prefetch)
   const bar = ProgressBar.enabledFor(process.stderr, opts.progress && !opts.logFile) ? new ProgressBar() : undefined
   const served = daemon
+  const servingSince = Date.now()
+  let guardianLost: Summary['guardianLost']
   const onEvent = (event: DaemonEvent) => {
+    if (event.kind === 'guardian-lost') guardianLost ??= { afterMs: Date.now() - servingSince, message: event.message ?? 'lost the guardian' }
     tracker.on(event)
     strategy.onEvent(event, served)
     logEvent(log, event)
@@ -153,7 +162,7 @@ async function serve(opts: DaemonCliOptions, { imagesDir, workDir, inWorkDir, lo
     signals.done((signal) => log.warn(`${signal}: ignored, the restore is over; finishing the report`))
   }
 
-  const summary = buildSummary(imagesDir, stats, tracker, log.dropped, resumed)
+  const summary = buildSummary(imagesDir, stats, tracker, log.dropped, resumed, guardianLost)
   for (const line of formatSummary(summary)) log.msg(line)
   // The restore is over either way: a report that cannot be written is one line and
   // exit 2 (REPORT_LOST), never a reason to skip the other one.
@@ -202,6 +211,9 @@ function logEvent(log: Logger, e: DaemonEvent): void {
       break
     case 'warning':
       log.warn(e.message ?? 'engine warning')
+      break
+    case 'guardian-lost':
+      log.warn(e.message ?? 'lost the guardian')
       break
     case 'zombie':
       log.info(`pid ${e.pid} is a zombie: nothing to serve`)

@@ -15,9 +15,18 @@ export interface Summary {
   reconciles: boolean
   /** Set when this daemon took the restore over from a guardian whose daemon died. */
   resumed?: { guardianPid: number; lostDaemon: number; tasks: number; doneTasks: number }
+  /** Set when the guardian died or stopped reading while this daemon served: crash safety ended then. */
+  guardianLost?: { afterMs: number; message: string }
 }
 
-export function buildSummary(imagesDir: string, stats: DaemonStats, tracker: TaskTracker, logLinesDropped: number, resumed?: Summary['resumed']): Summary {
+export function buildSummary(
+  imagesDir: string,
+  stats: DaemonStats,
+  tracker: TaskTracker,
+  logLinesDropped: number,
+  resumed?: Summary['resumed'],
+  guardianLost?: Summary['guardianLost'],
+): Summary {
   const tasks = stats.tasks.map((t) => ({ ...t, reconciles: reconciles(t) }))
   const total = { tasks: tasks.length, lazy: 0, faulted: 0, background: 0, prefetched: 0, zero: 0, exists: 0, dropped: 0, exited: 0 }
   for (const t of tasks) {
@@ -41,6 +50,7 @@ export function buildSummary(imagesDir: string, stats: DaemonStats, tracker: Tas
     logLinesDropped,
     reconciles: tasks.every((t) => t.reconciles),
     ...(resumed ? { resumed } : {}),
+    ...(guardianLost ? { guardianLost } : {}),
   }
 }
 
@@ -65,6 +75,12 @@ export function formatSummary(s: Summary): string[] {
     )
   }
   if (s.logLinesDropped > 0) lines.push(`log: ${s.logLinesDropped} lines could not be written (see the first one on stderr); the restore was not affected`)
+  if (s.guardianLost) {
+    lines.push(
+      `crash safety: ended ${(s.guardianLost.afterMs / 1000).toFixed(2)} s into serving, when the guardian was lost; ` +
+        'a death of this daemon after that would have left the unserved pages to read as zeros',
+    )
+  }
   lines.push(
     `total: ${s.total.tasks} tasks (${s.zombies.length} zombies, ${s.total.exited} exited), ${s.total.lazy} lazy pages (${mib(s.total.lazy)}) = ` +
       `${s.total.faulted} faulted + ${s.total.background} background + ${s.total.dropped} dropped + ${s.total.exists} already present; ` +

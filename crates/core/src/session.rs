@@ -68,6 +68,9 @@ pub enum SessionEvent {
     /// This daemon took over from `lost_daemon`, which died: `tasks` uffds came back
     /// from the guardian.
     Resumed { guardian_pid: u32, lost_daemon: i32, tasks: u32, restore_finished: bool },
+    /// The guardian died or stopped reading: crash safety ends here (said once, when it
+    /// happens).
+    GuardianLost { message: String },
     Engine(EngineEvent),
 }
 
@@ -164,6 +167,10 @@ pub struct Session {
     remote: Option<Remote>,
     start: Start,
     guardian: Option<Arc<GuardianLink>>,
+    /// Said once before serving (e.g. a stranger's socket where our guardian's goes).
+    warnings: Vec<String>,
+    /// Where the lock's record is kept (`workdir_lock::note`).
+    work_dir: PathBuf,
 }
 
 /// How the restore reaches us.
@@ -204,8 +211,21 @@ impl Session {
     /// new guardian before listening.
     pub fn prepare(images_dir: &Path, work_dir: &Path, origin: PageOrigin, guardian: Option<&GuardianConfig>) -> Result<Session, SessionError> {
         let dump = Arc::new(Dump::open(images_dir)?);
+        let mut warnings = Vec::new();
+        // Only needed with a guardian: which dump its tasks were restored from.
+        let dump_id = match guardian {
+            Some(_) => crate::images::dump_identity(images_dir)?,
+            None => String::new(),
+        };
         let found = match guardian {
-            Some(_) => GuardianLink::find(work_dir)?,
+            Some(_) => match GuardianLink::find(work_dir, images_dir, &dump_id) {
+                // Someone else's socket: never adopted; our own guardian replaces it.
+                Err(e @ GuardianError::Stranger { .. }) => {
+                    warnings.push(e.to_string());
+                    None
+                }
+                other => other?,
+            },
             None => None,
         };
         let (link, resume) = match found {
@@ -233,7 +253,7 @@ impl Session {
                 // The guardian listens before we do: no uffd can arrive unprotected.
                 let link = match (link, guardian) {
                     (Some(link), _) => Some(link),
-                    (None, Some(config)) => Some(GuardianLink::spawn(work_dir, config)?),
+                    (None, Some(config)) => Some(GuardianLink::spawn(work_dir, config, &dump_id)?),
                     (None, None) => None,
                 };
                 let listener = RestoreListener::bind(work_dir)
@@ -241,7 +261,7 @@ impl Session {
                 (Start::Listen(listener), link)
             }
         };
-        Ok(Session { dump, source, remote, start, guardian: link.map(Arc::new) })
+        Ok(Session { dump, source, remote, start, guardian: link.map(Arc::new), warnings, work_dir: work_dir.to_path_buf() })
     }
 
     #[allow(clippy::type_complexity)]
@@ -276,6 +296,11 @@ impl Session {
         }
     }
 
+    /// Lines to log as warnings before serving.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
     pub fn guardian_pid(&self) -> Option<u32> {
         self.guardian.as_ref().map(|g| g.pid())
     }
@@ -296,6 +321,8 @@ impl Session {
     /// all its pages (or exited).
     pub fn run(mut self, config: SessionConfig, handle: Arc<SessionHandle>, events: SessionCallback) -> Result<EngineSummary, SessionError> {
         let result = self.run_engine(&config, &handle, &events);
+        // Whatever the outcome, this daemon did not die mid-restore.
+        crate::workdir_lock::note(&self.work_dir, "ended");
         // Ended in order: every page is in, or our engine poisoned what it could not
         // serve (a resume that could not take its tasks over abandoned them first).
         if let Some(guardian) = &self.guardian {
@@ -327,6 +354,8 @@ impl Session {
                 }
                 let conn = self.accept(config, handle, events)?;
                 let peer = conn.peer();
+                // On record first: a re-run after our death says this restore died.
+                crate::workdir_lock::note(&self.work_dir, &format!("connected {}", peer.pid));
                 events(SessionEvent::Connected { peer_pid: peer.pid, peer_uid: peer.uid });
                 Some(conn)
             }
@@ -339,6 +368,11 @@ impl Session {
             Err(e) => return Err(self.abandon_if(resumed.is_some(), e.into())),
         });
         if let Some(guardian) = &self.guardian {
+            let lost = events.clone();
+            guardian.watch(move |message| {
+                let message = format!("{message}; serving on without a guardian: if this daemon dies now, unserved pages read as zeros");
+                lost(SessionEvent::GuardianLost { message })
+            });
             engine.set_journal(guardian.clone());
         }
         engine.prefetch(&config.prefetch);
@@ -630,7 +664,7 @@ fn wait_unique(mut engine: Arc<Engine>) -> Engine {
 }
 
 /// `pid` exists and is not a zombie.
-fn still_running(pid: i32) -> bool {
+pub(crate) fn still_running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')))

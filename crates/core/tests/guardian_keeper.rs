@@ -41,7 +41,7 @@ fn read_page(region: &Region, i: usize) -> Seen {
 /// Starts a keeper on a thread; returns our (daemon) end and its exit status.
 fn start_keeper(dir: &Path, resume_timeout: Duration) -> (OwnedFd, std::thread::JoinHandle<i32>) {
     let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
-    let config = KeeperConfig { socket: dir.join("lazy-pages.guardian"), resume_timeout, log: Some(dir.join("log")) };
+    let config = KeeperConfig { socket: dir.join("lazy-pages.guardian"), resume_timeout, log: Some(dir.join("log")), dump_id: None };
     let keeper = std::thread::spawn(move || keeper::run(theirs, config));
     let Some(Msg::Hello { tasks: 0, .. }) = wire::recv(ours.as_fd()).unwrap() else { panic!("no hello") };
     assert!(matches!(wire::recv(ours.as_fd()).unwrap(), Some(Msg::EndOfState)));
@@ -120,7 +120,7 @@ fn a_resuming_daemon_gets_every_uffd_back_with_the_events_applied_and_a_second_i
 
     // The keeper notices the death on its own time; until then it answers busy.
     let (link, state) = loop {
-        match GuardianLink::find(dir) {
+        match GuardianLink::find(dir, dir, "dump-a") {
             Ok(Some(found)) => break found,
             Err(GuardianError::Busy { .. }) => std::thread::sleep(Duration::from_millis(10)),
             other => panic!("{other:?}"),
@@ -135,11 +135,53 @@ fn a_resuming_daemon_gets_every_uffd_back_with_the_events_applied_and_a_second_i
     // With the daemon dead, criu's RESTORE_FINISHED still finds the socket open (no EPIPE,
     // which would make criu kill the tree it restored).
     (&criu).write_all(&1u32.to_le_bytes()).expect("criu's end of its connection stays writable");
-    match GuardianLink::find(dir) {
+    match GuardianLink::find(dir, dir, "dump-a") {
         Err(GuardianError::Busy { daemon, .. }) => assert_eq!(daemon, std::process::id() as i32),
         other => panic!("a second daemon must be turned away, got {other:?}"),
     }
     link.quit();
     assert_eq!(keeper.join().unwrap(), 0);
     assert!(!dir.join("lazy-pages.guardian").exists(), "socket removed on exit");
+}
+
+#[test]
+fn a_daemon_with_another_dump_is_refused_and_the_guardian_keeps_holding_for_the_right_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let region = Region::new(8);
+    let uffd = region.uffd();
+    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
+    let config = KeeperConfig {
+        socket: dir.join("lazy-pages.guardian"),
+        resume_timeout: Duration::from_secs(30),
+        log: Some(dir.join("log")),
+        dump_id: Some("dump-x".into()),
+    };
+    let keeper = std::thread::spawn(move || keeper::run(theirs, config));
+    assert!(matches!(wire::recv(ours.as_fd()).unwrap(), Some(Msg::Hello { tasks: 0, .. })));
+    assert!(matches!(wire::recv(ours.as_fd()).unwrap(), Some(Msg::EndOfState)));
+    wire::send_task(ours.as_fd(), 0, 77, NO_PARENT, uffd.as_fd(), &all_pages(&region)).unwrap();
+    drop(ours);
+
+    let refused = loop {
+        match GuardianLink::find(dir, Path::new("/images/y"), "dump-y") {
+            Err(GuardianError::Busy { .. }) => std::thread::sleep(Duration::from_millis(10)),
+            other => break other,
+        }
+    };
+    match refused {
+        Err(e @ GuardianError::OtherDump { .. }) => {
+            let line = e.to_string();
+            assert!(line.contains("another dump") && line.contains("dump-x") && line.contains("dump-y") && line.contains("/images/y"), "{line}");
+        }
+        other => panic!("another dump must be refused, got {other:?}"),
+    }
+    // Refused twice, undisturbed: the right dump still gets the task back.
+    assert!(matches!(GuardianLink::find(dir, dir, "dump-y"), Err(GuardianError::OtherDump { .. })));
+    let (link, state) = GuardianLink::find(dir, dir, "dump-x").unwrap().expect("the guardian still holds the restore");
+    assert_eq!(state.tasks.len(), 1);
+    assert_eq!(state.lost_daemon, std::process::id() as i32, "the refused daemons were never taken for the lost one");
+    link.quit();
+    assert_eq!(keeper.join().unwrap(), 0);
+    assert!(!dir.join("log").exists(), "nothing poisoned, nothing said");
 }

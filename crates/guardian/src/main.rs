@@ -1,4 +1,4 @@
-//! `lazy-pages-guardian --socket PATH --resume-timeout-ms N [--log FILE]`, started by
+//! `lazy-pages-guardian --socket PATH --resume-timeout-ms N [--log FILE] [--dump-id ID]`, started by
 //! the lazy-pages daemon with its end of a SOCK_SEQPACKET pair on fd 3. Not meant to be
 //! run by hand; see `lazy_pages_core::guardian`.
 
@@ -24,7 +24,7 @@ fn main() {
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<KeeperConfig, String> {
-    let (mut socket, mut timeout, mut log) = (None, None, None);
+    let (mut socket, mut timeout, mut log, mut dump_id) = (None, None, None, None);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
@@ -34,6 +34,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<KeeperConfig, String>
                 timeout = Some(Duration::from_millis(v.parse().map_err(|_| format!("--resume-timeout-ms {v}: not a number"))?));
             }
             "--log" => log = Some(PathBuf::from(value()?)),
+            "--dump-id" => dump_id = Some(value()?),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -48,5 +49,6 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<KeeperConfig, String>
         socket: socket.ok_or("--socket is required")?,
         resume_timeout: timeout.ok_or("--resume-timeout-ms is required")?,
         log,
+        dump_id,
     })
 }

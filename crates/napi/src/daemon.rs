@@ -244,6 +244,7 @@ fn to_js_event(event: SessionEvent) -> DaemonEvent {
             )),
             ..DaemonEvent::new("resumed")
         },
+        SessionEvent::GuardianLost { message } => DaemonEvent { message: Some(message), ..DaemonEvent::new("guardian-lost") },
         SessionEvent::Engine(e) => match e {
             EngineEvent::Fault { pid, task, addr, pages } => DaemonEvent {
                 pid: Some(pid),
@@ -295,6 +296,7 @@ pub struct LazyDaemon {
     resumed: Option<ResumeInfo>,
     guardian_pid: Option<u32>,
     tasks: u32,
+    warnings: Vec<String>,
 }
 
 pub struct Prepare {
@@ -359,6 +361,7 @@ impl Task for Prepare {
                 .map(|(guardian_pid, lost_daemon, tasks, done_tasks)| ResumeInfo { guardian_pid, lost_daemon, tasks: tasks as u32, done_tasks }),
             guardian_pid: session.guardian_pid(),
             tasks: session.dump().tasks.len() as u32,
+            warnings: session.warnings().to_vec(),
             session: Mutex::new(Some(session)),
             handle: Arc::new(SessionHandle::default()),
             config,
@@ -388,6 +391,13 @@ impl LazyDaemon {
     #[napi(getter)]
     pub fn resumed(&self) -> Option<ResumeInfo> {
         self.resumed.as_ref().map(|r| ResumeInfo { guardian_pid: r.guardian_pid, lost_daemon: r.lost_daemon, tasks: r.tasks, done_tasks: r.done_tasks })
+    }
+
+    /// Lines to log as warnings before serving (e.g. a stranger's socket where our
+    /// guardian's goes, which was ignored).
+    #[napi(getter)]
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
     }
 
     /// The guardian holding this restore's uffds (null without one).

@@ -17,23 +17,25 @@ pub struct LockWorkDir {
 }
 
 impl Task for LockWorkDir {
-    type Output = ();
-    type JsValue = ();
+    type Output = Option<String>;
+    type JsValue = Option<String>;
 
-    fn compute(&mut self) -> napi::Result<()> {
+    fn compute(&mut self) -> napi::Result<Option<String>> {
         let lock = lock_work_dir(&self.dir).map_err(|e| Error::new(Status::GenericFailure, e.to_string()))?;
+        let interrupted = lock.interrupted();
         HELD.lock().map_err(|_| Error::new(Status::GenericFailure, "work dir lock list poisoned"))?.push(lock);
-        Ok(())
+        Ok(interrupted)
     }
 
-    fn resolve(&mut self, _env: Env, _output: ()) -> napi::Result<()> {
-        Ok(())
+    fn resolve(&mut self, _env: Env, output: Option<String>) -> napi::Result<Option<String>> {
+        Ok(output)
     }
 }
 
 /// Takes `<dir>/lazy-pages.lock` for the rest of this process's life, or rejects with
-/// one line naming the pid that holds it. Never waits.
-#[napi(ts_return_type = "Promise<void>")]
+/// one line naming the pid that holds it. Never waits. Resolves to a line when the
+/// previous holder died mid-restore (after criu restore connected), else null.
+#[napi(ts_return_type = "Promise<string | null>")]
 pub fn lock_work_dir_for_life(dir: String) -> AsyncTask<LockWorkDir> {
     AsyncTask::new(LockWorkDir { dir: dir.into() })
 }

@@ -17,7 +17,6 @@
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -39,6 +38,9 @@ pub struct KeeperConfig {
     pub resume_timeout: Duration,
     /// Where the one line goes (appended); stderr when None.
     pub log: Option<PathBuf>,
+    /// The identity of the dump being restored (`images::dump_identity`); a daemon that
+    /// claims another is not handed the tasks. None: whatever the first claim says.
+    pub dump_id: Option<String>,
 }
 
 struct Held {
@@ -159,9 +161,13 @@ impl Keeper {
         }
         let sock = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
         let (addr, _dir) = super::unix_addr(path).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)))?;
-        bind(sock.as_raw_fd(), &addr)?;
-        // Peers are checked by uid too; the mode keeps strangers from connecting at all.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|_| Errno::EPERM)?;
+        // Born 0600 (umask), not chmod'ed after the bind: a chmod by path would follow a
+        // symlink swapped in meanwhile by whoever else can write the work dir. Peers are
+        // checked by uid too; the mode keeps strangers from connecting at all.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = bind(sock.as_raw_fd(), &addr);
+        nix::sys::stat::umask(old);
+        bound?;
         listen(&sock, Backlog::new(4)?)?;
         Ok(sock)
     }
@@ -259,9 +265,23 @@ impl Keeper {
         if cred.uid() != 0 && cred.uid() != me {
             return;
         }
+        // A daemon says which dump it would serve before it gets anything: the tasks we
+        // hold must get their own dump's bytes back. A refusal changes nothing here (no
+        // new orphan clock, no lost daemon), so the right dump can still resume. Read
+        // before any answer: closing on an unread claim would reset the connection
+        // (ECONNRESET) before the peer could read why.
+        let Some(claim) = read_claim(&conn) else { return };
         if let Some((_, pid)) = &self.daemon {
             let _ = wire::send_msg(conn.as_fd(), &Msg::Busy { daemon_pid: *pid });
             return;
+        }
+        match &self.config.dump_id {
+            Some(ours) if *ours != claim && !self.tasks.is_empty() => {
+                let _ = wire::send_msg(conn.as_fd(), &Msg::Mismatch { dump_id: ours.clone() });
+                return;
+            }
+            // Nothing held: the claimant's restore is the one we guard from now on.
+            _ => self.config.dump_id = Some(claim),
         }
         if self.hand_over(&conn).is_ok() {
             self.daemon = Some((conn, cred.pid()));
@@ -421,6 +441,19 @@ fn terminating_signals() -> SigSet {
         set.add(s);
     }
     set
+}
+
+/// The claim a connecting daemon sends first; None for a peer that says anything else,
+/// or nothing within a second (the keeper serves nobody else meanwhile).
+fn read_claim(conn: &OwnedFd) -> Option<String> {
+    let mut fds = [PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
+    if poll(&mut fds, PollTimeout::from(1000u16)).ok()? == 0 {
+        return None;
+    }
+    match wire::recv(conn.as_fd()) {
+        Ok(Some(Msg::Claim { dump_id })) => Some(dump_id),
+        _ => None,
+    }
 }
 
 fn peer_pid(sock: &OwnedFd) -> i32 {

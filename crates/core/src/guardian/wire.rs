@@ -3,10 +3,12 @@
 //! needs no framing state, and a task's uffd travels in the same datagram as its
 //! description (SCM_RIGHTS), so the two can never be paired wrongly.
 //!
-//! Daemon -> guardian: `Task` (+ uffd), `Ranges` (more ranges of the last task),
-//! `Event`, `TaskDone`, `RestorePeer`, `RestoreFinished`, `Quit`, `Abandon`.
+//! Daemon -> guardian: `Claim` (first, on the resume socket), `Task` (+ uffd), `Ranges`
+//! (more ranges of the last task), `Event`, `TaskDone`, `RestorePeer`,
+//! `RestoreFinished`, `Quit`, `Abandon`.
 //! Guardian -> daemon, once per connection: `Hello`, then the tasks it holds (`Task` +
-//! uffd, `Ranges`), then `EndOfState`; or `Busy` when another daemon is connected.
+//! uffd, `Ranges`), then `EndOfState`; or `Busy` when another daemon is connected; or
+//! `Mismatch` when the claimed dump is not the one its tasks were restored from.
 
 use std::io::IoSlice;
 use std::io::IoSliceMut;
@@ -29,6 +31,11 @@ pub enum Msg {
     /// `done_tasks`: tasks that had every page (or exited) before this hand-over.
     Hello { guardian_pid: u32, restore_finished: bool, restore_peer: i32, lost_daemon: i32, tasks: u32, done_tasks: u32 },
     Busy { daemon_pid: i32 },
+    /// A resuming daemon's first word: the identity of the dump it would serve
+    /// (`images::dump_identity`).
+    Claim { dump_id: String },
+    /// The guardian's tasks come from another dump (its identity).
+    Mismatch { dump_id: String },
     /// `id` is the engine's task id; `fd` is set when received (always sent with one).
     Task { id: u32, pid: u32, parent: u32, ranges: Vec<LazyRange>, fd: Option<OwnedFd> },
     Ranges { id: u32, ranges: Vec<LazyRange> },
@@ -86,6 +93,11 @@ pub fn send_msg(sock: BorrowedFd<'_>, msg: &Msg) -> nix::Result<()> {
         Msg::Busy { daemon_pid } => {
             buf.push(b'B');
             put32(&mut buf, *daemon_pid as u32);
+        }
+        Msg::Claim { dump_id } | Msg::Mismatch { dump_id } => {
+            buf.push(if matches!(msg, Msg::Claim { .. }) { b'C' } else { b'M' });
+            put32(&mut buf, dump_id.len() as u32);
+            buf.extend_from_slice(dump_id.as_bytes());
         }
         Msg::Task { .. } => return Err(Errno::EINVAL),
         Msg::Ranges { id, ranges } => {
@@ -164,6 +176,15 @@ fn decode(b: &[u8], mut fds: Vec<OwnedFd>) -> Option<Msg> {
             done_tasks: r.u32()?,
         },
         b'B' => Msg::Busy { daemon_pid: r.u32()? as i32 },
+        kind @ (b'C' | b'M') => {
+            let n = r.u32()? as usize;
+            let dump_id = String::from_utf8(r.take(n)?.to_vec()).ok()?;
+            if kind == b'C' {
+                Msg::Claim { dump_id }
+            } else {
+                Msg::Mismatch { dump_id }
+            }
+        }
         b'T' => {
             if fds.len() != 1 {
                 return None;

@@ -4,6 +4,7 @@
 mod chain;
 mod dump;
 mod error;
+mod identity;
 pub mod framing;
 mod inventory;
 mod memory;
@@ -25,6 +26,7 @@ pub use dump::Dump;
 pub use watch::Watched;
 pub use style::{classify, pagemap_writer_of, PagemapWriter};
 pub use error::ImageError;
+pub use identity::dump_identity;
 pub use framing::HeadMagic;
 pub use inventory::{Inventory, INVENTORY_FILE};
 pub use memory::{LazyExtent, TaskMemory, TaskSummary};
