@@ -194,6 +194,11 @@ export interface PageServerOptions {
 export interface PageServerSummary {
   sessions: number
   failedSessions: number
+  /**
+   * `--tls`: connections that never became a session (failed, stalled or cut
+   * handshakes, or refused after one).
+   */
+  rejected: number
   requests: number
   pages: number
 }

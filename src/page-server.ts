@@ -58,7 +58,9 @@ async function serve(opts: PageServerCliOptions, { imagesDir, log, ready }: Serv
       else if (e.error) log.error(`session from ${e.peer} failed after ${e.requests} requests: ${e.error}`)
       else log.info(`session from ${e.peer} done: ${e.requests} requests, ${e.pages} pages`)
     })
-    log.msg(`page server: ${summary.sessions} sessions (${summary.failedSessions} failed), ${summary.requests} requests, ${summary.pages} pages served`)
+    const rejected = summary.rejected ? `, ${summary.rejected} connections rejected before a session (TLS handshake)` : ''
+    log.msg(`page server: ${summary.sessions} sessions (${summary.failedSessions} failed)${rejected}, ${summary.requests} requests, ${summary.pages} pages served`)
+    // A peer that never authenticated is not this server's client: it does not fail a one-shot run.
     return summary.failedSessions > 0 && !opts.keepServing ? 1 : 0
   } finally {
     signals.done((signal) => log.warn(`${signal}: ignored, the page server is exiting`))

@@ -178,7 +178,7 @@ fn bad_client_certificates_fail_that_session_only() {
         assert_still_serving(&server, &dump);
     }
     let summary = server.stop().unwrap();
-    assert_eq!((summary.sessions, summary.failed_sessions), (8, 4));
+    assert_eq!((summary.sessions, summary.failed_sessions, summary.rejected), (4, 0, 4));
 }
 
 #[test]
@@ -303,4 +303,56 @@ fn a_record_altered_on_the_way_is_fatal_and_names_the_peer() {
     handle.join().unwrap();
     // The server is unharmed.
     assert_still_serving(&server, &dump);
+}
+
+#[test]
+fn half_finished_handshakes_from_the_clients_own_address_do_not_lock_it_out() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    let server = serve(&dump, cfg(true, server_tls("server", None)));
+    // 64 connections from the client's own address that begin a ClientHello (a
+    // record header promising 512 bytes) and never finish it.
+    let mut pending = Vec::new();
+    for _ in 0..64 {
+        let mut s = TcpStream::connect(server.target()).unwrap();
+        s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).unwrap();
+        pending.push(s);
+    }
+    // Each was either taken in (its handshake waits) or turned away.
+    let seen = |e: &lazy_pages_core::remote::ServerEvent| {
+        matches!(e, lazy_pages_core::remote::ServerEvent::SessionStarted { .. } | lazy_pages_core::remote::ServerEvent::Refused { .. })
+    };
+    wait_until(|| server.events.lock().unwrap().iter().filter(|e| seen(e)).count() >= 64);
+    // The real client, from the same address, with no --reconnect: admitted at once.
+    let c = RemotePages::connect(&server.target(), client_cfg(client_tls("client"))).unwrap();
+    assert_eq!(fetch_and_compare_all(&c, &dump, 256, Priority::Background), ALL_PAGES);
+    c.close().unwrap();
+    // It took the place of the oldest handshake, which is told why.
+    let line = server_error_for(&server, "tls handshake cut");
+    assert!(line.starts_with("client 127.0.0.1:") && line.contains("64 handshakes under way"), "{line}");
+}
+
+#[test]
+fn a_one_client_tls_server_serves_on_after_a_bad_peer_and_ends_with_its_client() {
+    let tmp = two_task_dump();
+    let dump = Dump::open(tmp.path()).unwrap();
+    let server = serve(&dump, cfg(false, server_tls("server", None)));
+    // A peer from another address that does not speak TLS comes first.
+    let mut bad = connect_from("127.0.0.2".parse().unwrap(), &server.target(), None);
+    bad.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let line = server_error_for(&server, "tls handshake failed");
+    assert!(line.starts_with("client 127.0.0.2:"), "{line}");
+    // The server is still there for its one client, which it picks now.
+    let c = RemotePages::connect(&server.target(), client_cfg(client_tls("client"))).unwrap();
+    assert_eq!(fetch_and_compare_all(&c, &dump, 256, Priority::Background), ALL_PAGES);
+    // Another address is turned away while it is served.
+    let mut other = connect_from("127.0.0.2".parse().unwrap(), &server.target(), None);
+    other.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    assert!(matches!(other.read(&mut [0u8; 1]), Ok(0) | Err(_)));
+    c.close().unwrap();
+    drop(c);
+    let target = server.target();
+    let summary = server.join().unwrap();
+    assert_eq!((summary.sessions, summary.failed_sessions, summary.rejected), (1, 0, 1), "{summary:?}");
+    assert!(TcpStream::connect(&target).is_err(), "the server ended with its client");
 }

@@ -57,6 +57,9 @@ pub struct PageServerEvent {
 pub struct PageServerSummary {
     pub sessions: f64,
     pub failed_sessions: f64,
+    /// `--tls`: connections that never became a session (failed, stalled or cut
+    /// handshakes, or refused after one).
+    pub rejected: f64,
     pub requests: f64,
     pub pages: f64,
 }
@@ -192,6 +195,7 @@ impl LazyPageServer {
                         Ok(PageServerSummary {
                             sessions: s.sessions as f64,
                             failed_sessions: s.failed_sessions as f64,
+                            rejected: s.rejected as f64,
                             requests: s.requests as f64,
                             pages: s.pages as f64,
                         })

@@ -316,9 +316,12 @@ impl GuardianLink {
             Err(Errno::EAGAIN) => {
                 // SO_SNDTIMEO ran out: alive but not reading. End it, or it could wake
                 // up later and act on a record that misses what we did meanwhile.
-                self.kill();
+                // Marked lost first: the kill makes its socket hang up, and the
+                // watcher must not get in with "it died" before this reason.
                 let why = format!("it took in nothing for {} ms (stopped or wedged), so it was ended", JOURNAL_WAIT.as_millis());
-                self.report_or_return(self.lose(&why))
+                let line = self.lose(&why);
+                self.kill();
+                self.report_or_return(line)
             }
             Err(e) => self.report_or_return(self.lose(&e.to_string())),
         }

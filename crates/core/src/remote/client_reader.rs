@@ -4,6 +4,11 @@
 //! recorded for every later `pages()` call. A dropped connection is fatal too,
 //! unless `reconnect` is set: then the thread reconnects and the book asks
 //! again for everything that had not fully arrived.
+//!
+//! A connection that ends before any reply, right after it was made, was refused:
+//! CRIU's protocol has no refusal message, so our page server closes a connection it
+//! has no room for before reading anything, and says so only in its log. Such an
+//! end is reported as a refusal ("server full?"), not as a drop mid-transfer.
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
@@ -28,7 +33,7 @@ enum Stop {
     /// The peer sent nothing for `stall_timeout`.
     Stalled(String),
     /// A socket error (reset, ...): the connection is gone.
-    Failed(String),
+    Failed(String, io::ErrorKind),
 }
 
 /// Why reading replies ended badly.
@@ -125,11 +130,17 @@ fn read_replies(shared: &Shared, stream: &mut Wire) -> Result<(), End> {
     let peer = shared.peer;
     let hlen = shared.config.version.header_len();
     let mut head = [0u8; MAX_HEADER_LEN];
+    let began = Instant::now();
+    let mut answered = false;
     loop {
+        // Nothing answered and the connection just made: an end now is a refusal.
+        let fresh = !answered && began.elapsed() < REFUSED_WITHIN;
+        let describe = |stop, what: &str| if fresh { refused(shared, stop) } else { describe(shared, stop, what) };
         // The first 4 bytes are either a header's cmd or the i32 CLOSE reply;
         // which one is due is known only once they arrive (CLOSE may be sent
         // while this read is already waiting).
-        read_full(shared, stream, &mut head[..CLOSE_REPLY_LEN], false).map_err(|s| describe(shared, s, "a reply header"))?;
+        read_full(shared, stream, &mut head[..CLOSE_REPLY_LEN], false).map_err(|s| describe(s, "a reply header"))?;
+        answered = true;
         if shared.lock().wire.front() == Some(&Sent::Close) {
             let code = i32::from_le_bytes([head[0], head[1], head[2], head[3]]);
             shared.lock().wire.pop_front();
@@ -138,7 +149,7 @@ fn read_replies(shared: &Shared, stream: &mut Wire) -> Result<(), End> {
                 _ => Err(End::Fatal(format!("page server {peer} answered CLOSE with {code}"))),
             };
         }
-        read_full(shared, stream, &mut head[CLOSE_REPLY_LEN..hlen], true).map_err(|s| describe(shared, s, "a reply header"))?;
+        read_full(shared, stream, &mut head[CLOSE_REPLY_LEN..hlen], true).map_err(|s| describe(s, "a reply header"))?;
         let reply = IovHeader::decode(shared.config.version, &head[..hlen]).map_err(|e| End::Fatal(format!("page server {peer}: {e}")))?;
         let mut landing = shared.lock().land(&reply, Instant::now()).map_err(|why| End::Fatal(format!("page server {peer} {why}")))?;
         let bytes = (landing.pages * PAGE_SIZE) as usize;
@@ -152,7 +163,7 @@ fn read_replies(shared: &Shared, stream: &mut Wire) -> Result<(), End> {
         let mut book = shared.lock();
         book.landed(landing, read.is_ok(), Instant::now());
         drop(book);
-        read.map_err(|s| describe(shared, s, &what))?;
+        read.map_err(|s| describe(s, &what))?;
         shared.cond.notify_all();
         shared.pump();
         shared.wake();
@@ -186,7 +197,7 @@ fn read_full(shared: &Shared, stream: &mut Wire, buf: &mut [u8], partial: bool) 
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Stop::Failed(e.to_string())),
+            Err(e) => return Err(Stop::Failed(e.to_string(), e.kind())),
         }
     }
     Ok(())
@@ -204,6 +215,23 @@ fn discard(shared: &Shared, stream: &mut Wire, len: usize) -> Result<(), Stop> {
     Ok(())
 }
 
+/// How soon after connecting a close before any reply counts as a refusal. Our page
+/// server cuts an established session for room only after it has been idle a second
+/// (`server_admission::MIN_IDLE`); a refusal comes at once.
+const REFUSED_WITHIN: Duration = super::server_admission::MIN_IDLE;
+
+/// The connection ended before any reply, right after it was made (or failed).
+fn refused(shared: &Shared, stop: Stop) -> End {
+    let peer = shared.peer;
+    let outstanding = shared.lock().on_wire();
+    match stop {
+        Stop::Eof { got: 0 } | Stop::Failed(_, io::ErrorKind::ConnectionReset) => End::Lost(format!(
+            "page server {peer} closed the connection right after connect, before answering anything: it refused us (server full?) ({outstanding} requests unanswered)"
+        )),
+        stop => describe(shared, stop, "a reply header"),
+    }
+}
+
 fn describe(shared: &Shared, stop: Stop, what: &str) -> End {
     let peer = shared.peer;
     let outstanding = shared.lock().on_wire();
@@ -214,7 +242,7 @@ fn describe(shared: &Shared, stop: Stop, what: &str) -> End {
         Stop::Eof { got } => End::Lost(format!("page server {peer} closed the connection in the middle of {what} ({got} bytes in)")),
         Stop::Shutdown => End::Fatal(format!("connection to page server {peer} was shut down")),
         Stop::Stalled(why) => End::Fatal(format!("page server {peer}: reading {what}: {why} ({outstanding} requests unanswered)")),
-        Stop::Failed(why) => End::Lost(format!("page server {peer}: reading {what}: {why} ({outstanding} requests unanswered)")),
+        Stop::Failed(why, _) => End::Lost(format!("page server {peer}: reading {what}: {why} ({outstanding} requests unanswered)")),
     }
 }
 

@@ -10,9 +10,15 @@
 //! the pages file to the socket with sendfile.
 //!
 //! Hostile or idle peers cannot lock real clients out: a request must be complete
-//! within `request_timeout` of its first byte, one address holds at most
-//! `max_sessions_per_peer` sessions, and when every slot is taken the longest-idle
-//! session makes room (`server_admission.rs`).
+//! within `request_timeout` of its first byte and a reply taken within
+//! `reply_timeout`, one address holds at most `max_sessions_per_peer` sessions,
+//! when every slot is taken the session waiting longest on its client (idle, else
+//! not draining a reply) makes room, and with `--tls` connections still in their
+//! handshake have a bound of their own, so they never take an authenticated
+//! client's place (`server_admission.rs`). A connection refused is closed before
+//! anything is read from it (CRIU's protocol has no refusal message; our client
+//! tells such a close from a drop) and the event says why ("server full (N
+//! sessions...)").
 //!
 //! The process must ignore SIGPIPE (Rust binaries and Node both do): sendfile
 //! to a socket whose peer vanished raises it and has no MSG_NOSIGNAL.
@@ -25,7 +31,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::lazy_index::LazyIndex;
-use super::server_admission::{Admission, SessionSlot};
+use super::server_admission::{Admission, Limits, SessionSlot};
 use super::server_session::{ServerSession, SessionStats};
 use super::tls::{server_handshake, TlsServer, Wire};
 use super::wire::WireVersion;
@@ -47,21 +53,30 @@ pub struct PageServerConfig {
     pub version: WireVersion,
     /// false: serve one client then stop (CRIU's behaviour): while its first
     /// session lasts, further connections from the same IP (our client's
-    /// urgent connection) are served too; the server stops when all end.
+    /// urgent connection) are served too; the server stops when all end. The
+    /// client is the first to authenticate (`--tls`: a peer failing its
+    /// handshake before it is turned away, and the server serves on).
     pub keep_serving: bool,
     /// Replies carry at most this many pages (CRIU's client asks <= 1024).
     pub max_request_pages: u64,
-    /// Connections served at once; when all are taken, the longest-idle session
-    /// (idle >= 1 s) is cut to make room, else the new one is closed at accept.
+    /// Sessions served at once; when all are taken, the longest-idle session
+    /// (idle >= 1 s), else the one longest on a reply its client does not drain
+    /// (>= 1 s), is cut to make room, else the new one is closed at accept.
     pub max_sessions: usize,
-    /// Connections one peer address may hold at once.
+    /// Sessions one peer address may hold at once.
     pub max_sessions_per_peer: usize,
+    /// `--tls`: connections still in their handshake, from any address, counted
+    /// apart from sessions; at the bound the oldest is cut for a new one.
+    pub max_handshakes: usize,
     /// A request must be complete within this of its first byte (a client trickling
     /// its header is cut). Waiting for a request is not bounded: clients connect long
     /// before they ask (a daemon waiting for `criu restore`, `--fill-delay`).
     pub request_timeout: Duration,
     /// A client that reads nothing for this long is dropped.
     pub send_timeout: Duration,
+    /// A reply must be taken whole within this: a client reading too slowly (a
+    /// tiny receive buffer drained a trickle at a time) is dropped.
+    pub reply_timeout: Duration,
     /// `--tls`: each session starts with a TLS handshake (see `tls.rs`); a
     /// client that fails it ends that session only.
     pub tls: Option<Arc<TlsServer>>,
@@ -77,8 +92,10 @@ impl Default for PageServerConfig {
             max_request_pages: 1024,
             max_sessions: 64,
             max_sessions_per_peer: 32,
+            max_handshakes: 64,
             request_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(60),
+            reply_timeout: Duration::from_secs(10),
             tls: None,
         }
     }
@@ -114,11 +131,15 @@ pub enum ServerError {
     Images(io::Error),
 }
 
-/// Totals over every session, returned when the server stops.
+/// Totals over every session, returned when the server stops. A session is an
+/// authenticated connection (with `--tls`, one whose handshake succeeded).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServeSummary {
     pub sessions: u64,
     pub failed_sessions: u64,
+    /// `--tls`: connections that never became a session (a failed, stalled or cut
+    /// handshake, or refused after it).
+    pub rejected: u64,
     pub requests: u64,
     pub pages: u64,
 }
@@ -176,16 +197,23 @@ impl PageServer {
     /// client's sessions have all ended (other clients are refused meanwhile).
     pub fn run(self) -> Result<ServeSummary, ServerError> {
         let totals = Arc::new(Totals::default());
-        let live = Arc::new(Mutex::new(Admission::new(self.config.max_sessions, self.config.max_sessions_per_peer)));
+        let one_client = !self.config.keep_serving;
+        let limits = Limits {
+            max_sessions: self.config.max_sessions,
+            max_per_peer: if one_client { ONE_CLIENT_SESSIONS } else { self.config.max_sessions_per_peer },
+            max_handshakes: self.config.max_handshakes,
+            one_client,
+        };
+        let live = Arc::new(Mutex::new(Admission::new(limits)));
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         let mut next_id = 0u64;
-        // Without keep_serving: the IP of the one client being served.
-        let mut client: Option<IpAddr> = None;
         let result = loop {
             if self.stop.load(SeqCst) {
                 break Ok(());
             }
-            if client.is_some() && !self.config.keep_serving {
+            // One client: done once it was chosen and every connection has ended.
+            let chosen = lock(&live).client_chosen();
+            if one_client && chosen {
                 threads.retain(|t| !t.is_finished());
                 if threads.is_empty() {
                     break Ok(());
@@ -198,27 +226,13 @@ impl PageServer {
                     continue;
                 }
                 // Per-connection failures (ECONNABORTED, EMFILE...) must not stop a server.
-                Err(e) if (self.config.keep_serving || client.is_some()) && is_transient(&e) => {
+                Err(e) if (self.config.keep_serving || chosen) && is_transient(&e) => {
                     std::thread::sleep(TICK);
                     continue;
                 }
                 Err(source) => break Err(ServerError::Io { addr: self.local, what: "accept", source }),
             };
             threads.retain(|t| !t.is_finished());
-            if !self.config.keep_serving {
-                match client {
-                    Some(ip) if ip != peer.ip() => {
-                        (self.events)(ServerEvent::Refused { peer, reason: format!("serving one client ({ip}) only") });
-                        continue;
-                    }
-                    Some(_) if threads.len() >= ONE_CLIENT_SESSIONS => {
-                        let reason = format!("{} sessions of this client already running", threads.len());
-                        (self.events)(ServerEvent::Refused { peer, reason });
-                        continue;
-                    }
-                    _ => {}
-                }
-            }
             if let Err(e) = self.prepare(&stream) {
                 (self.events)(ServerEvent::Refused { peer, reason: format!("socket setup failed: {e}") });
                 continue;
@@ -230,21 +244,28 @@ impl PageServer {
                     continue;
                 }
             };
+            // With TLS nobody is known until the handshake ends: the connection
+            // waits among the handshakes, and becomes a session after it.
+            let authenticated = self.config.tls.is_none();
             let slot = {
                 let mut admission = lock(&live);
-                if let Err(why) = admission.admit(peer.ip()) {
+                let admitted = if authenticated { admission.admit(peer.ip()) } else { admission.admit_handshake(peer.ip()) };
+                if let Err(why) = admitted {
                     drop(admission);
+                    // Dropped unread: the client sees the close before any reply.
+                    drop((stream, clone));
                     (self.events)(ServerEvent::Refused { peer, reason: why.to_string() });
                     continue;
                 }
                 next_id += 1;
-                admission.insert(next_id, clone, peer.ip())
+                admission.insert(next_id, clone, peer.ip(), authenticated)
             };
             let job = SessionJob {
                 slot,
                 id: next_id,
                 stream: Some(stream),
                 peer,
+                authenticated,
                 index: self.index.clone(),
                 config: self.config.clone(),
                 events: self.events.clone(),
@@ -261,8 +282,6 @@ impl PageServer {
                     continue;
                 }
             }
-            // Like CRIU, one client only; CRIU's own clients connect once.
-            client.get_or_insert(peer.ip());
         };
         drop(self.listener);
         wait_sessions(&self.stop, threads, &live);
@@ -297,6 +316,9 @@ struct SessionJob {
     /// Taken when the session starts.
     stream: Option<TcpStream>,
     peer: SocketAddr,
+    /// Plain TCP: from the start; TLS: once the handshake succeeded and admission
+    /// took it as a session.
+    authenticated: bool,
     index: Arc<LazyIndex>,
     config: PageServerConfig,
     events: ServerCallback,
@@ -316,8 +338,21 @@ impl SessionJob {
         };
         let stream = match stream {
             Ok(stream) => stream,
+            Err(_) if self.slot.evicted() => {
+                let why = format!("client {}: TLS handshake cut: {} handshakes under way, the oldest made room", self.peer, self.config.max_handshakes);
+                return self.end(stats, Some(why));
+            }
             Err(error) => return self.end(stats, Some(error)),
         };
+        if !self.authenticated {
+            if let Err(why) = lock(&self.live).authenticate(self.id) {
+                // Nothing was read past the handshake: the client sees a close before any reply.
+                let mut stream = stream;
+                stream.close_notify();
+                return self.end(stats, Some(format!("client {}: refused after the TLS handshake: {why}", self.peer)));
+            }
+            self.authenticated = true;
+        }
         let mut session = ServerSession {
             stream,
             peer: self.peer,
@@ -325,6 +360,7 @@ impl SessionJob {
             version: self.config.version,
             max_request_pages: self.config.max_request_pages,
             request_timeout: self.config.request_timeout,
+            reply_timeout: self.config.reply_timeout,
             slot: &self.slot,
         };
         let mut error = session.run(&mut stats).err().map(|e| e.to_string());
@@ -333,14 +369,19 @@ impl SessionJob {
         }
         drop(session);
         if self.slot.evicted() {
-            error = Some(format!("client {}: idle while every session slot was taken: closed to make room for a new client", self.peer));
+            let why = if error.as_deref().is_some_and(|e| e.contains("sending pages")) { "not draining a reply" } else { "idle" };
+            error = Some(format!("client {}: {why} while every session slot was taken: closed to make room for a new client", self.peer));
         }
         self.end(stats, error);
     }
 
     fn end(&self, stats: SessionStats, error: Option<String>) {
         lock(&self.live).remove(self.id);
-        self.totals.add(&stats, error.is_some());
+        if self.authenticated {
+            self.totals.add(&stats, error.is_some());
+        } else {
+            self.totals.rejected.fetch_add(1, SeqCst);
+        }
         (self.events)(ServerEvent::SessionEnded { peer: self.peer, stats, error });
     }
 }
@@ -349,6 +390,7 @@ impl SessionJob {
 struct Totals {
     sessions: AtomicU64,
     failed: AtomicU64,
+    rejected: AtomicU64,
     requests: AtomicU64,
     pages: AtomicU64,
 }
@@ -365,6 +407,7 @@ impl Totals {
         ServeSummary {
             sessions: self.sessions.load(SeqCst),
             failed_sessions: self.failed.load(SeqCst),
+            rejected: self.rejected.load(SeqCst),
             requests: self.requests.load(SeqCst),
             pages: self.pages.load(SeqCst),
         }

@@ -1,7 +1,9 @@
 //! One lazy client connection on the server side: read a header, answer it
 //! completely, read the next (strictly sequential, like CRIU's server, so
 //! replies come back in request order). Any invalid request ends the session
-//! with no reply, which is what a real CRIU page server does too.
+//! with no reply, which is what a real CRIU page server does too. A reply the
+//! client does not take within `reply_timeout` ends the session too: a reader that
+//! trickles would otherwise hold its slot, busy, for as long as it likes.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -49,6 +51,8 @@ pub(crate) struct ServerSession<'a> {
     pub max_request_pages: u64,
     /// A request begun must be complete within this.
     pub request_timeout: Duration,
+    /// A reply must be sent whole within this (the client must read it).
+    pub reply_timeout: Duration,
     pub slot: &'a SessionSlot,
 }
 
@@ -94,9 +98,16 @@ impl ServerSession<'_> {
         // during it ends the session too (`images/watch.rs` says what the lease covers).
         let changed = |e: crate::images::ImageError| SessionError::Changed { peer: self.peer, error: e.to_string() };
         span.file.check().map_err(changed)?;
-        self.stream
-            .send_reply(reply.as_slice(), span.file.file(), span.offset, span.pages * PAGE_SIZE)
-            .map_err(|e| self.io(&format!("{what} from {} at offset {:#x}", span.path.display(), span.offset), e))?;
+        let deadline = Instant::now() + self.reply_timeout;
+        self.stream.send_reply(reply.as_slice(), span.file.file(), span.offset, span.pages * PAGE_SIZE, deadline).map_err(|e| {
+            let e = match e.kind() {
+                io::ErrorKind::TimedOut if Instant::now() >= deadline => {
+                    io::Error::new(io::ErrorKind::TimedOut, format!("{e}: not taken within {:?}", self.reply_timeout))
+                }
+                _ => e,
+            };
+            self.io(&format!("{what} from {} at offset {:#x}", span.path.display(), span.offset), e)
+        })?;
         span.file.check().map_err(changed)?;
         stats.requests += 1;
         stats.pages += span.pages;

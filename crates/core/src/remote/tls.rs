@@ -51,7 +51,7 @@ use rustls::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
 
-use super::zero_copy::{send_file_range, send_header};
+use super::zero_copy::{arm_send, send_file_range, send_header, REPLY_LATE};
 use crate::option_file::{read_regular, OptionFileError};
 
 /// CRIU's defaults (SYSCONFDIR=/etc).
@@ -398,6 +398,9 @@ fn handshake(sock: &TcpStream, mut conn: Connection, timeout: Duration) -> Resul
     let deadline = Instant::now() + timeout;
     let mut io = sock;
     let stalled = || format!("no handshake within {timeout:?} (peer stalled)");
+    // A peer that closes before sending a byte never looked at our hello: a server
+    // with no room for us (it closes before reading), or one not speaking TLS.
+    let mut heard = false;
     while conn.is_handshaking() || conn.wants_write() {
         let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()).ok_or_else(stalled)?;
         sock.set_read_timeout(Some(left)).and_then(|()| sock.set_write_timeout(Some(left))).map_err(|e| e.to_string())?;
@@ -413,8 +416,11 @@ fn handshake(sock: &TcpStream, mut conn: Connection, timeout: Duration) -> Resul
             break;
         }
         match conn.read_tls(&mut io) {
+            Ok(0) if !heard => {
+                return Err("the peer closed the connection before answering (refused: server full? or not speaking TLS)".into())
+            }
             Ok(0) => return Err("the peer closed the connection (not speaking TLS, or it rejected our certificate?)".into()),
-            Ok(_) => {}
+            Ok(_) => heard = true,
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => continue,
             Err(e) => return Err(format!("receiving: {e}")),
         }
@@ -472,7 +478,7 @@ impl Wire {
             let _ = t.sock.set_nonblocking(true);
             let mut conn = lock(&t.conn);
             conn.send_close_notify();
-            let _ = flush_records(&mut conn, &t.sock);
+            let _ = flush_records(&mut conn, &t.sock, None);
         }
     }
 
@@ -480,14 +486,24 @@ impl Wire {
     /// Plain TCP: sendfile, no copy through us. TLS: the header in a record
     /// of its own, then the pages, read into a buffer and sealed straight
     /// from it in full 16 KiB records (no record spans two replies).
-    pub fn send_reply(&mut self, header: &[u8], file: &File, offset: u64, len: u64) -> io::Result<()> {
+    /// All of it must be sent by `deadline` (else an error of kind TimedOut): a
+    /// client reading slowly is not waited on past it. The socket's own send
+    /// timeout is put back afterwards.
+    pub fn send_reply(&mut self, header: &[u8], file: &File, offset: u64, len: u64, deadline: Instant) -> io::Result<()> {
         use std::os::fd::AsFd;
-        match self {
+        let own = self.socket().write_timeout()?;
+        let sent = match self {
             Wire::Plain(s) => {
-                send_header(s.as_fd(), header)?;
-                send_file_range(s.as_fd(), file.as_fd(), offset, len)
+                send_header(s.as_fd(), header, deadline).and_then(|()| send_file_range(s.as_fd(), file.as_fd(), offset, len, deadline))
             }
-            Wire::Tls(t) => t.send_file(header, file, offset, len),
+            Wire::Tls(t) => t.send_file(header, file, offset, len, deadline),
+        };
+        self.socket().set_write_timeout(own)?;
+        // Past the deadline a blocking send returns EAGAIN, reported as the peer
+        // having stopped reading; it did not stop, it was too slow.
+        match sent {
+            Err(e) if e.kind() == io::ErrorKind::TimedOut && Instant::now() >= deadline => Err(io::Error::new(io::ErrorKind::TimedOut, REPLY_LATE)),
+            other => other,
         }
     }
 }
@@ -601,7 +617,7 @@ impl TlsWire {
         (&self.sock).write_all(&self.out).map_err(would_block_is_timeout)
     }
 
-    fn send_file(&mut self, header: &[u8], file: &File, offset: u64, len: u64) -> io::Result<()> {
+    fn send_file(&mut self, header: &[u8], file: &File, offset: u64, len: u64, deadline: Instant) -> io::Result<()> {
         // The header in a record of its own, as CRIU's server sends it: CRIU's
         // client reads the header, then waits for the socket to be readable
         // again, so page data sealed in the header's record (already taken
@@ -609,7 +625,7 @@ impl TlsWire {
         {
             let mut conn = lock(&self.conn);
             conn.writer().write_all(header)?;
-            flush_records(&mut conn, &self.sock)?;
+            flush_records(&mut conn, &self.sock, Some(deadline))?;
         }
         let mut buf = std::mem::take(&mut self.out);
         let result = (|| {
@@ -632,7 +648,7 @@ impl TlsWire {
                 // and sending under the lock costs nobody a wait.
                 let mut conn = lock(&self.conn);
                 conn.writer().write_all(&buf)?;
-                flush_records(&mut conn, &self.sock)?;
+                flush_records(&mut conn, &self.sock, Some(deadline))?;
             }
             Ok(())
         })();
@@ -641,10 +657,14 @@ impl TlsWire {
     }
 }
 
-/// Writes every sealed record to the socket.
-fn flush_records(conn: &mut Connection, sock: &TcpStream) -> io::Result<()> {
+/// Writes every sealed record to the socket, by `deadline` if one is given.
+fn flush_records(conn: &mut Connection, sock: &TcpStream, deadline: Option<Instant>) -> io::Result<()> {
+    use std::os::fd::AsFd;
     let mut io = sock;
     while conn.wants_write() {
+        if let Some(deadline) = deadline {
+            arm_send(sock.as_fd(), deadline)?;
+        }
         match conn.write_tls(&mut io) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -180,3 +180,32 @@ pub fn compare_all(dump: &Dump, chunk_pages: u64, mut fetch: impl FnMut(u32, u64
     }
     total
 }
+
+/// Connects to `target` from `local`, with SO_RCVBUF set to `rcvbuf` before the
+/// connect (so the window it advertises stays that small), if given.
+pub fn connect_from(local: std::net::Ipv4Addr, target: &str, rcvbuf: Option<i32>) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let sockaddr = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let (from, to) = (sockaddr(std::net::SocketAddrV4::new(local, 0)), sockaddr(target.parse().unwrap()));
+    // SAFETY: a fresh socket owned by the returned stream; addresses and the option
+    // value are live locals of the sizes passed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = std::net::TcpStream::from_raw_fd(fd);
+        if let Some(size) = rcvbuf {
+            let optlen = std::mem::size_of::<i32>() as libc::socklen_t;
+            let rc = libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw const size).cast(), optlen);
+            assert_eq!(rc, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+        }
+        assert_eq!(libc::bind(fd, (&raw const from).cast(), len), 0, "bind {local}: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::connect(fd, (&raw const to).cast(), len), 0, "connect: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
