@@ -406,3 +406,27 @@ fn a_server_gone_past_the_reconnect_window_is_fatal() {
     assert!(err.contains(&format!("page server {addr} gone for 0.5 s")), "{err}");
     t.join().unwrap();
 }
+
+/// A header and then nothing, right after connecting: a stall while reading the pages,
+/// said as such (not as a refusal, nor as a header that never came).
+#[test]
+fn a_reply_header_with_no_data_is_a_stall_while_reading_the_pages() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 24];
+        s.read_exact(&mut buf).unwrap();
+        buf[..4].copy_from_slice(&GET_REPLY_CMD.to_le_bytes());
+        s.write_all(&buf).unwrap();
+        // Then nothing, the connection held open until the client gives up.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    });
+    let config = RemoteConfig { version: WireVersion::V411, stall_timeout: Duration::from_secs(1), ..RemoteConfig::default() };
+    let c = RemotePages::connect(&addr.to_string(), config).unwrap();
+    let err = fetch(&c, 1, 0x20000, 4096, Priority::Fault).unwrap_err().to_string();
+    assert!(err.contains("reading 1 pages of task 1 at 0x20000: sent nothing for 1s"), "{err} {}", c.debug_dump());
+    drop(c);
+    t.join().unwrap();
+}

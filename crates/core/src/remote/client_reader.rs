@@ -135,7 +135,7 @@ fn read_replies(shared: &Shared, stream: &mut Wire) -> Result<(), End> {
     loop {
         // Nothing answered and the connection just made: an end now is a refusal.
         let fresh = !answered && began.elapsed() < REFUSED_WITHIN;
-        let describe = |stop, what: &str| if fresh { refused(shared, stop) } else { describe(shared, stop, what) };
+        let describe = |stop, what: &str| if fresh { refused(shared, stop, what) } else { describe(shared, stop, what) };
         // The first 4 bytes are either a header's cmd or the i32 CLOSE reply;
         // which one is due is known only once they arrive (CLOSE may be sent
         // while this read is already waiting).
@@ -221,14 +221,15 @@ fn discard(shared: &Shared, stream: &mut Wire, len: usize) -> Result<(), Stop> {
 const REFUSED_WITHIN: Duration = super::server_admission::MIN_IDLE;
 
 /// The connection ended before any reply, right after it was made (or failed).
-fn refused(shared: &Shared, stop: Stop) -> End {
+fn refused(shared: &Shared, stop: Stop, what: &str) -> End {
     let peer = shared.peer;
     let outstanding = shared.lock().on_wire();
     match stop {
         Stop::Eof { got: 0 } | Stop::Failed(_, io::ErrorKind::ConnectionReset) => End::Lost(format!(
             "page server {peer} closed the connection right after connect, before answering anything: it refused us (server full?) ({outstanding} requests unanswered)"
         )),
-        stop => describe(shared, stop, "a reply header"),
+        // Anything else (a stall, a close mid-reply) is described as what it is.
+        stop => describe(shared, stop, what),
     }
 }
 
