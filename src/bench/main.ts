@@ -1,6 +1,6 @@
-// `npm run bench [-- --quick] [-- --only fill,latency,remote,remote-fast,ws,scale,tls]`: ours vs `criu lazy-pages`
+// `npm run bench [-- --quick] [-- --only fill,latency,remote,remote-fast,ws,scale,tls,remote-wan]`: ours vs `criu lazy-pages`
 // (and the raw userfaultfd probe where it applies), on the same dumps in the same run.
-// See bench/README.md.
+// See bench/README.md (remote-wan takes --wan-* flags for its grid and size: src/bench/wan.ts).
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { cpus, release } from 'node:os'
 import { join } from 'node:path'
@@ -15,9 +15,10 @@ import { json, markdown, type BenchResult } from './report'
 import { RESULTS } from './paths'
 import { scaleScenario } from './scale'
 import { roundsFor } from './stats'
+import { wanConfig, wanScenario } from './wan'
 import { workingSetScenario } from './working-set'
 
-const SCENARIOS = ['fill', 'latency', 'remote', 'remote-fast', 'ws', 'scale', 'tls'] as const
+const SCENARIOS = ['fill', 'latency', 'remote', 'remote-fast', 'ws', 'scale', 'tls', 'remote-wan'] as const
 
 function chosen(): Set<string> {
   const i = process.argv.indexOf('--only')
@@ -34,6 +35,8 @@ async function main(): Promise<void> {
   const log = (s: string) => process.stderr.write(`bench: ${s}\n`)
   const sizes = quick ? [256, 1024] : [1024, 4096]
   const rounds = roundsFor(quick)
+  // Parsed first: a bad flag fails before an hour of other scenarios, not after.
+  const wan = only.has('remote-wan') ? wanConfig(process.argv, quick, rounds) : undefined
   const result: BenchResult = { date: new Date().toISOString(), quick, host: { cpus: cpus().length, kernel: release() }, fill: [] }
   if (only.has('fill')) for (const mib of sizes) result.fill.push(await fillScenario(mib, rounds, log))
   // The latency process is large so that our fill is still running while it touches.
@@ -45,6 +48,7 @@ async function main(): Promise<void> {
   if (only.has('ws')) result.workingSet = await workingSetScenario(quick ? 1024 : 2048, rounds, log)
   if (only.has('tls')) result.tls = await tlsScenario(quick ? 512 : 1024, quick ? 1000 : 2000, rounds, log)
   if (only.has('scale')) result.scale = await scaleScenario(quick ? 128 : 256, quick ? 300 : 500, quick ? [1, 2, 4] : [1, 2, 4, 8], rounds, log)
+  if (wan) result.remoteWan = await wanScenario(wan, log)
   const md = markdown(result)
   process.stdout.write(md)
   mkdirSync(RESULTS, { recursive: true })

@@ -10,4 +10,5 @@ export const LPW_TOUCH = join(ROOT, 'build', 'workloads', 'lpw-touch')
 export const LPW_HOT = join(ROOT, 'build', 'workloads', 'lpw-hot')
 export const PROBE = join(ROOT, 'target', 'release', 'lazy-pages-probe')
 export const SCRATCH = process.env.LAZY_PAGES_BENCH_SCRATCH ?? join(ROOT, '.work', 'bench')
-export const RESULTS = join(ROOT, 'bench', 'results')
+/** LAZY_PAGES_BENCH_RESULTS: write the report elsewhere (a partial run must not replace the committed one). */
+export const RESULTS = process.env.LAZY_PAGES_BENCH_RESULTS ?? join(ROOT, 'bench', 'results')

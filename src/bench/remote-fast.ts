@@ -215,7 +215,7 @@ const fail = (message: string): never => {
 }
 
 /** A TCP socket listening on `port` in the network namespace of `pid`. */
-function listening(pid: number, port: number): boolean {
+export function listening(pid: number, port: number): boolean {
   const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`
   return ['tcp', 'tcp6'].some((f) => {
     try {

@@ -8,6 +8,7 @@ import { remoteMarkdown, remoteTargets, type RemoteResult } from './remote'
 import { remoteFastMarkdown, remoteFastTargets, type FastResult } from './remote-fast'
 import { scaleMarkdown, type ScaleResult } from './scale'
 import { tlsMarkdown, tlsTargets, type TlsResult } from './remote-tls'
+import { wanMarkdown, wanTargets, type WanResult } from './wan'
 import { workingSetMarkdown, workingSetTargets, type WorkingSetResult } from './working-set'
 
 export interface BenchResult {
@@ -21,6 +22,7 @@ export interface BenchResult {
   workingSet?: WorkingSetResult
   scale?: ScaleResult
   tls?: TlsResult
+  remoteWan?: WanResult
 }
 
 function fillTable(fill: FillResult[]): string[] {
@@ -101,6 +103,7 @@ function targets(r: BenchResult): string[] {
   if (r.remoteFast) out.push(...remoteFastTargets(r.remoteFast))
   if (r.workingSet) out.push(...workingSetTargets(r.workingSet))
   if (r.tls) out.push(...tlsTargets(r.tls))
+  if (r.remoteWan) out.push(...wanTargets(r.remoteWan))
   return out
 }
 
@@ -130,6 +133,7 @@ export function markdown(r: BenchResult): string {
   if (r.workingSet) lines.push(...workingSetMarkdown(r.workingSet), '')
   if (r.scale) lines.push(...scaleMarkdown(r.scale), '')
   if (r.tls) lines.push(...tlsMarkdown(r.tls), '')
+  if (r.remoteWan) lines.push(...wanMarkdown(r.remoteWan), '')
   lines.push(
     '## Targets',
     '',
