@@ -20,7 +20,7 @@
 //! client: its background window and cache). Sources that do not want read-ahead
 //! (`PageSource::read_ahead_bytes` = 0, the local images) cost one virtual call per claim.
 
-use crate::ranges::{Claim, PAGE_SIZE};
+use crate::ranges::{Claim, LazyRanges, PAGE_SIZE};
 
 use super::notify::lock;
 use super::shared::{Hint, Shared};
@@ -45,19 +45,29 @@ pub(crate) fn announce(shared: &Shared, task: &Task, claim: &Claim, who: Copier,
             drop(st);
             return announce_hints(shared, spans, budget, task.pid);
         };
-        for range in st.pending.iter_from(cursor) {
-            let mut at = range.start;
-            let stop = range.end.min(end);
-            while at < stop && !spans.full(budget) {
-                at = spans.add(at, stop, range.img_addr(at));
-            }
-            if range.end >= end || spans.full(budget) {
-                break;
-            }
-        }
-        spans.close();
+        spans.take_from(&st.pending, cursor, end, budget);
     }
     shared.source.will_need(task.pid, &spans.list);
+    // Near the end of this task's stripe: the next tasks' first pages, in the order the
+    // fill goes on to them (task order), so the link stays busy across the change of
+    // task instead of draining and starting again (a round trip or more per task).
+    let mut left = budget.saturating_sub(spans.bytes);
+    for next in shared.all_tasks().iter().filter(|t| t.id > task.id) {
+        if left == 0 {
+            break;
+        }
+        let st = next.state();
+        if st.exited || st.retired || st.pending.is_empty() {
+            continue;
+        }
+        // A job that has not been in the task yet starts at its beginning.
+        let (cursor, end) = st.stripes.ahead(job).unwrap_or((0, u64::MAX));
+        let mut more = Spans { list: Vec::new(), bytes: 0, open: None, chunk };
+        more.take_from(&st.pending, cursor, end, left);
+        drop(st);
+        left = left.saturating_sub(more.bytes);
+        shared.source.will_need(next.pid, &more.list);
+    }
 }
 
 /// After a hint's claim: the pending pages of the hints queued now (the rest of this
@@ -113,6 +123,21 @@ struct Spans {
 }
 
 impl Spans {
+    /// The pending pages of `[cursor, end)`, until the budget is used.
+    fn take_from(&mut self, pending: &LazyRanges, cursor: u64, end: u64, budget: u64) {
+        for range in pending.iter_from(cursor) {
+            let mut at = range.start;
+            let stop = range.end.min(end);
+            while at < stop && !self.full(budget) {
+                at = self.add(at, stop, range.img_addr(at));
+            }
+            if range.end >= end || self.full(budget) {
+                break;
+            }
+        }
+        self.close();
+    }
+
     fn full(&self, budget: u64) -> bool {
         self.bytes >= budget || self.list.len() >= MAX_SPANS
     }

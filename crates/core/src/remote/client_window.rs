@@ -18,8 +18,9 @@
 //! never waits for a GET, and the path's measured delay variation, so a path whose
 //! delay jitters by a millisecond does not idle at every late reply. A fault then
 //! waits about one round trip plus that queue.
-//! * Start-up: gain 2, so the window doubles every round trip until the rate stops
-//!   growing (by 25 % over three rounds), as TCP's slow start would.
+//! * Start-up: gain 2.89 (BBR's 2/ln 2), so the window grows about that much every
+//!   round trip until the rate stops growing (by 25 % over three rounds), as TCP's
+//!   slow start would; a long path reaches a window of megabytes in a few rounds.
 //! * Then gain 1, except one round in eight at 1.25: that round probes for more
 //!   rate (a link that got faster shows a higher sample); the queue it builds
 //!   drains in the next.
@@ -39,8 +40,9 @@ use crate::images::PAGE_SIZE;
 /// client's buffers (the book keeps up to twice the window).
 const MIN_BYTES: u64 = 4 * PAGE_SIZE;
 const MAX_BYTES: u64 = 64 << 20;
-/// Where the adaptive window starts: half a millisecond at 1 Gbit/s.
-const START_BYTES: u64 = 64 << 10;
+/// Where the adaptive window starts: two milliseconds at 1 Gbit/s (a fault meets at
+/// most that before the first round trip has measured the path).
+const START_BYTES: u64 = 256 << 10;
 /// Segments per window: with several on the wire, the next GET goes out when one
 /// lands while the rest keep the link busy for the round trip. As few as do that
 /// (`Model::segments`): a server may pay for every GET whatever its size, and
@@ -55,7 +57,7 @@ const RTT_EPOCH: Duration = Duration::from_secs(10);
 /// Rate samples are kept for this many round trips (at least `MIN_RATE_SPAN`).
 const RATE_ROUNDS: u32 = 10;
 const MIN_RATE_SPAN: Duration = Duration::from_millis(50);
-const STARTUP_GAIN: f64 = 2.0;
+const STARTUP_GAIN: f64 = 2.89;
 const PROBE_GAIN: f64 = 1.25;
 const CYCLE_ROUNDS: u64 = 8;
 /// Start-up ends after this many rounds in which the rate grew by less than 25 %.
