@@ -5,6 +5,8 @@
 // user's), at most `maxBytes`, read with that bound even if it grows meanwhile.
 import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs'
 
+import { kindOf } from './out-file'
+
 const { O_RDONLY, O_NONBLOCK, O_NOCTTY } = constants
 
 /** Why a file was not read; `code` is the errno name when opening it failed (ENOENT: missing). */
@@ -20,14 +22,6 @@ export class OptionFileError extends Error {
 const MIB = 1 << 20
 export const MAX_CONFIG_BYTES = MIB
 
-function kindOf(st: ReturnType<typeof fstatSync>): string {
-  if (st.isFIFO()) return 'a FIFO'
-  if (st.isCharacterDevice()) return 'a character device'
-  if (st.isBlockDevice()) return 'a block device'
-  if (st.isSocket()) return 'a socket'
-  if (st.isDirectory()) return 'a directory'
-  return 'not a regular file'
-}
 
 const size = (n: number) => (n >= MIB ? `${n / MIB} MiB` : `${n} bytes`)
 

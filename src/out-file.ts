@@ -22,7 +22,8 @@ const { O_WRONLY, O_CREAT, O_EXCL, O_APPEND, O_NOFOLLOW, O_NONBLOCK } = constant
 
 const code = (err: unknown) => (err as NodeJS.ErrnoException).code ?? String(err)
 
-function kindOf(st: Stats): string {
+/** What a file that is not a regular one is, for a one-line error (shared with option-file.ts). */
+export function kindOf(st: Pick<Stats, 'isSymbolicLink' | 'isFIFO' | 'isCharacterDevice' | 'isBlockDevice' | 'isSocket' | 'isDirectory'>): string {
   if (st.isSymbolicLink()) return 'a symbolic link'
   if (st.isFIFO()) return 'a FIFO'
   if (st.isCharacterDevice()) return 'a character device'

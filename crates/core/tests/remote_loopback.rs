@@ -150,27 +150,6 @@ fn a_valid_raw_get_gets_header_and_pages_then_close_gets_zero() {
     assert_eq!((summary.sessions, summary.requests, summary.pages), (1, 1, 2));
 }
 
-/// Connects to `target` from another loopback address (another client's IP).
-fn connect_from(local: std::net::Ipv4Addr, target: &str) -> TcpStream {
-    use std::os::fd::FromRawFd;
-    let sockaddr = |a: std::net::SocketAddrV4| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    let (from, to) = (sockaddr(std::net::SocketAddrV4::new(local, 0)), sockaddr(target.parse().unwrap()));
-    // SAFETY: a fresh socket owned by the returned stream; addresses are live locals.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let stream = TcpStream::from_raw_fd(fd);
-        assert_eq!(libc::bind(fd, (&raw const from).cast(), len), 0, "bind: {}", std::io::Error::last_os_error());
-        assert_eq!(libc::connect(fd, (&raw const to).cast(), len), 0, "connect: {}", std::io::Error::last_os_error());
-        stream
-    }
-}
 
 #[test]
 fn one_session_servers_refuse_a_second_client() {
@@ -181,7 +160,7 @@ fn one_session_servers_refuse_a_second_client() {
     let c = client(&t, WireVersion::V42);
     fetch(&c, 1, 0xa00000, 4096, Priority::Fault).unwrap();
     // Another IP is another client: closed at once, without a word.
-    let mut other = connect_from("127.0.0.2".parse().unwrap(), &t);
+    let mut other = connect_from("127.0.0.2".parse().unwrap(), &t, None);
     other.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut rest = Vec::new();
     other.read_to_end(&mut rest).expect("server must close, not hang");
