@@ -4,7 +4,9 @@
 //! * **fault thread** (`FaultLoop`): epoll over all uffds + a control eventfd. The only
 //!   reader of uffd messages; serves faults itself (copy the faulting page, or a short
 //!   cluster after it, or map the zero page), applies FORK/REMAP/REMOVE/UNMAP, retires
-//!   finished tasks (closes their uffd).
+//!   finished tasks (closes their uffd). It asks the page source and never waits on it: a
+//!   fault whose bytes are not in yet waits in `fetching` with its claim in flight until
+//!   the source's waker pokes the control eventfd (invariant 8).
 //! * **background fill** (`config.jobs` threads): claims one chunk at a time and
 //!   copies it: working-set pages (`prefetch`) as soon as their task arrives (every
 //!   page, in address order, with `early_fill`); after `restore_finished`, the working
