@@ -2,10 +2,22 @@
 
 mod engine_support;
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use engine_support::*;
 use lazy_pages_core::uffd::{self, EventBuffer, FillOutcome, ReadStatus, UffdEvent};
+
+/// One test at a time. These map, move and unmap registered ranges with every
+/// non-cooperative event on, in one address space: run side by side, one test's new
+/// mapping could land in the hole another's mremap left, registered on a uffd that
+/// reads no UNMAP, and a later munmap there waited for that read forever (the remap
+/// test hung in munmap twice on a loaded machine).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn handle(region: &Region) -> uffd::Uffd {
     uffd::uffd_from_owned(region.uffd())
@@ -13,6 +25,7 @@ fn handle(region: &Region) -> uffd::Uffd {
 
 #[test]
 fn copy_and_zeropage_outcomes() {
+    let _serial = serial();
     let region = Region::new(8);
     let u = handle(&region);
     let page = vec![0xabu8; PS];
@@ -42,6 +55,7 @@ fn copy_and_zeropage_outcomes() {
 
 #[test]
 fn unread_remove_event_makes_copy_answer_changing() {
+    let _serial = serial();
     let region = Region::new(4);
     let u = handle(&region);
     let addr = region.page_addr(0);
@@ -68,6 +82,7 @@ fn unread_remove_event_makes_copy_answer_changing() {
 /// the address the pages moved away from, where no VMA is left.
 #[test]
 fn unread_remap_makes_copy_at_the_old_place_answer_changing() {
+    let _serial = serial();
     let mut region = Region::new(8);
     let u = handle(&region);
     let dest = Region::new(4);
