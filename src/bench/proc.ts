@@ -41,6 +41,25 @@ export function waitGone(pid: number, timeoutMs = 60_000): Promise<boolean> {
   return waitFor(`pid ${pid} to be reaped`, () => !existsSync(`/proc/${pid}`), timeoutMs, 25)
 }
 
+/** SIGKILL to `pid` if there is one; one already gone is fine. */
+export function killQuietly(pid: number | undefined): void {
+  if (!pid) return
+  try {
+    process.kill(pid, 'SIGKILL')
+  } catch {
+    /* gone */
+  }
+}
+
+/** SIGKILL to each of `pids` that is set, then waits until each is reaped (CRIU restores the same pids). */
+export async function killAndReap(pids: Array<number | undefined>): Promise<void> {
+  for (const pid of pids) {
+    if (!pid) continue
+    killQuietly(pid)
+    await waitGone(pid).catch(() => undefined)
+  }
+}
+
 /** `p`, or an error naming `what` once `ms` have passed. */
 export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined

@@ -14,7 +14,7 @@ import { f1, f2, f3, pct, row, verdict } from './format'
 import { ShapedLink } from './netns'
 import { PageServer } from './page-server'
 import { CLI, CRIU, LPW, SCRATCH } from './paths'
-import { run, waitFor, waitGone, within } from './proc'
+import { killAndReap, killQuietly, run, waitFor, within } from './proc'
 import { lazyRestore, type Server } from './restore'
 import { spread, type Spread } from './stats'
 import { childOf } from './usage'
@@ -193,20 +193,8 @@ async function fromCriuDump(argv: string[], w: Where, port: number, client: Serv
     if (!got.startsWith('ok ') || fnvOf(got) !== fnv) throw new Error(`restored process (criu dump case) failed verification: ${got} (want fnv=${fnv})`)
     return sample(t)
   } finally {
-    for (const pid of [restored, host, dumperPid]) {
-      if (!pid) continue
-      try {
-        process.kill(pid, 'SIGKILL')
-      } catch {
-        /* gone */
-      }
-      await waitGone(pid).catch(() => undefined)
-    }
-    try {
-      process.kill(outer.pid!, 'SIGKILL')
-    } catch {
-      /* gone */
-    }
+    await killAndReap([restored, host, dumperPid])
+    killQuietly(outer.pid)
   }
 }
 

@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { f1, f2, f3, row } from './format'
 import { PageServer } from './page-server'
 import { CLI, LPW_TOUCH } from './paths'
-import { run, waitFor } from './proc'
+import { killQuietly, run, waitFor } from './proc'
 import { lazyRestore, type Server } from './restore'
 import { quantiles, spread, type Quantiles, type Spread } from './stats'
 import { readTouches } from './touches'
@@ -197,14 +197,7 @@ function inNamespaces(slot: Slot, workloadState: string) {
 }
 
 function endCopy(s: Slot): void {
-  for (const pid of [s.restored, s.init, s.unshare]) {
-    if (!pid) continue
-    try {
-      process.kill(pid, 'SIGKILL')
-    } catch {
-      /* gone */
-    }
-  }
+  for (const pid of [s.restored, s.init, s.unshare]) killQuietly(pid)
   s.restored = s.init = s.unshare = undefined
 }
 

@@ -17,7 +17,7 @@ import { join } from 'node:path'
 import { f1, f2, f3, pct, row, verdict } from './format'
 import { PageServer } from './page-server'
 import { CLI, CRIU, LPW_TOUCH, SCRATCH } from './paths'
-import { run, waitFor, waitGone, within } from './proc'
+import { killAndReap, killQuietly, run, waitFor, waitGone, within } from './proc'
 import { listening } from './remote-fast'
 import { bulkThroughRelay, gbitToBytes, pingThroughRelay, RelayThread, type RelayOptions, type RelayStats } from './relay'
 import { lazyRestore, type Server, type Timing } from './restore'
@@ -194,6 +194,8 @@ const relayOptions = (s: { rttMs: number; jitterMs: number; rateGbit: number }):
 
 const rateName = (gbit: number) => (gbit ? `${gbit} Gbit/s` : 'unlimited')
 export const settingName = (s: { rttMs: number; jitterMs: number; rateGbit: number }) => `rtt ${s.rttMs} ms, jitter ${s.jitterMs} ms, ${rateName(s.rateGbit)}`
+/** The first cells of every report row: which setting, which page server and client. */
+const caseCells = (s: WanSetting, c: WanCase) => [s.rttMs, s.jitterMs, rateName(s.rateGbit), f2(s.pingMs), c.server, c.client]
 
 /** A dumped tree of four lpw-touch processes, each one's checksum taken before the dump. */
 class TreeDump {
@@ -502,20 +504,8 @@ async function fromCriuDump(argv: string[], roles: string[], client: (port: numb
   } finally {
     await relay?.close()
     // The namespace's init (the tree's main) takes its whole pid namespace with it.
-    for (const pid of [restored, host, dumperPid]) {
-      if (!pid) continue
-      try {
-        process.kill(pid, 'SIGKILL')
-      } catch {
-        /* gone */
-      }
-      await waitGone(pid).catch(() => undefined)
-    }
-    try {
-      process.kill(outer.pid!, 'SIGKILL')
-    } catch {
-      /* gone */
-    }
+    await killAndReap([restored, host, dumperPid])
+    killQuietly(outer.pid)
   }
 }
 
@@ -557,12 +547,7 @@ export function wanMarkdown(r: WanResult): string[] {
       const criu = criuOf(s, c)
       out.push(
         row([
-          s.rttMs,
-          s.jitterMs,
-          rateName(s.rateGbit),
-          f2(s.pingMs),
-          c.server,
-          c.client,
+          ...caseCells(s, c),
           `${f3(c.secs.best)} / ${f3(c.secs.median)} / ${f3(c.secs.worst)}`,
           f1(mb / c.secs.median),
           criu ? two(criu.secs.best / c.secs.best, criu.secs.median / c.secs.median, (x) => `${f2(x)}x`) : '–',
@@ -589,12 +574,7 @@ export function wanMarkdown(r: WanResult): string[] {
     for (const c of s.cases) {
       out.push(
         row([
-          s.rttMs,
-          s.jitterMs,
-          rateName(s.rateGbit),
-          f2(s.pingMs),
-          c.server,
-          c.client,
+          ...caseCells(s, c),
           ...c.processes.map((p) => (p.samples ? `${p.samples}: ${ms(p.p50Us)} / ${ms(p.p99Us)} / ${ms(p.maxUs)}` : `0 (${p.present} present)`)),
           f1(c.setupMs),
           f2(c.startSpreadMs),

@@ -91,20 +91,10 @@ fn announce_hints(shared: &Shared, mut spans: Spans, budget: u64, pid: u32) {
             if st.exited || st.retired {
                 continue;
             }
-            for range in st.pending.iter_from(hint.addr) {
-                if range.start >= hint.end || spans.full(budget) {
-                    break;
-                }
-                let (mut at, stop) = (range.start, range.end.min(hint.end));
-                while at < stop && !spans.full(budget) {
-                    at = spans.add(at, stop, range.img_addr(at));
-                }
-            }
-            spans.close();
+            spans.take_from(&st.pending, hint.addr, hint.end, budget);
             break;
         }
     }
-    spans.close();
     shared.source.will_need(pid, &spans.list);
 }
 

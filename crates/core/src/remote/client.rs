@@ -238,14 +238,7 @@ impl RemotePages {
         let s = &self.shared;
         let mut book = s.lock();
         s.check(&book, pid, img_addr)?;
-        let before = (book.admitted(), book.urgent_parts());
-        let parts = book.cover(pid, img_addr, len64, priority);
-        if (book.admitted(), book.urgent_parts()) != before {
-            // Even when a later part found no room: what was admitted must go out.
-            drop(book);
-            s.pump();
-            book = s.lock();
-        }
+        let parts = s.cover(&mut book, pid, img_addr, len64, priority);
         // No room now: a landing frees some, and wakes the engine to ask again.
         let Some(parts) = parts else { return Ok(PageData::Pending) };
         Ok(match book.take_out(&parts, img_addr, len64, scratch) {
@@ -263,13 +256,7 @@ impl RemotePages {
         let mut book = s.lock();
         loop {
             s.check(&book, pid, img_addr)?;
-            let before = (book.admitted(), book.urgent_parts());
-            let parts = book.cover(pid, img_addr, len as u64, priority);
-            if (book.admitted(), book.urgent_parts()) != before {
-                drop(book);
-                s.pump();
-                book = s.lock();
-            }
+            let parts = s.cover(&mut book, pid, img_addr, len as u64, priority);
             if parts.is_some_and(|p| book.span_ready(&p, img_addr, len as u64) == Some(true)) {
                 return Ok(true);
             }
@@ -407,6 +394,17 @@ impl Shared {
 
     fn write_lock(&self) -> MutexGuard<'_, Wire> {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `Book::cover`, then a send plan if that asked for or promoted anything (even when
+    /// a later part found no room: what was admitted must go out).
+    fn cover(&self, book: &mut Book, pid: u32, addr: u64, len: u64, priority: Priority) -> Option<Vec<u64>> {
+        let before = (book.admitted(), book.urgent_parts());
+        let parts = book.cover(pid, addr, len, priority);
+        if (book.admitted(), book.urgent_parts()) != before {
+            self.pump();
+        }
+        parts
     }
 
     /// Asks the writer thread to send whatever the book allows now. Never blocks.
