@@ -34,7 +34,9 @@ impl LocalPages {
     pub fn new(dump: Arc<Dump>) -> Result<Self, String> {
         let mut files = HashMap::new();
         for task in &dump.tasks {
-            let Some(memory) = dump.memory(task.pid) else { continue };
+            let Some(memory) = dump.memory(task.pid) else {
+                continue;
+            };
             if let Some(ext) = memory.lazy_extents().into_iter().find(|e| !e.has_data) {
                 return Err(format!(
                     "{}: task {} has lazy pages at {:#x} whose bytes are not in the images \
@@ -60,8 +62,18 @@ impl PageSource for LocalPages {
     /// Synchronous underneath: a local read completes at once, so never `Pending`.
     /// A pages file that changed while served is an error naming it (the engine then
     /// ends the restore and poisons what it could not serve).
-    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>, _: Priority) -> Result<PageData<'a>, SourceError> {
-        let memory = self.dump.memory(pid).ok_or(SourceError::Missing { pid, img_addr, len })?;
+    fn pages<'a>(
+        &'a self,
+        pid: u32,
+        img_addr: u64,
+        len: usize,
+        scratch: &'a mut Vec<u8>,
+        _: Priority,
+    ) -> Result<PageData<'a>, SourceError> {
+        let memory = self
+            .dump
+            .memory(pid)
+            .ok_or(SourceError::Missing { pid, img_addr, len })?;
         // The buffer is reused from call to call: grow it, never clear it (every byte
         // handed out is read first). The bytes go to its first page-aligned offset, so
         // the read and the copy out of it each touch whole pages.
@@ -72,11 +84,20 @@ impl PageSource for LocalPages {
         let at = scratch.as_ptr().align_offset(page).min(page);
         let buf = &mut scratch[at..at + len];
         memory
-            .read_span(img_addr, buf, |path, offset, piece| match self.files.get(path) {
-                Some(file) => file.read_exact_at(offset, piece),
-                None => Err(crate::images::ImageError::new(path, "pages file is not watched (not opened when serving began)")),
+            .read_span(img_addr, buf, |path, offset, piece| {
+                match self.files.get(path) {
+                    Some(file) => file.read_exact_at(offset, piece),
+                    None => Err(crate::images::ImageError::new(
+                        path,
+                        "pages file is not watched (not opened when serving began)",
+                    )),
+                }
             })
-            .map_err(|e| SourceError::Other { pid, img_addr, message: e.to_string() })?;
+            .map_err(|e| SourceError::Other {
+                pid,
+                img_addr,
+                message: e.to_string(),
+            })?;
         Ok(PageData::Bytes(&scratch[at..at + len]))
     }
 }

@@ -55,12 +55,20 @@ pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, OptionFileError> {
         return Err(OptionFileError::NotRegular(kind_name(meta.file_type())));
     }
     if meta.len() > max {
-        return Err(OptionFileError::TooBig { len: meta.len(), max });
+        return Err(OptionFileError::TooBig {
+            len: meta.len(),
+            max,
+        });
     }
     let mut data = Vec::with_capacity(meta.len() as usize);
-    file.take(max + 1).read_to_end(&mut data).map_err(OptionFileError::Read)?;
+    file.take(max + 1)
+        .read_to_end(&mut data)
+        .map_err(OptionFileError::Read)?;
     if data.len() as u64 > max {
-        return Err(OptionFileError::TooBig { len: data.len() as u64, max });
+        return Err(OptionFileError::TooBig {
+            len: data.len() as u64,
+            max,
+        });
     }
     Ok(data)
 }
@@ -74,13 +82,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        assert!(matches!(read_regular(&fifo, 1 << 20), Err(OptionFileError::NotRegular("a FIFO"))));
-        assert!(matches!(read_regular(Path::new("/dev/zero"), 1 << 20), Err(OptionFileError::NotRegular("a character device"))));
+        assert!(matches!(
+            read_regular(&fifo, 1 << 20),
+            Err(OptionFileError::NotRegular("a FIFO"))
+        ));
+        assert!(matches!(
+            read_regular(Path::new("/dev/zero"), 1 << 20),
+            Err(OptionFileError::NotRegular("a character device"))
+        ));
         let sparse = dir.path().join("sparse");
         File::create(&sparse).unwrap().set_len(3 << 30).unwrap();
-        assert!(matches!(read_regular(&sparse, 1 << 20), Err(OptionFileError::TooBig { len, .. }) if len == 3 << 30));
+        assert!(
+            matches!(read_regular(&sparse, 1 << 20), Err(OptionFileError::TooBig { len, .. }) if len == 3 << 30)
+        );
         std::fs::write(dir.path().join("ok"), b"pem").unwrap();
         assert_eq!(read_regular(&dir.path().join("ok"), 3).unwrap(), b"pem");
-        assert!(matches!(read_regular(&dir.path().join("missing"), 3), Err(OptionFileError::Open(_))));
+        assert!(matches!(
+            read_regular(&dir.path().join("missing"), 3),
+            Err(OptionFileError::Open(_))
+        ));
     }
 }

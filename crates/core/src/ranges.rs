@@ -21,7 +21,8 @@ pub fn page_floor(addr: u64) -> u64 {
 
 /// Rounds `addr` up to a page boundary (saturating at the top of the address space).
 pub fn page_ceil(addr: u64) -> u64 {
-    addr.checked_add(PAGE_SIZE - 1).map_or(PAGE_MASK, |a| a & PAGE_MASK)
+    addr.checked_add(PAGE_SIZE - 1)
+        .map_or(PAGE_MASK, |a| a & PAGE_MASK)
 }
 
 /// One run of pending pages: run-time `[start, end)` whose first page was at `img_start`
@@ -39,7 +40,11 @@ pub type Claim = LazyRange;
 
 impl LazyRange {
     pub fn new(start: u64, end: u64, img_start: u64) -> Self {
-        LazyRange { start, end, img_start }
+        LazyRange {
+            start,
+            end,
+            img_start,
+        }
     }
 
     pub fn len(&self) -> u64 {
@@ -100,7 +105,9 @@ impl LazyRanges {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = LazyRange> + '_ {
-        self.map.iter().map(|(&s, &(e, img))| LazyRange::new(s, e, img))
+        self.map
+            .iter()
+            .map(|(&s, &(e, img))| LazyRange::new(s, e, img))
     }
 
     /// Adds `range`; any pending pages it overlaps are replaced by it. Returns false (and
@@ -118,8 +125,15 @@ impl LazyRanges {
     /// clipped to start there.
     pub fn iter_from(&self, addr: u64) -> impl Iterator<Item = LazyRange> + '_ {
         let addr = page_floor(addr);
-        let first = self.find(addr).filter(|r| r.start < addr).and_then(|r| r.clip(addr, r.end));
-        first.into_iter().chain(self.map.range(addr..).map(|(&s, &(e, img))| LazyRange::new(s, e, img)))
+        let first = self
+            .find(addr)
+            .filter(|r| r.start < addr)
+            .and_then(|r| r.clip(addr, r.end));
+        first.into_iter().chain(
+            self.map
+                .range(addr..)
+                .map(|(&s, &(e, img))| LazyRange::new(s, e, img)),
+        )
     }
 
     /// The pending range containing `addr`, if any.
@@ -135,7 +149,10 @@ impl LazyRanges {
     /// Pending pages inside `[start, end)`.
     pub fn pages_within(&self, start: u64, end: u64) -> u64 {
         let end = page_ceil(end);
-        self.iter_from(start).take_while(|r| r.start < end).map(|r| (r.end.min(end) - r.start) / PAGE_SIZE).sum()
+        self.iter_from(start)
+            .take_while(|r| r.start < end)
+            .map(|r| (r.end.min(end) - r.start) / PAGE_SIZE)
+            .sum()
     }
 
     /// Address of the pending page `n` pages (counted in pending pages) after the first
@@ -160,7 +177,9 @@ impl LazyRanges {
     pub fn take_cluster(&mut self, addr: u64, max_pages: u64) -> Option<Claim> {
         let page = page_floor(addr);
         let range = self.find(page)?;
-        let end = range.end.min(page.saturating_add(max_pages.max(1) * PAGE_SIZE));
+        let end = range
+            .end
+            .min(page.saturating_add(max_pages.max(1) * PAGE_SIZE));
         self.cut(range, page, end)
     }
 
@@ -189,7 +208,10 @@ impl LazyRanges {
             None => *self.map.range(start..end).next()?.0,
         };
         let range = self.find(first)?;
-        let stop = range.end.min(end).min(first.saturating_add(max_pages.max(1) * PAGE_SIZE));
+        let stop = range
+            .end
+            .min(end)
+            .min(first.saturating_add(max_pages.max(1) * PAGE_SIZE));
         self.cut(range, first, stop)
     }
 
@@ -296,6 +318,9 @@ mod tests {
         assert_eq!(c, LazyRange::new(0x2000, 0x3000, 0x11000));
         assert_eq!(r.pages(), 3);
         assert!(!r.contains(0x2000));
-        assert_eq!(r.find(0x3000), Some(LazyRange::new(0x3000, 0x5000, 0x12000)));
+        assert_eq!(
+            r.find(0x3000),
+            Some(LazyRange::new(0x3000, 0x5000, 0x12000))
+        );
     }
 }

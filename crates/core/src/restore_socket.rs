@@ -41,18 +41,29 @@ pub enum RestoreError {
     #[error("criu restore closed the connection before restore finished")]
     HungUp,
     #[error("criu restore closed the connection in the middle of {what} ({got} of {want} bytes)")]
-    Truncated { what: &'static str, got: usize, want: usize },
+    Truncated {
+        what: &'static str,
+        got: usize,
+        want: usize,
+    },
     #[error("task {pid}: {reason}")]
     BadUffd { pid: i32, reason: String },
-    #[error("rejected a connection from pid {pid} uid {uid}: only root or uid {expected} may connect")]
+    #[error(
+        "rejected a connection from pid {pid} uid {uid}: only root or uid {expected} may connect"
+    )]
     PeerRejected { pid: i32, uid: u32, expected: u32 },
-    #[error("expected RESTORE_FINISHED ({RESTORE_FINISHED:#010x}) from criu restore, got {0:#010x}")]
+    #[error(
+        "expected RESTORE_FINISHED ({RESTORE_FINISHED:#010x}) from criu restore, got {0:#010x}"
+    )]
     BadMarker(u32),
 }
 
 impl RestoreError {
     fn io(what: &'static str, errno: Errno) -> Self {
-        RestoreError::Io { what, source: io::Error::from(errno) }
+        RestoreError::Io {
+            what,
+            source: io::Error::from(errno),
+        }
     }
 }
 
@@ -136,9 +147,17 @@ impl RestoreListener {
             let conn = unsafe { OwnedFd::from_raw_fd(fd) };
             let cred = getsockopt(&conn, sockopt::PeerCredentials)
                 .map_err(|e| RestoreError::io("SO_PEERCRED", e))?;
-            let peer = PeerCred { pid: cred.pid(), uid: cred.uid(), gid: cred.gid() };
+            let peer = PeerCred {
+                pid: cred.pid(),
+                uid: cred.uid(),
+                gid: cred.gid(),
+            };
             if peer.uid != 0 && peer.uid != me {
-                on_reject(&RestoreError::PeerRejected { pid: peer.pid, uid: peer.uid, expected: me });
+                on_reject(&RestoreError::PeerRejected {
+                    pid: peer.pid,
+                    uid: peer.uid,
+                    expected: me,
+                });
                 continue;
             }
             return Ok(RestoreConn::new(conn, peer));
@@ -167,7 +186,14 @@ pub struct RestoreConn {
 
 impl RestoreConn {
     fn new(sock: OwnedFd, peer: PeerCred) -> Self {
-        RestoreConn { sock, peer, word: [0; 4], word_len: 0, pid_awaiting_fd: None, finished: false }
+        RestoreConn {
+            sock,
+            peer,
+            word: [0; 4],
+            word_len: 0,
+            pid_awaiting_fd: None,
+            finished: false,
+        }
     }
 
     pub fn peer(&self) -> PeerCred {
@@ -187,7 +213,9 @@ impl RestoreConn {
             None => {
                 let pid = self.read_word("a task pid", &deadline, false)?.unwrap_or(0) as i32;
                 if pid < 0 {
-                    return Ok(TaskMsg::Zombie { pid: pid.saturating_neg() });
+                    return Ok(TaskMsg::Zombie {
+                        pid: pid.saturating_neg(),
+                    });
                 }
                 pid
             }
@@ -206,7 +234,9 @@ impl RestoreConn {
             return Ok(());
         }
         let deadline = Deadline::new(timeout);
-        let word = self.read_word("RESTORE_FINISHED", &deadline, false)?.unwrap_or(0);
+        let word = self
+            .read_word("RESTORE_FINISHED", &deadline, false)?
+            .unwrap_or(0);
         self.check_marker(word)
     }
 
@@ -216,7 +246,11 @@ impl RestoreConn {
         if self.finished {
             return Ok(true);
         }
-        match self.read_word("RESTORE_FINISHED", &Deadline::new(Some(Duration::ZERO)), true)? {
+        match self.read_word(
+            "RESTORE_FINISHED",
+            &Deadline::new(Some(Duration::ZERO)),
+            true,
+        )? {
             Some(word) => self.check_marker(word).map(|()| true),
             None => Ok(false),
         }
@@ -243,10 +277,18 @@ impl RestoreConn {
             }
             // Never read past this word: the next byte may carry the SCM_RIGHTS fd, and a
             // plain recv over it would silently close that fd.
-            match recv(self.sock.as_raw_fd(), &mut self.word[self.word_len..], MsgFlags::MSG_DONTWAIT) {
+            match recv(
+                self.sock.as_raw_fd(),
+                &mut self.word[self.word_len..],
+                MsgFlags::MSG_DONTWAIT,
+            ) {
                 Ok(0) if self.word_len == 0 => return Err(RestoreError::HungUp),
                 Ok(0) => {
-                    return Err(RestoreError::Truncated { what, got: self.word_len, want: 4 })
+                    return Err(RestoreError::Truncated {
+                        what,
+                        got: self.word_len,
+                        want: 4,
+                    })
                 }
                 Ok(n) => self.word_len += n,
                 Err(Errno::EAGAIN | Errno::EINTR) if nonblocking => return Ok(None),
@@ -260,7 +302,10 @@ impl RestoreConn {
 
     /// Receives the 1-byte message carrying task `pid`'s uffd.
     fn recv_fd(&mut self, pid: i32) -> Result<OwnedFd, RestoreError> {
-        let bad = |reason: &str| RestoreError::BadUffd { pid, reason: reason.to_string() };
+        let bad = |reason: &str| RestoreError::BadUffd {
+            pid,
+            reason: reason.to_string(),
+        };
         let mut byte = [0u8; 1];
         let mut iov = [IoSliceMut::new(&mut byte)];
         let mut space = nix::cmsg_space!(std::os::fd::RawFd);
@@ -275,11 +320,16 @@ impl RestoreConn {
         };
         // Own every fd that arrived first, so all of them are closed on any error below.
         let mut fds: Vec<OwnedFd> = Vec::new();
-        let cmsgs = msg.cmsgs().map_err(|e| RestoreError::io("parsing the uffd control message", e))?;
+        let cmsgs = msg
+            .cmsgs()
+            .map_err(|e| RestoreError::io("parsing the uffd control message", e))?;
         for cmsg in cmsgs {
             if let ControlMessageOwned::ScmRights(raw) = cmsg {
                 // SAFETY: SCM_RIGHTS installed these descriptors in our table for us alone.
-                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
             }
         }
         if msg.bytes == 0 {
@@ -309,7 +359,11 @@ impl AsFd for RestoreConn {
 /// A descriptor that is not a userfaultfd (a pipe, an eventfd, /dev/null) would fail on
 /// its first ioctl, or look like a task that exited: refuse it here, saying what it is.
 fn check_is_uffd(fd: &OwnedFd) -> Result<(), String> {
-    let not = |what: &str| Err(format!("the descriptor it sent is {what}, not a userfaultfd"));
+    let not = |what: &str| {
+        Err(format!(
+            "the descriptor it sent is {what}, not a userfaultfd"
+        ))
+    };
     let stat = match nix::sys::stat::fstat(fd.as_fd()) {
         Ok(stat) => stat,
         Err(e) => return not(&format!("unreadable (fstat: {e})")),

@@ -2,14 +2,17 @@
 //! engine -> done. Runs on a thread of the caller's choosing (the binding uses a
 //! native thread, never the JS one); policy talks to it through `SessionHandle`.
 
+use std::collections::HashSet;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineSummary, PageSource, TaskWorkingSet, UnservedNote};
+use crate::engine::{
+    Engine, EngineConfig, EngineError, EngineEvent, EngineSummary, PageSource, TaskWorkingSet,
+    UnservedNote,
+};
 use crate::guardian::link::{GuardianConfig, GuardianError, GuardianLink, GuardianState};
 use crate::images::{Dump, ImageError, TaskState};
 use crate::ranges::{LazyRange, LazyRanges};
@@ -26,14 +29,21 @@ pub enum SessionError {
     #[error("{0}")]
     Source(String),
     #[error("{path}: cannot listen: {source}")]
-    Listen { path: PathBuf, source: std::io::Error },
+    Listen {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Restore(#[from] RestoreError),
     #[error("criu restore sent task {pid}, which is not a live task of the dump in {dir}")]
     UnknownTask { pid: i32, dir: PathBuf },
     /// The handshake contradicts the pstree: nothing of it can be served safely.
     #[error("criu restore sent task {pid} {problem} (dump in {dir})")]
-    BadTask { pid: i32, problem: String, dir: PathBuf },
+    BadTask {
+        pid: i32,
+        problem: String,
+        dir: PathBuf,
+    },
     #[error("{0}")]
     Engine(#[from] EngineError),
     #[error("{0}")]
@@ -57,20 +67,40 @@ pub enum SessionError {
 /// Lifecycle of a session, for logs, progress and stats.
 #[derive(Debug, Clone)]
 pub enum SessionEvent {
-    Connected { peer_pid: i32, peer_uid: u32 },
+    Connected {
+        peer_pid: i32,
+        peer_uid: u32,
+    },
     /// A connection from a stranger (neither root nor our uid), turned away.
-    Rejected { message: String },
-    Task { pid: u32, task: u32, lazy_pages: u64 },
-    Zombie { pid: u32 },
+    Rejected {
+        message: String,
+    },
+    Task {
+        pid: u32,
+        task: u32,
+        lazy_pages: u64,
+    },
+    Zombie {
+        pid: u32,
+    },
     RestoreFinished,
     /// A guardian was started for this restore.
-    Guarded { guardian_pid: u32 },
+    Guarded {
+        guardian_pid: u32,
+    },
     /// This daemon took over from `lost_daemon`, which died: `tasks` uffds came back
     /// from the guardian.
-    Resumed { guardian_pid: u32, lost_daemon: i32, tasks: u32, restore_finished: bool },
+    Resumed {
+        guardian_pid: u32,
+        lost_daemon: i32,
+        tasks: u32,
+        restore_finished: bool,
+    },
     /// The guardian died or stopped reading: crash safety ends here (said once, when it
     /// happens).
-    GuardianLost { message: String },
+    GuardianLost {
+        message: String,
+    },
     Engine(EngineEvent),
 }
 
@@ -156,7 +186,10 @@ pub enum PageOrigin {
     Local,
     /// A lazy page server ("host:port"): `criu dump --lazy-pages --port`,
     /// `criu page-server --lazy-pages`, or `lazy-pages page-server`.
-    Remote { addr: String, config: crate::remote::RemoteConfig },
+    Remote {
+        addr: String,
+        config: crate::remote::RemoteConfig,
+    },
 }
 
 /// A dump validated and a socket listening: `criu restore --lazy-pages` may start.
@@ -209,7 +242,12 @@ impl Session {
     /// restore can connect. With `guardian`, finds the guardian of a daemon that died
     /// serving this work dir and resumes from it (nothing is bound then), or starts a
     /// new guardian before listening.
-    pub fn prepare(images_dir: &Path, work_dir: &Path, origin: PageOrigin, guardian: Option<&GuardianConfig>) -> Result<Session, SessionError> {
+    pub fn prepare(
+        images_dir: &Path,
+        work_dir: &Path,
+        origin: PageOrigin,
+        guardian: Option<&GuardianConfig>,
+    ) -> Result<Session, SessionError> {
         let dump = Arc::new(Dump::open(images_dir)?);
         let mut warnings = Vec::new();
         // Only needed with a guardian: which dump its tasks were restored from.
@@ -240,7 +278,10 @@ impl Session {
                 return Err(match (&link, &resume) {
                     (Some(link), Some(_)) => {
                         link.abandon();
-                        SessionError::ResumeFailed { guardian: link.pid(), source: Box::new(e) }
+                        SessionError::ResumeFailed {
+                            guardian: link.pid(),
+                            source: Box::new(e),
+                        }
                     }
                     _ => e,
                 })
@@ -256,31 +297,51 @@ impl Session {
                     (None, Some(config)) => Some(GuardianLink::spawn(work_dir, config, &dump_id)?),
                     (None, None) => None,
                 };
-                let listener = RestoreListener::bind(work_dir)
-                    .map_err(|source| SessionError::Listen { path: work_dir.join(crate::restore_socket::SOCKET_NAME), source })?;
+                let listener =
+                    RestoreListener::bind(work_dir).map_err(|source| SessionError::Listen {
+                        path: work_dir.join(crate::restore_socket::SOCKET_NAME),
+                        source,
+                    })?;
                 (Start::Listen(listener), link)
             }
         };
-        Ok(Session { dump, source, remote, start, guardian: link.map(Arc::new), warnings, work_dir: work_dir.to_path_buf() })
+        Ok(Session {
+            dump,
+            source,
+            remote,
+            start,
+            guardian: link.map(Arc::new),
+            warnings,
+            work_dir: work_dir.to_path_buf(),
+        })
     }
 
     #[allow(clippy::type_complexity)]
-    fn source(dump: &Arc<Dump>, origin: PageOrigin) -> Result<(Arc<dyn PageSource>, Option<Remote>), SessionError> {
+    fn source(
+        dump: &Arc<Dump>,
+        origin: PageOrigin,
+    ) -> Result<(Arc<dyn PageSource>, Option<Remote>), SessionError> {
         Ok(match origin {
-            PageOrigin::Local => {
-                (Arc::new(crate::local_pages::LocalPages::new(dump.clone()).map_err(SessionError::Source)?), None)
-            }
+            PageOrigin::Local => (
+                Arc::new(
+                    crate::local_pages::LocalPages::new(dump.clone())
+                        .map_err(SessionError::Source)?,
+                ),
+                None,
+            ),
             // Connect before listening: a page server that is not there fails the
             // daemon before any restore depends on it.
             PageOrigin::Remote { addr, config } if config.urgent_connection => {
                 let remote = Arc::new(
-                    crate::remote::PrioritySource::connect(&addr, config).map_err(|e| SessionError::Source(e.to_string()))?,
+                    crate::remote::PrioritySource::connect(&addr, config)
+                        .map_err(|e| SessionError::Source(e.to_string()))?,
                 );
                 (remote.clone(), Some(Remote::Two(remote)))
             }
             PageOrigin::Remote { addr, config } => {
                 let remote = Arc::new(
-                    crate::remote::RemotePages::connect(&addr, config).map_err(|e| SessionError::Source(e.to_string()))?,
+                    crate::remote::RemotePages::connect(&addr, config)
+                        .map_err(|e| SessionError::Source(e.to_string()))?,
                 );
                 (remote.clone(), Some(Remote::One(remote)))
             }
@@ -291,7 +352,12 @@ impl Session {
     /// tasks the dead daemon had finished).
     pub fn resuming(&self) -> Option<(u32, i32, usize, u32)> {
         match &self.start {
-            Start::Resume(state) => Some((state.guardian_pid, state.lost_daemon, state.tasks.len(), state.done_tasks)),
+            Start::Resume(state) => Some((
+                state.guardian_pid,
+                state.lost_daemon,
+                state.tasks.len(),
+                state.done_tasks,
+            )),
             Start::Listen(_) => None,
         }
     }
@@ -319,7 +385,12 @@ impl Session {
 
     /// Serves one restore to the end. Returns the final stats once every task has
     /// all its pages (or exited).
-    pub fn run(mut self, config: SessionConfig, handle: Arc<SessionHandle>, events: SessionCallback) -> Result<EngineSummary, SessionError> {
+    pub fn run(
+        mut self,
+        config: SessionConfig,
+        handle: Arc<SessionHandle>,
+        events: SessionCallback,
+    ) -> Result<EngineSummary, SessionError> {
         let result = self.run_engine(&config, &handle, &events);
         // Whatever the outcome, this daemon did not die mid-restore.
         crate::workdir_lock::note(&self.work_dir, "ended");
@@ -331,7 +402,12 @@ impl Session {
         result
     }
 
-    fn run_engine(&mut self, config: &SessionConfig, handle: &Arc<SessionHandle>, events: &SessionCallback) -> Result<EngineSummary, SessionError> {
+    fn run_engine(
+        &mut self,
+        config: &SessionConfig,
+        handle: &Arc<SessionHandle>,
+        events: &SessionCallback,
+    ) -> Result<EngineSummary, SessionError> {
         let resumed = match &mut self.start {
             Start::Resume(state) => Some(std::mem::replace(
                 state,
@@ -356,13 +432,20 @@ impl Session {
                 let peer = conn.peer();
                 // On record first: a re-run after our death says this restore died.
                 crate::workdir_lock::note(&self.work_dir, &format!("connected {}", peer.pid));
-                events(SessionEvent::Connected { peer_pid: peer.pid, peer_uid: peer.uid });
+                events(SessionEvent::Connected {
+                    peer_pid: peer.pid,
+                    peer_uid: peer.uid,
+                });
                 Some(conn)
             }
         };
 
         let engine_events = events.clone();
-        let engine = Engine::start(self.source.clone(), config.engine.clone(), Box::new(move |e| engine_events(SessionEvent::Engine(e))));
+        let engine = Engine::start(
+            self.source.clone(),
+            config.engine.clone(),
+            Box::new(move |e| engine_events(SessionEvent::Engine(e))),
+        );
         let engine = Arc::new(match engine {
             Ok(engine) => engine,
             Err(e) => return Err(self.abandon_if(resumed.is_some(), e.into())),
@@ -387,28 +470,44 @@ impl Session {
             engine.shutdown();
         }
         // Take the engine back from the handle so join owns the only reference.
-        handle.engine.lock().map_err(|_| SessionError::Aborted)?.take();
+        handle
+            .engine
+            .lock()
+            .map_err(|_| SessionError::Aborted)?
+            .take();
         let engine = wait_unique(engine);
         if let Err(err) = result {
             // Joining poisons what the restore will never get; say how much.
             return Err(match engine.join() {
-                Err(EngineError::Unserved { note, .. }) => SessionError::Unserved { source: Box::new(err), note },
+                Err(EngineError::Unserved { note, .. }) => SessionError::Unserved {
+                    source: Box::new(err),
+                    note,
+                },
                 _ => err,
             });
         }
-        let recorded = config.engine.record_working_set.then(|| engine.recorded_working_set());
+        let recorded = config
+            .engine
+            .record_working_set
+            .then(|| engine.recorded_working_set());
         let summary = engine.join()?;
         if let Ok(mut slot) = handle.recorded.lock() {
             *slot = recorded;
         }
         if let Some(remote) = &self.remote {
-            remote.close().map_err(|e| SessionError::Source(e.to_string()))?;
+            remote
+                .close()
+                .map_err(|e| SessionError::Source(e.to_string()))?;
         }
         Ok(summary)
     }
 
     /// Puts a session-level fact on the guardian's record; a lost guardian is one warning.
-    fn record(&self, events: &SessionCallback, send: impl FnOnce(&GuardianLink) -> Result<(), String>) {
+    fn record(
+        &self,
+        events: &SessionCallback,
+        send: impl FnOnce(&GuardianLink) -> Result<(), String>,
+    ) {
         if let Some(guardian) = &self.guardian {
             if let Err(message) = send(guardian) {
                 let message = format!("{message}; serving on without a guardian: if this daemon dies now, unserved pages read as zeros");
@@ -424,7 +523,10 @@ impl Session {
         match &self.guardian {
             Some(guardian) if resuming => {
                 guardian.abandon();
-                SessionError::ResumeFailed { guardian: guardian.pid(), source: Box::new(err) }
+                SessionError::ResumeFailed {
+                    guardian: guardian.pid(),
+                    source: Box::new(err),
+                }
             }
             _ => err,
         }
@@ -433,19 +535,32 @@ impl Session {
     /// Serves the tasks a guardian handed back. criu restore is gone (or going): there is
     /// no socket; the fill starts once the restorer is done (it registers each task's
     /// ranges after sending its uffd), with no fill delay.
-    fn serve_resumed(&self, state: GuardianState, engine: &Engine, handle: &SessionHandle, events: &SessionCallback) -> Result<(), SessionError> {
+    fn serve_resumed(
+        &self,
+        state: GuardianState,
+        engine: &Engine,
+        handle: &SessionHandle,
+        events: &SessionCallback,
+    ) -> Result<(), SessionError> {
         let count = state.tasks.len() as u32;
         for task in state.tasks {
             let lazy_pages = task.ranges.pages();
             let id = match engine.add_resumed_task(task.pid, task.parent, task.uffd, task.ranges) {
                 Ok(id) if id == task.id => id,
                 Ok(id) => {
-                    let e = SessionError::Source(format!("resumed task {} came back as task {id}", task.id));
+                    let e = SessionError::Source(format!(
+                        "resumed task {} came back as task {id}",
+                        task.id
+                    ));
                     return Err(self.abandon_if(true, e));
                 }
                 Err(e) => return Err(self.abandon_if(true, e.into())),
             };
-            events(SessionEvent::Task { pid: task.pid, task: id, lazy_pages });
+            events(SessionEvent::Task {
+                pid: task.pid,
+                task: id,
+                lazy_pages,
+            });
         }
         events(SessionEvent::Resumed {
             guardian_pid: state.guardian_pid,
@@ -470,16 +585,27 @@ impl Session {
         Ok(())
     }
 
-    fn accept(&self, config: &SessionConfig, handle: &SessionHandle, events: &SessionCallback) -> Result<RestoreConn, SessionError> {
-        let Start::Listen(listener) = &self.start else { return Err(SessionError::Aborted) };
-        let deadline = config.connect_timeout.map(|t| std::time::Instant::now() + t);
+    fn accept(
+        &self,
+        config: &SessionConfig,
+        handle: &SessionHandle,
+        events: &SessionCallback,
+    ) -> Result<RestoreConn, SessionError> {
+        let Start::Listen(listener) = &self.start else {
+            return Err(SessionError::Aborted);
+        };
+        let deadline = config
+            .connect_timeout
+            .map(|t| std::time::Instant::now() + t);
         let mut rejected = Vec::new();
         loop {
             handle.check_abort()?;
             self.check_source()?;
             let mut on_reject = |e: &RestoreError| {
                 rejected.push(e.to_string());
-                events(SessionEvent::Rejected { message: e.to_string() });
+                events(SessionEvent::Rejected {
+                    message: e.to_string(),
+                });
             };
             match listener.accept_with(Some(TICK), &mut on_reject) {
                 Err(RestoreError::Timeout(what)) => {
@@ -525,7 +651,11 @@ impl Session {
                     let ranges = self.lazy_ranges(pid)?;
                     let lazy_pages = ranges.pages();
                     let task = engine.add_task(pid as u32, uffd, ranges)?;
-                    events(SessionEvent::Task { pid: pid as u32, task, lazy_pages });
+                    events(SessionEvent::Task {
+                        pid: pid as u32,
+                        task,
+                        lazy_pages,
+                    });
                 }
             }
         }
@@ -567,7 +697,9 @@ impl Session {
             if engine.wait(Some(Duration::ZERO)) && !engine.is_finished() {
                 return Ok(());
             }
-            std::thread::sleep(TICK.min(fill_at.saturating_duration_since(std::time::Instant::now())));
+            std::thread::sleep(
+                TICK.min(fill_at.saturating_duration_since(std::time::Instant::now())),
+            );
         }
         engine.restore_finished();
         while !engine.wait(Some(TICK)) {
@@ -598,7 +730,10 @@ impl Session {
 
     fn handshake_timeout(&self, what: String, config: &SessionConfig) -> RestoreError {
         let secs = config.handshake_timeout.unwrap_or_default().as_secs();
-        RestoreError::Timeout(format!("{what} (the handshake on {} must end within {secs} s)", self.socket_path().unwrap_or(Path::new("?")).display()))
+        RestoreError::Timeout(format!(
+            "{what} (the handshake on {} must end within {secs} s)",
+            self.socket_path().unwrap_or(Path::new("?")).display()
+        ))
     }
 
     /// A remote page source that already failed (e.g. its connection dropped while
@@ -611,7 +746,11 @@ impl Session {
     }
 
     fn bad_task(&self, pid: i32, problem: &str) -> SessionError {
-        SessionError::BadTask { pid, problem: problem.to_string(), dir: self.dump.dir.clone() }
+        SessionError::BadTask {
+            pid,
+            problem: problem.to_string(),
+            dir: self.dump.dir.clone(),
+        }
     }
 
     /// A live task announced as a zombie would get none of its pages, silently.
@@ -631,12 +770,21 @@ impl Session {
             return RestoreError::BadMarker(word).into();
         }
         let n = self.dump.tasks.len();
-        self.bad_task(pid.saturating_abs(), &format!("after all {n} tasks of the pstree: more tasks than the dump has"))
+        self.bad_task(
+            pid.saturating_abs(),
+            &format!("after all {n} tasks of the pstree: more tasks than the dump has"),
+        )
     }
 
     fn lazy_ranges(&self, pid: i32) -> Result<LazyRanges, SessionError> {
-        let unknown = || SessionError::UnknownTask { pid, dir: self.dump.dir.clone() };
-        let task = u32::try_from(pid).ok().and_then(|p| self.dump.task(p)).ok_or_else(unknown)?;
+        let unknown = || SessionError::UnknownTask {
+            pid,
+            dir: self.dump.dir.clone(),
+        };
+        let task = u32::try_from(pid)
+            .ok()
+            .and_then(|p| self.dump.task(p))
+            .ok_or_else(unknown)?;
         if task.state == TaskState::Zombie {
             return Err(unknown());
         }
@@ -645,7 +793,13 @@ impl Session {
         Ok(memory
             .lazy_extents()
             .into_iter()
-            .map(|e| LazyRange::new(e.start, e.start + e.pages * crate::images::PAGE_SIZE, e.start))
+            .map(|e| {
+                LazyRange::new(
+                    e.start,
+                    e.start + e.pages * crate::images::PAGE_SIZE,
+                    e.start,
+                )
+            })
             .collect())
     }
 }
@@ -667,6 +821,9 @@ fn wait_unique(mut engine: Arc<Engine>) -> Engine {
 pub(crate) fn still_running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')))
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+        })
         .unwrap_or(false)
 }

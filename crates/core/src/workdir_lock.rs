@@ -54,7 +54,11 @@ impl WorkDirLock {
             }
         }
         let restore = restore?;
-        let now = if crate::session::still_running(restore) { "is still running" } else { "is gone" };
+        let now = if crate::session::still_running(restore) {
+            "is still running"
+        } else {
+            "is gone"
+        };
         Some(format!(
             "the previous daemon (pid {daemon}) died after criu restore (pid {restore}) connected and before that restore finished: \
              its guardian held nothing to resume, and criu restore ends with its daemon (pid {restore} {now})"
@@ -66,7 +70,10 @@ impl WorkDirLock {
 /// it (this process). Best effort: without the file (a session run without the lock,
 /// as in tests) nothing is noted, and a failure only makes a later warning less exact.
 pub fn note(work_dir: &Path, line: &str) {
-    let file = OpenOptions::new().append(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK).open(work_dir.join(LOCK_NAME));
+    let file = OpenOptions::new()
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(work_dir.join(LOCK_NAME));
     if let Ok(mut file) = file {
         let _ = file.write_all(format!("\n{line}").as_bytes());
     }
@@ -75,7 +82,10 @@ pub fn note(work_dir: &Path, line: &str) {
 /// Takes `<work_dir>/lazy-pages.lock` or says which pid holds it; never waits.
 pub fn lock_work_dir(work_dir: &Path) -> Result<WorkDirLock, LockError> {
     let path = work_dir.join(LOCK_NAME);
-    let io = |source| LockError::Io { path: path.clone(), source };
+    let io = |source| LockError::Io {
+        path: path.clone(),
+        source,
+    };
     // O_NOFOLLOW: a symlink planted here must not make us truncate its target.
     let mut file = OpenOptions::new()
         .read(true)
@@ -90,19 +100,28 @@ pub fn lock_work_dir(work_dir: &Path) -> Result<WorkDirLock, LockError> {
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let err = io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(LockError::Held { dir: work_dir.to_path_buf(), pid: read_pid(&mut file) });
+            return Err(LockError::Held {
+                dir: work_dir.to_path_buf(),
+                pid: read_pid(&mut file),
+            });
         }
         return Err(io(err));
     }
     // A record is a few short lines; more is not ours to read.
     let mut previous = String::new();
-    let _ = Read::by_ref(&mut file).take(4096).read_to_string(&mut previous);
+    let _ = Read::by_ref(&mut file)
+        .take(4096)
+        .read_to_string(&mut previous);
     file.set_len(0).map_err(io)?;
     file.rewind().map_err(io)?;
     // The pid alone, as before records were kept: readers of just the pid still work;
     // `note` starts each line with its own newline.
-    file.write_all(std::process::id().to_string().as_bytes()).map_err(io)?;
-    Ok(WorkDirLock { _file: file, previous })
+    file.write_all(std::process::id().to_string().as_bytes())
+        .map_err(io)?;
+    Ok(WorkDirLock {
+        _file: file,
+        previous,
+    })
 }
 
 /// The holder writes its pid right after locking; a moment before that it is unknown.
@@ -138,10 +157,18 @@ mod tests {
         drop(first);
         let second = lock_work_dir(dir.path()).unwrap();
         let line = second.interrupted().expect("the first died mid-restore");
-        assert!(line.contains(&format!("pid {}", std::process::id())) && line.contains("pid 999999999 is gone"), "{line}");
+        assert!(
+            line.contains(&format!("pid {}", std::process::id()))
+                && line.contains("pid 999999999 is gone"),
+            "{line}"
+        );
         note(dir.path(), "connected 999999999");
         note(dir.path(), "ended");
         drop(second);
-        assert_eq!(lock_work_dir(dir.path()).unwrap().interrupted(), None, "a session that ended is no news");
+        assert_eq!(
+            lock_work_dir(dir.path()).unwrap().interrupted(),
+            None,
+            "a session that ended is no news"
+        );
     }
 }

@@ -11,7 +11,9 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use engine_support::*;
-use lazy_pages_core::engine::{Engine, EngineConfig, PageData, PageSource, Priority, SourceError, Waker};
+use lazy_pages_core::engine::{
+    Engine, EngineConfig, PageData, PageSource, Priority, SourceError, Waker,
+};
 
 /// The pattern source behind a delay: the first ask for a span starts its "fetch" (a
 /// timer thread) and answers Pending; once the timer fired, the next ask gets the bytes.
@@ -51,7 +53,14 @@ impl PageSource for Delayed {
         *self.waker.lock().unwrap() = Some(waker);
     }
 
-    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>, priority: Priority) -> Result<PageData<'a>, SourceError> {
+    fn pages<'a>(
+        &'a self,
+        pid: u32,
+        img_addr: u64,
+        len: usize,
+        scratch: &'a mut Vec<u8>,
+        priority: Priority,
+    ) -> Result<PageData<'a>, SourceError> {
         let key = (img_addr, len);
         let mut fetches = self.fetches.lock().unwrap();
         match fetches.get(&key) {
@@ -72,8 +81,14 @@ impl PageSource for Delayed {
         self.started.fetch_add(1, SeqCst);
         let now = self.outstanding.fetch_add(1, SeqCst) + 1;
         self.most_outstanding.fetch_max(now, SeqCst);
-        let (fetches, outstanding, delay) = (self.fetches.clone(), self.outstanding.clone(), self.delay);
-        let waker = self.waker.lock().unwrap().clone().expect("the engine gives its waker before asking");
+        let (fetches, outstanding, delay) =
+            (self.fetches.clone(), self.outstanding.clone(), self.delay);
+        let waker = self
+            .waker
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the engine gives its waker before asking");
         std::thread::spawn(move || {
             std::thread::sleep(delay);
             fetches.lock().unwrap().insert(key, true);
@@ -97,7 +112,9 @@ fn faults_of_four_tasks_are_with_the_source_at_once() {
     // Faults only: no RESTORE_FINISHED yet, so no background fill.
     let engine = Engine::start(source.clone(), EngineConfig::default(), rec.callback()).unwrap();
     for (t, r) in regions.iter().enumerate() {
-        engine.add_task(100 + t as u32, r.uffd(), layout.ranges(r.addr)).unwrap();
+        engine
+            .add_task(100 + t as u32, r.uffd(), layout.ranges(r.addr))
+            .unwrap();
     }
     // Each round, one thread per task touches a page of its own at the same moment.
     let barrier = Arc::new(Barrier::new(TASKS));
@@ -113,7 +130,8 @@ fn faults_of_four_tasks_are_with_the_source_at_once() {
                     barrier.wait();
                     let started = Instant::now();
                     // SAFETY: page i of a live test region.
-                    let checked = unsafe { check_page(addr + (i * PS) as u64, |b| layout.expected(i, b)) };
+                    let checked =
+                        unsafe { check_page(addr + (i * PS) as u64, |b| layout.expected(i, b)) };
                     took.push(started.elapsed());
                     assert_eq!(checked, Ok(()), "task {t} page {i}");
                 }
@@ -125,8 +143,16 @@ fn faults_of_four_tasks_are_with_the_source_at_once() {
     // Structural, so it holds on a loaded machine: the four faults of a round were
     // with the source together (a fault thread that waited for each would never have
     // more than one outstanding).
-    assert_eq!(source.most_outstanding.load(SeqCst), TASKS, "faults of {TASKS} tasks with the source at once");
-    assert_eq!(source.started.load(SeqCst), TASKS * ROUNDS, "one fetch per fault");
+    assert_eq!(
+        source.most_outstanding.load(SeqCst),
+        TASKS,
+        "faults of {TASKS} tasks with the source at once"
+    );
+    assert_eq!(
+        source.started.load(SeqCst),
+        TASKS * ROUNDS,
+        "one fetch per fault"
+    );
     assert_eq!(source.refetched.load(SeqCst), 0);
     // And in time: each fault took about one delay. Served one after another, the
     // last of each round would take four; allow a loaded machine two.
@@ -134,15 +160,29 @@ fn faults_of_four_tasks_are_with_the_source_at_once() {
     let mut all: Vec<Duration> = took.iter().flatten().copied().collect();
     all.sort();
     let median = all[all.len() / 2];
-    assert!(median < delay * 3 / 2, "median fault {median:?} with a {delay:?} source: {took:?}");
-    assert!(worst < delay * 3, "slowest fault {worst:?} with a {delay:?} source: {took:?}");
+    assert!(
+        median < delay * 3 / 2,
+        "median fault {median:?} with a {delay:?} source: {took:?}"
+    );
+    assert!(
+        worst < delay * 3,
+        "slowest fault {worst:?} with a {delay:?} source: {took:?}"
+    );
 
     engine.restore_finished();
-    assert!(engine.wait(Some(Duration::from_secs(60))), "engine did not finish: {:?}", engine.stats());
+    assert!(
+        engine.wait(Some(Duration::from_secs(60))),
+        "engine did not finish: {:?}",
+        engine.stats()
+    );
     let summary = engine.join().expect("engine failed");
     for (t, task) in summary.tasks.iter().enumerate() {
         assert_eq!(task.faulted, ROUNDS as u64, "task {t}: {task:?}");
-        assert_eq!(task.faulted + task.background, task.total, "every page once: {task:?}");
+        assert_eq!(
+            task.faulted + task.background,
+            task.total,
+            "every page once: {task:?}"
+        );
         assert!(task.reconciles(), "{task:?}");
     }
     for (t, r) in regions.iter().enumerate() {
@@ -165,9 +205,15 @@ fn a_fault_during_a_slow_fill_is_not_held_up_by_it() {
     let source = Arc::new(Delayed::new(PatternSource::new(&layout), delay));
     let region = Region::new(pages);
     let rec = Recorder::default();
-    let config = EngineConfig { jobs: 1, chunk_pages: 16, ..EngineConfig::default() };
+    let config = EngineConfig {
+        jobs: 1,
+        chunk_pages: 16,
+        ..EngineConfig::default()
+    };
     let engine = Engine::start(source.clone(), config, rec.callback()).unwrap();
-    engine.add_task(7, region.uffd(), layout.ranges(region.addr)).unwrap();
+    engine
+        .add_task(7, region.uffd(), layout.ranges(region.addr))
+        .unwrap();
     engine.restore_finished();
     // The fill's first claim is with the source by now.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -181,11 +227,22 @@ fn a_fault_during_a_slow_fill_is_not_held_up_by_it() {
     let checked = unsafe { check_page(region.page_addr(i), |b| layout.expected(i, b)) };
     let took = started.elapsed();
     assert_eq!(checked, Ok(()));
-    assert!(took < delay * 2, "fault took {took:?} beside a fill waiting {delay:?} per claim");
-    assert!(engine.wait(Some(Duration::from_secs(60))), "engine did not finish: {:?}", engine.stats());
+    assert!(
+        took < delay * 2,
+        "fault took {took:?} beside a fill waiting {delay:?} per claim"
+    );
+    assert!(
+        engine.wait(Some(Duration::from_secs(60))),
+        "engine did not finish: {:?}",
+        engine.stats()
+    );
     let summary = engine.join().expect("engine failed");
     let task = &summary.tasks[0];
-    assert_eq!(task.faulted + task.background, task.total, "every page once: {task:?}");
+    assert_eq!(
+        task.faulted + task.background,
+        task.total,
+        "every page once: {task:?}"
+    );
     assert!(task.faulted >= 1 && task.reconciles(), "{task:?}");
     assert_eq!(source.refetched.load(SeqCst), 0);
 }

@@ -11,11 +11,18 @@ use lazy_pages_core::engine::{Engine, EngineConfig, EngineSummary};
 const WAIT: Option<Duration> = Some(Duration::from_secs(60));
 
 fn iterations(default: usize) -> usize {
-    std::env::var("LAZY_RACE_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("LAZY_RACE_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn finish(engine: Engine) -> EngineSummary {
-    assert!(engine.wait(WAIT), "engine did not finish: {:?}", engine.stats());
+    assert!(
+        engine.wait(WAIT),
+        "engine did not finish: {:?}",
+        engine.stats()
+    );
     engine.join().expect("engine failed")
 }
 
@@ -28,9 +35,16 @@ fn spin(us: u64) {
 
 fn start(layout: &Layout, region: &Region, jobs: usize, chunk: u64) -> Engine {
     let source = Arc::new(PatternSource::new(layout));
-    let config = EngineConfig { jobs, chunk_pages: chunk, fault_pages: 2, ..EngineConfig::default() };
+    let config = EngineConfig {
+        jobs,
+        chunk_pages: chunk,
+        fault_pages: 2,
+        ..EngineConfig::default()
+    };
     let engine = Engine::start(source, config, Recorder::default().callback()).unwrap();
-    engine.add_task(4242, region.uffd(), layout.ranges(region.addr)).unwrap();
+    engine
+        .add_task(4242, region.uffd(), layout.ranges(region.addr))
+        .unwrap();
     engine
 }
 
@@ -50,14 +64,28 @@ fn dontneed_mid_fill_is_never_resurrected() {
         let toucher = touch_pages(region.addr, layout.clone(), (a..a + n).step_by(5).collect());
         spin(rng.below(1500));
         // SAFETY: the span lies inside the live region.
-        let rc = unsafe { libc::madvise(region.page_addr(a) as *mut libc::c_void, n * PS, libc::MADV_DONTNEED) };
+        let rc = unsafe {
+            libc::madvise(
+                region.page_addr(a) as *mut libc::c_void,
+                n * PS,
+                libc::MADV_DONTNEED,
+            )
+        };
         assert_eq!(rc, 0);
         toucher.join().unwrap(); // content before the madvise may be either; not checked
         let summary = finish(engine);
         for i in 0..pages {
             let zero = (a..a + n).contains(&i);
             // SAFETY: page i of the live region.
-            let res = unsafe { check_page(region.page_addr(i), |b| if zero { 0 } else { layout.expected(i, b) }) };
+            let res = unsafe {
+                check_page(region.page_addr(i), |b| {
+                    if zero {
+                        0
+                    } else {
+                        layout.expected(i, b)
+                    }
+                })
+            };
             if let Err((b, got, want)) = res {
                 panic!("iteration {iter}: page {i} (removed span {a}..{}) byte {b}: got {got:#x} want {want:#x}", a + n);
             }
@@ -81,31 +109,51 @@ fn dontneed_with_concurrent_faults_in_span() {
         let a = rng.below(pages as u64 - 64) as usize;
         let n = 8 + rng.below(56) as usize;
         // Before RESTORE_FINISHED only faults fill; then both race with the madvise.
-        let touchers: Vec<_> = (0..2).map(|t| {
-            let layout = layout.clone();
-            let base = region.addr;
-            std::thread::spawn(move || {
-                let order = shuffled(n, t + 7);
-                for k in order {
-                    // SAFETY: page inside the live region. Content is either the pattern
-                    // (before the madvise) or zero (after); anything else is corruption.
-                    let i = a + k;
-                    let first = unsafe { std::ptr::read_volatile((base + (i * PS) as u64) as *const u8) };
-                    assert!(first == 0 || first == layout.expected(i, 0), "page {i}: {first:#x}");
-                }
+        let touchers: Vec<_> = (0..2)
+            .map(|t| {
+                let layout = layout.clone();
+                let base = region.addr;
+                std::thread::spawn(move || {
+                    let order = shuffled(n, t + 7);
+                    for k in order {
+                        // SAFETY: page inside the live region. Content is either the pattern
+                        // (before the madvise) or zero (after); anything else is corruption.
+                        let i = a + k;
+                        let first = unsafe {
+                            std::ptr::read_volatile((base + (i * PS) as u64) as *const u8)
+                        };
+                        assert!(
+                            first == 0 || first == layout.expected(i, 0),
+                            "page {i}: {first:#x}"
+                        );
+                    }
+                })
             })
-        }).collect();
+            .collect();
         engine.restore_finished();
         spin(rng.below(800));
         // SAFETY: the span lies inside the live region.
-        assert_eq!(unsafe { libc::madvise(region.page_addr(a) as *mut libc::c_void, n * PS, libc::MADV_DONTNEED) }, 0);
+        assert_eq!(
+            unsafe {
+                libc::madvise(
+                    region.page_addr(a) as *mut libc::c_void,
+                    n * PS,
+                    libc::MADV_DONTNEED,
+                )
+            },
+            0
+        );
         for t in touchers {
             t.join().unwrap();
         }
         let summary = finish(engine);
         for i in a..a + n {
             // SAFETY: page i of the live region.
-            assert_eq!(unsafe { check_page(region.page_addr(i), |_| 0) }, Ok(()), "iteration {iter}: page {i} resurrected");
+            assert_eq!(
+                unsafe { check_page(region.page_addr(i), |_| 0) },
+                Ok(()),
+                "iteration {iter}: page {i} resurrected"
+            );
         }
         assert!(summary.tasks[0].reconciles());
     }
@@ -147,7 +195,15 @@ fn mremap_behind_one_page_copies_loses_nothing() {
 /// One round: fill `layout` with `chunk`-page claims, move pages `[a, a + n)` elsewhere
 /// after `spin_us` (optionally while a thread faults on the pages below `a`), and check
 /// that every page ends up as dumped at its place after the move, none dropped.
-fn move_mid_fill(layout: &Arc<Layout>, chunk: u64, a: usize, n: usize, spin_us: u64, touch: bool, iter: usize) {
+fn move_mid_fill(
+    layout: &Arc<Layout>,
+    chunk: u64,
+    a: usize,
+    n: usize,
+    spin_us: u64,
+    touch: bool,
+    iter: usize,
+) {
     let pages = layout.lazy.len();
     let mut region = Region::new(pages);
     let engine = start(layout, &region, 2, chunk);
@@ -168,7 +224,12 @@ fn move_mid_fill(layout: &Arc<Layout>, chunk: u64, a: usize, n: usize, spin_us: 
             dest.addr as *mut libc::c_void,
         )
     };
-    assert_eq!(moved as u64, dest.addr, "mremap failed: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        moved as u64,
+        dest.addr,
+        "mremap failed: {}",
+        std::io::Error::last_os_error()
+    );
     // Unregistered, so no event: just keeps the hole from being handed out.
     let _ = region.refill(a, n, libc::PROT_NONE);
     if let Some(toucher) = toucher {
@@ -179,12 +240,23 @@ fn move_mid_fill(layout: &Arc<Layout>, chunk: u64, a: usize, n: usize, spin_us: 
     for i in (0..a).chain(a + n..pages) {
         // SAFETY: page i of the region, outside the moved span.
         let res = unsafe { check_page(region.page_addr(i), |b| layout.expected(i, b)) };
-        assert_eq!(res, Ok(()), "iteration {iter}: page {i} (moved {a}..{}): {task:?}", a + n);
+        assert_eq!(
+            res,
+            Ok(()),
+            "iteration {iter}: page {i} (moved {a}..{}): {task:?}",
+            a + n
+        );
     }
     for k in 0..n {
         // SAFETY: page k of the moved span at its new place.
         let res = unsafe { check_page(dest.page_addr(k), |b| layout.expected(a + k, b)) };
-        assert_eq!(res, Ok(()), "iteration {iter}: moved page {k} (was {}; moved {a}..{}): {task:?}", a + k, a + n);
+        assert_eq!(
+            res,
+            Ok(()),
+            "iteration {iter}: moved page {k} (was {}; moved {a}..{}): {task:?}",
+            a + k,
+            a + n
+        );
     }
     assert!(task.reconciles(), "{task:?}");
     assert_eq!(task.dropped, 0, "nothing is lost by a move: {task:?}");
@@ -203,7 +275,10 @@ fn munmap_mid_fill_drops_the_span() {
         engine.restore_finished();
         spin(rng.below(1500));
         // SAFETY: unmaps part of our own region; nothing touches it afterwards.
-        assert_eq!(unsafe { libc::munmap(region.page_addr(a) as *mut libc::c_void, n * PS) }, 0);
+        assert_eq!(
+            unsafe { libc::munmap(region.page_addr(a) as *mut libc::c_void, n * PS) },
+            0
+        );
         // Reuse the hole with an unrelated mapping: a late COPY must not land in it.
         if !region.refill(a, n, libc::PROT_READ | libc::PROT_WRITE) {
             // Another test thread got the hole first; this iteration proves nothing.
@@ -214,8 +289,21 @@ fn munmap_mid_fill_drops_the_span() {
         for i in 0..pages {
             let zero = (a..a + n).contains(&i);
             // SAFETY: page i is mapped (region or its replacement).
-            let res = unsafe { check_page(region.page_addr(i), |b| if zero { 0 } else { layout.expected(i, b) }) };
-            assert_eq!(res, Ok(()), "iteration {iter}: page {i} (unmapped {a}..{})", a + n);
+            let res = unsafe {
+                check_page(region.page_addr(i), |b| {
+                    if zero {
+                        0
+                    } else {
+                        layout.expected(i, b)
+                    }
+                })
+            };
+            assert_eq!(
+                res,
+                Ok(()),
+                "iteration {iter}: page {i} (unmapped {a}..{})",
+                a + n
+            );
         }
         let task = &summary.tasks[0];
         assert!(task.reconciles(), "{task:?}");

@@ -27,7 +27,10 @@ const PAGES: usize = 384;
 const CHILDREN: usize = 4;
 
 fn iterations(default: usize) -> usize {
-    std::env::var("LAZY_RACE_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("LAZY_RACE_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn spin(us: u64) {
@@ -91,10 +94,24 @@ struct Child {
 
 /// Clones a child that registers `region` in its own mm on a uffd of its own, waits for
 /// `go`, reads `order[..touch]` checking every byte, then dies as `death` says.
-fn spawn(region: Region, order: &[usize], touch: usize, linger_us: u64, death: Death, exec: &ExecArgs) -> Child {
+fn spawn(
+    region: Region,
+    order: &[usize],
+    touch: usize,
+    linger_us: u64,
+    death: Death,
+    exec: &ExecArgs,
+) -> Child {
     // SAFETY: a fresh shared anonymous page, zeroed, big enough for a Mailbox.
     let page = unsafe {
-        libc::mmap(std::ptr::null_mut(), PS, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            PS,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
     };
     assert_ne!(page, libc::MAP_FAILED);
     let mailbox = page as *const Mailbox;
@@ -105,7 +122,12 @@ fn spawn(region: Region, order: &[usize], touch: usize, linger_us: u64, death: D
         // SAFETY: see above; every pointer is to memory this child inherited.
         unsafe { child_main(&*mailbox, &region, order, touch, linger_us, death, exec) }
     }
-    Child { pid, mailbox, death, _region: region }
+    Child {
+        pid,
+        mailbox,
+        death,
+        _region: region,
+    }
 }
 
 /// argv/envp for the Exec death, built before any fork (the child must not allocate).
@@ -118,7 +140,11 @@ struct ExecArgs {
 impl ExecArgs {
     fn new() -> Box<Self> {
         let path = CString::new("/bin/true").unwrap();
-        let mut args = Box::new(ExecArgs { path, argv: [std::ptr::null(); 2], envp: [std::ptr::null()] });
+        let mut args = Box::new(ExecArgs {
+            path,
+            argv: [std::ptr::null(); 2],
+            envp: [std::ptr::null()],
+        });
         args.argv[0] = args.path.as_ptr();
         args
     }
@@ -128,21 +154,41 @@ impl ExecArgs {
 ///
 /// # Safety
 /// Only in a child of `fork_sharing_fds`, with `region` inherited and unregistered.
-unsafe fn child_main(mb: &Mailbox, region: &Region, order: &[usize], touch: usize, linger_us: u64, death: Death, exec: &ExecArgs) -> ! {
+unsafe fn child_main(
+    mb: &Mailbox,
+    region: &Region,
+    order: &[usize],
+    touch: usize,
+    linger_us: u64,
+    death: Death,
+    exec: &ExecArgs,
+) -> ! {
     let die = |code: i32| -> ! {
         // SAFETY: leaving without running any Rust code.
         unsafe { libc::_exit(code) }
     };
     // SAFETY: plain syscalls on our own fd and our own mapping.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) } as i32;
+    let fd =
+        unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) } as i32;
     if fd < 0 {
         mb.fd.store(-1, SeqCst);
         die(1);
     }
-    let mut api = UffdioApi { api: UFFD_API, features: FEATURES, ioctls: 0 };
-    let mut reg = UffdioRegister { start: region.addr, len: (region.pages * PS) as u64, mode: MODE_MISSING, ioctls: 0 };
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features: FEATURES,
+        ioctls: 0,
+    };
+    let mut reg = UffdioRegister {
+        start: region.addr,
+        len: (region.pages * PS) as u64,
+        mode: MODE_MISSING,
+        ioctls: 0,
+    };
     // SAFETY: the structs are the kernel's layout; the range is our own mapping.
-    if unsafe { uffdio_api(fd, &mut api) }.is_err() || unsafe { uffdio_register(fd, &mut reg) }.is_err() {
+    if unsafe { uffdio_api(fd, &mut api) }.is_err()
+        || unsafe { uffdio_register(fd, &mut reg) }.is_err()
+    {
         mb.fd.store(-2, SeqCst);
         die(1);
     }
@@ -150,10 +196,17 @@ unsafe fn child_main(mb: &Mailbox, region: &Region, order: &[usize], touch: usiz
     while mb.go.load(SeqCst) == 0 {
         std::hint::spin_loop();
     }
-    let unmapped = |i: usize| matches!(death, Death::Munmap { at, pages } if (at..at + pages).contains(&i));
+    let unmapped =
+        |i: usize| matches!(death, Death::Munmap { at, pages } if (at..at + pages).contains(&i));
     let check = |i: usize| {
         // SAFETY: page i of our registered region, still mapped (unmapped ones are skipped).
-        if unsafe { check_page(region.page_addr(i), |b| pattern(IMG_BASE + (i * PS) as u64, b)) }.is_err() {
+        if unsafe {
+            check_page(region.page_addr(i), |b| {
+                pattern(IMG_BASE + (i * PS) as u64, b)
+            })
+        }
+        .is_err()
+        {
             mb.bad.fetch_add(1, SeqCst);
         }
     };
@@ -218,7 +271,12 @@ fn every_page_counted_once_when_tasks_die_mid_fill() {
         let mut source = PatternSource::new(&layout);
         source.delay = Some(Duration::from_micros(rng.below(300)));
         let source = Arc::new(source);
-        let config = EngineConfig { jobs: 4, chunk_pages: 8 + rng.below(40), fault_pages: 1 + rng.below(4), ..EngineConfig::default() };
+        let config = EngineConfig {
+            jobs: 4,
+            chunk_pages: 8 + rng.below(40),
+            fault_pages: 1 + rng.below(4),
+            ..EngineConfig::default()
+        };
         let engine = Engine::start(source.clone(), config, Recorder::default().callback()).unwrap();
         let mut children = Vec::new();
         for k in 0..CHILDREN {
@@ -230,10 +288,18 @@ fn every_page_counted_once_when_tasks_die_mid_fill() {
                 2 => Death::Exec,
                 _ => {
                     let at = rng.below(PAGES as u64) as usize;
-                    Death::Munmap { at, pages: 1 + rng.below((PAGES - at) as u64) as usize }
+                    Death::Munmap {
+                        at,
+                        pages: 1 + rng.below((PAGES - at) as u64) as usize,
+                    }
                 }
             };
-            deaths[match death { Death::Exit => 0, Death::Kill => 1, Death::Exec => 2, Death::Munmap { .. } => 3 }] += 1;
+            deaths[match death {
+                Death::Exit => 0,
+                Death::Kill => 1,
+                Death::Exec => 2,
+                Death::Munmap { .. } => 3,
+            }] += 1;
             let region = Region::new(PAGES);
             let ranges = layout.ranges(region.addr);
             let child = spawn(region, &order, touch, rng.below(4000), death, &exec);
@@ -246,7 +312,10 @@ fn every_page_counted_once_when_tasks_die_mid_fill() {
                     fd => break fd,
                 }
             };
-            assert!(fd > 0, "round {round}: child {k} could not set up its uffd ({fd})");
+            assert!(
+                fd > 0,
+                "round {round}: child {k} could not set up its uffd ({fd})"
+            );
             // SAFETY: the child created this fd in the fd table we share and leaves it to us.
             let uffd = unsafe { OwnedFd::from_raw_fd(fd) };
             engine.add_task(100 + k as u32, uffd, ranges).unwrap();
@@ -268,14 +337,28 @@ fn every_page_counted_once_when_tasks_die_mid_fill() {
             reap(c.pid, round, k);
             // SAFETY: the child is gone; its mailbox page is ours to read, then unmap.
             let bad = unsafe { &*c.mailbox }.bad.load(SeqCst);
-            assert_eq!(bad, 0, "round {round}: child {k} ({:?}) read {bad} pages with wrong bytes", c.death);
+            assert_eq!(
+                bad, 0,
+                "round {round}: child {k} ({:?}) read {bad} pages with wrong bytes",
+                c.death
+            );
             // SAFETY: as above; nothing refers to the page any more.
             unsafe { libc::munmap(c.mailbox as *mut libc::c_void, PS) };
         }
-        assert!(engine.wait(WAIT), "round {round}: engine did not finish: {:?}", engine.stats());
-        let summary = engine.join().unwrap_or_else(|e| panic!("round {round}: engine failed: {e}"));
+        assert!(
+            engine.wait(WAIT),
+            "round {round}: engine did not finish: {:?}",
+            engine.stats()
+        );
+        let summary = engine
+            .join()
+            .unwrap_or_else(|e| panic!("round {round}: engine failed: {e}"));
         for (t, c) in summary.tasks.iter().zip(&children) {
-            assert!(t.reconciles(), "round {round}: {:?} task counted a page twice or never: {t:?}", c.death);
+            assert!(
+                t.reconciles(),
+                "round {round}: {:?} task counted a page twice or never: {t:?}",
+                c.death
+            );
             assert_eq!((t.pending, t.in_flight), (0, 0), "round {round}: {t:?}");
             assert_eq!(t.total, PAGES as u64);
             if t.dropped > 0 && t.dropped < t.total {
@@ -283,8 +366,15 @@ fn every_page_counted_once_when_tasks_die_mid_fill() {
             }
         }
     }
-    eprintln!("deaths: {} exit, {} kill, {} exec, {} munmap; {mid_fill} tasks lost pages mid-fill", deaths[0], deaths[1], deaths[2], deaths[3]);
+    eprintln!(
+        "deaths: {} exit, {} kill, {} exec, {} munmap; {mid_fill} tasks lost pages mid-fill",
+        deaths[0], deaths[1], deaths[2], deaths[3]
+    );
     // Otherwise every death fell before or after the fill and this proved nothing
     // (about 1 task in 5 dies mid-fill here).
-    assert!(mid_fill >= rounds / 20, "only {mid_fill} of {} tasks died mid-fill", rounds * CHILDREN);
+    assert!(
+        mid_fill >= rounds / 20,
+        "only {mid_fill} of {} tasks died mid-fill",
+        rounds * CHILDREN
+    );
 }

@@ -31,13 +31,28 @@ fn copy_and_zeropage_outcomes() {
     let page = vec![0xabu8; PS];
     let four = vec![0xcdu8; 4 * PS];
 
-    assert_eq!(uffd::copy(&u, region.page_addr(2), &page).unwrap(), FillOutcome::Done(PS as u64));
+    assert_eq!(
+        uffd::copy(&u, region.page_addr(2), &page).unwrap(),
+        FillOutcome::Done(PS as u64)
+    );
     // First page already there: EEXIST, nothing copied.
-    assert_eq!(uffd::copy(&u, region.page_addr(2), &page).unwrap(), FillOutcome::Exists);
-    assert_eq!(uffd::zeropage(&u, region.page_addr(2), PS as u64).unwrap(), FillOutcome::Exists);
+    assert_eq!(
+        uffd::copy(&u, region.page_addr(2), &page).unwrap(),
+        FillOutcome::Exists
+    );
+    assert_eq!(
+        uffd::zeropage(&u, region.page_addr(2), PS as u64).unwrap(),
+        FillOutcome::Exists
+    );
     // Stops in front of the existing page: EAGAIN with a byte count = Partial.
-    assert_eq!(uffd::copy(&u, region.page_addr(0), &four).unwrap(), FillOutcome::Partial(2 * PS as u64));
-    assert_eq!(uffd::zeropage(&u, region.page_addr(3), 2 * PS as u64).unwrap(), FillOutcome::Done(2 * PS as u64));
+    assert_eq!(
+        uffd::copy(&u, region.page_addr(0), &four).unwrap(),
+        FillOutcome::Partial(2 * PS as u64)
+    );
+    assert_eq!(
+        uffd::zeropage(&u, region.page_addr(3), 2 * PS as u64).unwrap(),
+        FillOutcome::Done(2 * PS as u64)
+    );
     // SAFETY: pages of the live region that are now filled.
     unsafe {
         assert_eq!(check_page(region.page_addr(0), |_| 0xcd), Ok(()));
@@ -46,11 +61,21 @@ fn copy_and_zeropage_outcomes() {
     }
     // Outside any registered range: ENOENT = Unmapped.
     let other = Region::new(1);
-    assert_eq!(uffd::copy(&u, other.addr, &page).unwrap(), FillOutcome::Unmapped);
-    assert_eq!(uffd::zeropage(&u, other.addr, PS as u64).unwrap(), FillOutcome::Unmapped);
+    assert_eq!(
+        uffd::copy(&u, other.addr, &page).unwrap(),
+        FillOutcome::Unmapped
+    );
+    assert_eq!(
+        uffd::zeropage(&u, other.addr, PS as u64).unwrap(),
+        FillOutcome::Unmapped
+    );
     // Real errors stay errors, with the address in the message.
     let err = uffd::copy(&u, region.page_addr(5) + 1, &page).unwrap_err();
-    assert!(err.to_string().contains(&format!("{:#x}", region.page_addr(5) + 1)), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("{:#x}", region.page_addr(5) + 1)),
+        "{err}"
+    );
 }
 
 #[test]
@@ -66,15 +91,29 @@ fn unread_remove_event_makes_copy_answer_changing() {
     });
     std::thread::sleep(Duration::from_millis(100));
     let page = vec![1u8; PS];
-    assert_eq!(uffd::copy(&u, region.page_addr(2), &page).unwrap(), FillOutcome::Changing);
+    assert_eq!(
+        uffd::copy(&u, region.page_addr(2), &page).unwrap(),
+        FillOutcome::Changing
+    );
 
     let mut buf = EventBuffer::new(8);
     let mut events = Vec::new();
-    assert_eq!(uffd::read_events(&u, &mut buf, &mut events).unwrap(), ReadStatus::Read(1));
-    assert!(matches!(events[0], UffdEvent::Remove { start, end } if start == addr && end == addr + PS as u64));
+    assert_eq!(
+        uffd::read_events(&u, &mut buf, &mut events).unwrap(),
+        ReadStatus::Read(1)
+    );
+    assert!(
+        matches!(events[0], UffdEvent::Remove { start, end } if start == addr && end == addr + PS as u64)
+    );
     assert_eq!(madviser.join().unwrap(), 0);
-    assert_eq!(uffd::copy(&u, region.page_addr(2), &page).unwrap(), FillOutcome::Done(PS as u64));
-    assert_eq!(uffd::read_events(&u, &mut buf, &mut events).unwrap(), ReadStatus::Empty);
+    assert_eq!(
+        uffd::copy(&u, region.page_addr(2), &page).unwrap(),
+        FillOutcome::Done(PS as u64)
+    );
+    assert_eq!(
+        uffd::read_events(&u, &mut buf, &mut events).unwrap(),
+        ReadStatus::Empty
+    );
 }
 
 /// What lets `uffd::copy` tell an mremap under way from a page that is gone for good
@@ -92,12 +131,28 @@ fn unread_remap_makes_copy_at_the_old_place_answer_changing() {
     // mremap blocks in the kernel until its REMAP message is read.
     let mover = std::thread::spawn(move || {
         // SAFETY: moves pages 2..6 of our region over our own reservation.
-        unsafe { libc::mremap(from as *mut libc::c_void, 4 * PS, 4 * PS, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, to as *mut libc::c_void) as u64 }
+        unsafe {
+            libc::mremap(
+                from as *mut libc::c_void,
+                4 * PS,
+                4 * PS,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                to as *mut libc::c_void,
+            ) as u64
+        }
     });
     // Queued means moved: the VMA change comes before the message.
-    let mut pfd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&u), events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&u),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd.
-    assert_eq!(unsafe { libc::poll(&mut pfd, 1, 10_000) }, 1, "no REMAP message within 10 s");
+    assert_eq!(
+        unsafe { libc::poll(&mut pfd, 1, 10_000) },
+        1,
+        "no REMAP message within 10 s"
+    );
     let page = vec![1u8; PS];
     assert_eq!(uffd::copy(&u, from, &page).unwrap(), FillOutcome::Changing);
     assert_eq!(uffd::copy(&u, to, &page).unwrap(), FillOutcome::Changing);
@@ -107,7 +162,10 @@ fn unread_remap_makes_copy_at_the_old_place_answer_changing() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     // Read until mremap returns (it may also send UNMAP for the old range).
     while !mover.is_finished() {
-        assert!(std::time::Instant::now() < deadline, "mremap still blocked; events so far: {events:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mremap still blocked; events so far: {events:?}"
+        );
         if uffd::read_events(&u, &mut buf, &mut events).unwrap() == ReadStatus::Empty {
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -119,7 +177,10 @@ fn unread_remap_makes_copy_at_the_old_place_answer_changing() {
     );
     // Once read: nothing at the old place, the pages' new place is served.
     assert_eq!(uffd::copy(&u, from, &page).unwrap(), FillOutcome::Unmapped);
-    assert_eq!(uffd::copy(&u, to, &page).unwrap(), FillOutcome::Done(PS as u64));
+    assert_eq!(
+        uffd::copy(&u, to, &page).unwrap(),
+        FillOutcome::Done(PS as u64)
+    );
     // SAFETY: page 0 of the moved span, just filled.
     assert_eq!(unsafe { check_page(to, |_| 1) }, Ok(()));
     // Closed before the regions go: unmapping registered pages would wait for an UNMAP

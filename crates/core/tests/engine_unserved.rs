@@ -8,7 +8,9 @@ mod engine_support;
 use std::sync::Arc;
 
 use engine_support::*;
-use lazy_pages_core::engine::{Engine, EngineConfig, EngineError, PageData, PageSource, Priority, SourceError};
+use lazy_pages_core::engine::{
+    Engine, EngineConfig, EngineError, PageData, PageSource, Priority, SourceError,
+};
 
 /// The pattern source, except that the pages from `fail_from` on cannot be read.
 struct FailingSource {
@@ -17,10 +19,21 @@ struct FailingSource {
 }
 
 impl PageSource for FailingSource {
-    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>, priority: Priority) -> Result<PageData<'a>, SourceError> {
+    fn pages<'a>(
+        &'a self,
+        pid: u32,
+        img_addr: u64,
+        len: usize,
+        scratch: &'a mut Vec<u8>,
+        priority: Priority,
+    ) -> Result<PageData<'a>, SourceError> {
         let first = ((img_addr - IMG_BASE) as usize) / PS;
         if first + len / PS > self.fail_from {
-            return Err(SourceError::Other { pid, img_addr, message: "the disk went away".into() });
+            return Err(SourceError::Other {
+                pid,
+                img_addr,
+                message: "the disk went away".into(),
+            });
         }
         self.inner.pages(pid, img_addr, len, scratch, priority)
     }
@@ -42,7 +55,11 @@ fn touch_in_child(addr: u64) -> Option<i32> {
     if libc::WIFSIGNALED(status) {
         Some(libc::WTERMSIG(status))
     } else {
-        assert_eq!(libc::WEXITSTATUS(status), 0, "child read zeros at {addr:#x}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "child read zeros at {addr:#x}"
+        );
         None
     }
 }
@@ -51,24 +68,42 @@ fn touch_in_child(addr: u64) -> Option<i32> {
 fn pages_left_unserved_by_a_failed_engine_raise_sigbus_instead_of_reading_zeros() {
     let pages = 64;
     let layout = Arc::new(Layout::all(pages));
-    let source = Arc::new(FailingSource { inner: PatternSource::new(&layout), fail_from: 24 });
+    let source = Arc::new(FailingSource {
+        inner: PatternSource::new(&layout),
+        fail_from: 24,
+    });
     let region = Region::new(pages);
-    let config = EngineConfig { jobs: 1, chunk_pages: 8, ..EngineConfig::default() };
+    let config = EngineConfig {
+        jobs: 1,
+        chunk_pages: 8,
+        ..EngineConfig::default()
+    };
     let engine = Engine::start(source, config, Recorder::default().callback()).unwrap();
-    engine.add_task(9, region.uffd(), layout.ranges(region.addr)).unwrap();
+    engine
+        .add_task(9, region.uffd(), layout.ranges(region.addr))
+        .unwrap();
     engine.restore_finished();
 
-    let err = engine.join().expect_err("the source failed: the engine must fail");
+    let err = engine
+        .join()
+        .expect_err("the source failed: the engine must fail");
     let EngineError::Unserved { note, .. } = &err else {
         panic!("want Unserved, got {err:?}");
     };
     // Fill goes in address order, 8 pages a claim: 0..24 got in, the claim at 24 failed.
     assert_eq!((note.pages, note.poisoned), (40, 40), "{err}");
     assert!(note.poison_error.is_none());
-    assert!(err.to_string().contains("the disk went away") && err.to_string().contains("SIGBUS"), "{err}");
+    assert!(
+        err.to_string().contains("the disk went away") && err.to_string().contains("SIGBUS"),
+        "{err}"
+    );
 
     // The engine (and with it the uffd) is gone now.
-    assert_eq!(touch_in_child(region.page_addr(3)), None, "a served page reads back");
+    assert_eq!(
+        touch_in_child(region.page_addr(3)),
+        None,
+        "a served page reads back"
+    );
     assert_eq!(touch_in_child(region.page_addr(24)), Some(libc::SIGBUS));
     assert_eq!(touch_in_child(region.page_addr(63)), Some(libc::SIGBUS));
 }

@@ -40,16 +40,38 @@ fn read_page(region: &Region, i: usize) -> Seen {
 
 /// Starts a keeper on a thread; returns our (daemon) end and its exit status.
 fn start_keeper(dir: &Path, resume_timeout: Duration) -> (OwnedFd, std::thread::JoinHandle<i32>) {
-    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
-    let config = KeeperConfig { socket: dir.join("lazy-pages.guardian"), resume_timeout, log: Some(dir.join("log")), dump_id: None };
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap();
+    let config = KeeperConfig {
+        socket: dir.join("lazy-pages.guardian"),
+        resume_timeout,
+        log: Some(dir.join("log")),
+        dump_id: None,
+    };
     let keeper = std::thread::spawn(move || keeper::run(theirs, config));
-    let Some(Msg::Hello { tasks: 0, .. }) = wire::recv(ours.as_fd()).unwrap() else { panic!("no hello") };
-    assert!(matches!(wire::recv(ours.as_fd()).unwrap(), Some(Msg::EndOfState)));
+    let Some(Msg::Hello { tasks: 0, .. }) = wire::recv(ours.as_fd()).unwrap() else {
+        panic!("no hello")
+    };
+    assert!(matches!(
+        wire::recv(ours.as_fd()).unwrap(),
+        Some(Msg::EndOfState)
+    ));
     (ours, keeper)
 }
 
 fn all_pages(region: &Region) -> LazyRanges {
-    [LazyRange::new(region.addr, region.page_addr(region.pages), IMG_BASE)].into_iter().collect()
+    [LazyRange::new(
+        region.addr,
+        region.page_addr(region.pages),
+        IMG_BASE,
+    )]
+    .into_iter()
+    .collect()
 }
 
 /// Serves pages `[from, to)` of `region` as the daemon would.
@@ -66,12 +88,30 @@ fn a_daemon_that_dies_unresumed_leaves_poison_never_zeros() {
     let uffd = region.uffd();
     let (daemon, keeper) = start_keeper(dir.path(), Duration::from_millis(300));
 
-    wire::send_task(daemon.as_fd(), 0, 77, NO_PARENT, uffd.as_fd(), &all_pages(&region)).unwrap();
+    wire::send_task(
+        daemon.as_fd(),
+        0,
+        77,
+        NO_PARENT,
+        uffd.as_fd(),
+        &all_pages(&region),
+    )
+    .unwrap();
     copy_pages(&uffd, &region, 0, 4);
     // MADV_DONTNEED of pages 8..10 as the daemon journals it: those must read as zeros,
     // not raise SIGBUS.
-    let remove = SpaceEvent::Remove { start: region.page_addr(8), end: region.page_addr(10) };
-    wire::send_msg(daemon.as_fd(), &Msg::Event { id: 0, event: remove }).unwrap();
+    let remove = SpaceEvent::Remove {
+        start: region.page_addr(8),
+        end: region.page_addr(10),
+    };
+    wire::send_msg(
+        daemon.as_fd(),
+        &Msg::Event {
+            id: 0,
+            event: remove,
+        },
+    )
+    .unwrap();
     drop(uffd);
     drop(daemon); // the daemon dies: no Quit
 
@@ -87,14 +127,20 @@ fn a_daemon_that_dies_unresumed_leaves_poison_never_zeros() {
     assert_eq!(seen, want);
     let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
     assert_eq!(log.lines().count(), 1, "{log}");
-    assert!(log.contains("no daemon resumed within 0 s: poisoned 10 unserved lazy pages of 1 tasks"), "{log}");
+    assert!(
+        log.contains("no daemon resumed within 0 s: poisoned 10 unserved lazy pages of 1 tasks"),
+        "{log}"
+    );
 }
 
 #[test]
 fn a_resuming_daemon_gets_every_uffd_back_with_the_events_applied_and_a_second_is_turned_away() {
     let root = tempfile::tempdir().unwrap();
     // A work dir deeper than a sockaddr_un holds, as CRIU users have.
-    let dir = root.path().join("a-work-dir-nested-deeper-than-the-108-bytes-a-unix-socket-address-holds").join("and-then-some");
+    let dir = root
+        .path()
+        .join("a-work-dir-nested-deeper-than-the-108-bytes-a-unix-socket-address-holds")
+        .join("and-then-some");
     std::fs::create_dir_all(&dir).unwrap();
     assert!(dir.join("lazy-pages.guardian").as_os_str().len() > 108);
     let dir = dir.as_path();
@@ -106,8 +152,15 @@ fn a_resuming_daemon_gets_every_uffd_back_with_the_events_applied_and_a_second_i
     wire::send_task(daemon.as_fd(), 3, 77, NO_PARENT, uffd.as_fd(), &ranges).unwrap();
     wire::send_task(daemon.as_fd(), 5, 77, 3, uffd.as_fd(), &ranges).unwrap();
     wire::send_msg(daemon.as_fd(), &Msg::TaskDone { id: 3 }).unwrap();
-    let unmap = SpaceEvent::Unmap { start: region.page_addr(0), end: region.page_addr(2) };
-    let remap = SpaceEvent::Remap { from: region.page_addr(12), to: region.page_addr(2), len: 2 * PS as u64 };
+    let unmap = SpaceEvent::Unmap {
+        start: region.page_addr(0),
+        end: region.page_addr(2),
+    };
+    let remap = SpaceEvent::Remap {
+        from: region.page_addr(12),
+        to: region.page_addr(2),
+        len: 2 * PS as u64,
+    };
     for event in [unmap, remap] {
         wire::send_msg(daemon.as_fd(), &Msg::Event { id: 5, event }).unwrap();
         event.apply(&mut ranges);
@@ -126,22 +179,42 @@ fn a_resuming_daemon_gets_every_uffd_back_with_the_events_applied_and_a_second_i
             other => panic!("{other:?}"),
         }
     };
-    assert_eq!((state.restore_finished, state.restore_peer, state.lost_daemon), (false, 4242, std::process::id() as i32));
-    assert_eq!((state.tasks.len(), state.done_tasks), (1, 1), "the retired task was let go, and counted");
+    assert_eq!(
+        (
+            state.restore_finished,
+            state.restore_peer,
+            state.lost_daemon
+        ),
+        (false, 4242, std::process::id() as i32)
+    );
+    assert_eq!(
+        (state.tasks.len(), state.done_tasks),
+        (1, 1),
+        "the retired task was let go, and counted"
+    );
     let task = &state.tasks[0];
-    assert_eq!((task.id, task.pid, task.parent), (0, 77, None), "renumbered from 0; its parent is gone");
+    assert_eq!(
+        (task.id, task.pid, task.parent),
+        (0, 77, None),
+        "renumbered from 0; its parent is gone"
+    );
     assert_eq!(task.ranges, ranges);
 
     // With the daemon dead, criu's RESTORE_FINISHED still finds the socket open (no EPIPE,
     // which would make criu kill the tree it restored).
-    (&criu).write_all(&1u32.to_le_bytes()).expect("criu's end of its connection stays writable");
+    (&criu)
+        .write_all(&1u32.to_le_bytes())
+        .expect("criu's end of its connection stays writable");
     match GuardianLink::find(dir, dir, "dump-a") {
         Err(GuardianError::Busy { daemon, .. }) => assert_eq!(daemon, std::process::id() as i32),
         other => panic!("a second daemon must be turned away, got {other:?}"),
     }
     link.quit();
     assert_eq!(keeper.join().unwrap(), 0);
-    assert!(!dir.join("lazy-pages.guardian").exists(), "socket removed on exit");
+    assert!(
+        !dir.join("lazy-pages.guardian").exists(),
+        "socket removed on exit"
+    );
 }
 
 #[test]
@@ -150,7 +223,13 @@ fn a_daemon_with_another_dump_is_refused_and_the_guardian_keeps_holding_for_the_
     let dir = dir.path();
     let region = Region::new(8);
     let uffd = region.uffd();
-    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap();
     let config = KeeperConfig {
         socket: dir.join("lazy-pages.guardian"),
         resume_timeout: Duration::from_secs(30),
@@ -158,9 +237,23 @@ fn a_daemon_with_another_dump_is_refused_and_the_guardian_keeps_holding_for_the_
         dump_id: Some("dump-x".into()),
     };
     let keeper = std::thread::spawn(move || keeper::run(theirs, config));
-    assert!(matches!(wire::recv(ours.as_fd()).unwrap(), Some(Msg::Hello { tasks: 0, .. })));
-    assert!(matches!(wire::recv(ours.as_fd()).unwrap(), Some(Msg::EndOfState)));
-    wire::send_task(ours.as_fd(), 0, 77, NO_PARENT, uffd.as_fd(), &all_pages(&region)).unwrap();
+    assert!(matches!(
+        wire::recv(ours.as_fd()).unwrap(),
+        Some(Msg::Hello { tasks: 0, .. })
+    ));
+    assert!(matches!(
+        wire::recv(ours.as_fd()).unwrap(),
+        Some(Msg::EndOfState)
+    ));
+    wire::send_task(
+        ours.as_fd(),
+        0,
+        77,
+        NO_PARENT,
+        uffd.as_fd(),
+        &all_pages(&region),
+    )
+    .unwrap();
     drop(ours);
 
     let refused = loop {
@@ -172,15 +265,30 @@ fn a_daemon_with_another_dump_is_refused_and_the_guardian_keeps_holding_for_the_
     match refused {
         Err(e @ GuardianError::OtherDump { .. }) => {
             let line = e.to_string();
-            assert!(line.contains("another dump") && line.contains("dump-x") && line.contains("dump-y") && line.contains("/images/y"), "{line}");
+            assert!(
+                line.contains("another dump")
+                    && line.contains("dump-x")
+                    && line.contains("dump-y")
+                    && line.contains("/images/y"),
+                "{line}"
+            );
         }
         other => panic!("another dump must be refused, got {other:?}"),
     }
     // Refused twice, undisturbed: the right dump still gets the task back.
-    assert!(matches!(GuardianLink::find(dir, dir, "dump-y"), Err(GuardianError::OtherDump { .. })));
-    let (link, state) = GuardianLink::find(dir, dir, "dump-x").unwrap().expect("the guardian still holds the restore");
+    assert!(matches!(
+        GuardianLink::find(dir, dir, "dump-y"),
+        Err(GuardianError::OtherDump { .. })
+    ));
+    let (link, state) = GuardianLink::find(dir, dir, "dump-x")
+        .unwrap()
+        .expect("the guardian still holds the restore");
     assert_eq!(state.tasks.len(), 1);
-    assert_eq!(state.lost_daemon, std::process::id() as i32, "the refused daemons were never taken for the lost one");
+    assert_eq!(
+        state.lost_daemon,
+        std::process::id() as i32,
+        "the refused daemons were never taken for the lost one"
+    );
     link.quit();
     assert_eq!(keeper.join().unwrap(), 0);
     assert!(!dir.join("log").exists(), "nothing poisoned, nothing said");

@@ -36,7 +36,9 @@ fn model_insert(m: &mut Model, r: LazyRange) {
 
 fn model_remove(m: &mut Model, start: u64, end: u64) -> Vec<(u64, u64)> {
     let keys: Vec<u64> = m.range(start..end).map(|(&k, _)| k).collect();
-    keys.into_iter().map(|k| (k, m.remove(&k).unwrap())).collect()
+    keys.into_iter()
+        .map(|k| (k, m.remove(&k).unwrap()))
+        .collect()
 }
 
 fn check_structure(set: &LazyRanges, m: &Model) {
@@ -58,11 +60,21 @@ fn check_structure(set: &LazyRanges, m: &Model) {
 
 /// A claim must be pages of the model with the right dump address, starting at `start`.
 fn check_claim(m: &mut Model, claim: Claim, start: u64, max: u64) {
-    assert_eq!(claim.start, start, "claim {claim:?} should start at {start:#x}");
-    assert!(claim.pages() >= 1 && claim.pages() <= max, "claim {claim:?} size");
+    assert_eq!(
+        claim.start, start,
+        "claim {claim:?} should start at {start:#x}"
+    );
+    assert!(
+        claim.pages() >= 1 && claim.pages() <= max,
+        "claim {claim:?} size"
+    );
     for i in 0..claim.pages() {
         let addr = claim.start + i * PAGE_SIZE;
-        assert_eq!(m.remove(&addr), Some(claim.img_start + i * PAGE_SIZE), "claim {claim:?} page {addr:#x}");
+        assert_eq!(
+            m.remove(&addr),
+            Some(claim.img_start + i * PAGE_SIZE),
+            "claim {claim:?} page {addr:#x}"
+        );
     }
 }
 
@@ -74,7 +86,8 @@ fn run(seed: u64, steps: usize) {
         match rng.below(9) {
             0 | 1 => {
                 let start = rng.page();
-                let end = (start + (1 + rng.below(12)) * PAGE_SIZE).min(BASE + SPAN_PAGES * PAGE_SIZE);
+                let end =
+                    (start + (1 + rng.below(12)) * PAGE_SIZE).min(BASE + SPAN_PAGES * PAGE_SIZE);
                 let img = 0x1000_0000 + rng.below(1 << 16) * PAGE_SIZE;
                 let r = LazyRange::new(start, end, img);
                 if r.is_empty() {
@@ -107,7 +120,9 @@ fn run(seed: u64, steps: usize) {
                     .and_then(|h| m.range(h..).next().map(|(&k, _)| k))
                     .or_else(|| m.keys().next().copied());
                 match set.take_chunk(max, hint) {
-                    Some(c) => check_claim(&mut m, c, expected.expect("model empty but got claim"), max),
+                    Some(c) => {
+                        check_claim(&mut m, c, expected.expect("model empty but got claim"), max)
+                    }
                     None => assert!(m.is_empty()),
                 }
             }
@@ -168,10 +183,13 @@ fn remove_edges() {
     assert_eq!(set.remove(0x9000, 0xa000), 0);
     // Unaligned bounds widen to whole pages.
     assert_eq!(set.remove(0x2001, 0x2fff), 1);
-    assert_eq!(set.iter().collect::<Vec<_>>(), vec![
-        LazyRange::new(0x1000, 0x2000, 0x100000),
-        LazyRange::new(0x3000, 0x9000, 0x102000),
-    ]);
+    assert_eq!(
+        set.iter().collect::<Vec<_>>(),
+        vec![
+            LazyRange::new(0x1000, 0x2000, 0x100000),
+            LazyRange::new(0x3000, 0x9000, 0x102000),
+        ]
+    );
     assert_eq!(set.remove(0, !0xfff), 7);
     assert!(set.is_empty());
 }
@@ -183,11 +201,14 @@ fn remap_keeps_dump_addresses_and_overwrites_destination() {
     set.insert(LazyRange::new(0x20000, 0x22000, 0x900000));
     // Move the middle two pages of the first range onto the second.
     set.remap(0x11000, 0x20000, 0x2000);
-    assert_eq!(set.iter().collect::<Vec<_>>(), vec![
-        LazyRange::new(0x10000, 0x11000, 0x500000),
-        LazyRange::new(0x13000, 0x14000, 0x503000),
-        LazyRange::new(0x20000, 0x22000, 0x501000),
-    ]);
+    assert_eq!(
+        set.iter().collect::<Vec<_>>(),
+        vec![
+            LazyRange::new(0x10000, 0x11000, 0x500000),
+            LazyRange::new(0x13000, 0x14000, 0x503000),
+            LazyRange::new(0x20000, 0x22000, 0x501000),
+        ]
+    );
     assert_eq!(set.pages(), 4);
 }
 
@@ -206,9 +227,21 @@ fn take_chunk_prefers_hint_then_wraps() {
     let mut set = LazyRanges::new();
     set.insert(LazyRange::new(0x1000, 0x3000, 0));
     set.insert(LazyRange::new(0x8000, 0xc000, 0x10000));
-    assert_eq!(set.take_chunk(2, Some(0x9000)), Some(LazyRange::new(0x9000, 0xb000, 0x11000)));
-    assert_eq!(set.take_chunk(8, Some(0x5000)), Some(LazyRange::new(0x8000, 0x9000, 0x10000)));
-    assert_eq!(set.take_chunk(8, Some(0xf000)), Some(LazyRange::new(0x1000, 0x3000, 0)));
-    assert_eq!(set.take_chunk(8, None), Some(LazyRange::new(0xb000, 0xc000, 0x13000)));
+    assert_eq!(
+        set.take_chunk(2, Some(0x9000)),
+        Some(LazyRange::new(0x9000, 0xb000, 0x11000))
+    );
+    assert_eq!(
+        set.take_chunk(8, Some(0x5000)),
+        Some(LazyRange::new(0x8000, 0x9000, 0x10000))
+    );
+    assert_eq!(
+        set.take_chunk(8, Some(0xf000)),
+        Some(LazyRange::new(0x1000, 0x3000, 0))
+    );
+    assert_eq!(
+        set.take_chunk(8, None),
+        Some(LazyRange::new(0xb000, 0xc000, 0x13000))
+    );
     assert_eq!(set.take_chunk(8, None), None);
 }

@@ -13,20 +13,29 @@ use std::time::{Duration, Instant};
 
 use lazy_pages_core::images::Dump;
 use lazy_pages_core::remote::wire::{IovHeader, PS_IOV_GET};
-use lazy_pages_core::remote::{PageServerConfig, Priority, RemoteConfig, RemotePages, ServerEvent, WireVersion};
+use lazy_pages_core::remote::{
+    PageServerConfig, Priority, RemoteConfig, RemotePages, ServerEvent, WireVersion,
+};
 use remote_support::*;
 
 const ALL_PAGES: u64 = 2 * (2000 + 3 + 5 + 1);
 
 fn keep_serving() -> PageServerConfig {
-    PageServerConfig { address: "127.0.0.1".parse().unwrap(), keep_serving: true, ..PageServerConfig::default() }
+    PageServerConfig {
+        address: "127.0.0.1".parse().unwrap(),
+        keep_serving: true,
+        ..PageServerConfig::default()
+    }
 }
 
 /// Waits for `f`, up to a generous `secs`.
 fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(secs);
     while !f() {
-        assert!(Instant::now() < end, "timed out after {secs} s waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {secs} s waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -44,7 +53,17 @@ const ENDED: u64 = u64::MAX;
 
 impl Tricklers {
     fn start(target: &str, from: &[(Ipv4Addr, usize)]) -> Tricklers {
-        let get = IovHeader { cmd: PS_IOV_GET, pad: 0, nr_pages: 1024, vaddr: 0x20000, dst_id: 1 }.encode(WireVersion::V42).unwrap().as_slice().to_vec();
+        let get = IovHeader {
+            cmd: PS_IOV_GET,
+            pad: 0,
+            nr_pages: 1024,
+            vaddr: 0x20000,
+            dst_id: 1,
+        }
+        .encode(WireVersion::V42)
+        .unwrap()
+        .as_slice()
+        .to_vec();
         let mut socks = Vec::new();
         for &(ip, n) in from {
             for _ in 0..n {
@@ -75,12 +94,18 @@ impl Tricklers {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        Tricklers { got, stop, thread: Some(thread) }
+        Tricklers {
+            got,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Every one has its reply header: its session is serving it.
     fn all_served(&self) -> bool {
-        self.got.iter().all(|g| (1..ENDED).contains(&g.load(SeqCst)))
+        self.got
+            .iter()
+            .all(|g| (1..ENDED).contains(&g.load(SeqCst)))
     }
 }
 
@@ -105,9 +130,21 @@ fn a_reader_too_slow_to_take_a_reply_is_cut_at_the_reply_bound() {
     let slow = Tricklers::start(&server.target(), &[(Ipv4Addr::new(127, 0, 0, 2), 1)]);
     wait_until(20, "the reply to start", || slow.all_served());
     // The default bound is 10 s; it reads for 400 s at this pace if left alone.
-    wait_until(40, "the slow reader to be cut", || errors(&server).iter().any(|e| e.contains("reads too slowly")));
-    let line = errors(&server).into_iter().find(|e| e.contains("reads too slowly")).unwrap();
-    assert!(line.starts_with("client 127.0.0.2:") && line.contains("not taken within 10s") && !line.contains('\n'), "{line}");
+    wait_until(40, "the slow reader to be cut", || {
+        errors(&server)
+            .iter()
+            .any(|e| e.contains("reads too slowly"))
+    });
+    let line = errors(&server)
+        .into_iter()
+        .find(|e| e.contains("reads too slowly"))
+        .unwrap();
+    assert!(
+        line.starts_with("client 127.0.0.2:")
+            && line.contains("not taken within 10s")
+            && !line.contains('\n'),
+        "{line}"
+    );
 }
 
 #[test]
@@ -116,15 +153,30 @@ fn slow_readers_in_every_slot_make_room_for_a_real_restore() {
     let dump = Dump::open(tmp.path()).unwrap();
     let server = serve(&dump, keep_serving());
     // 64 = every slot; 32 each = the most one address may hold.
-    let slow = Tricklers::start(&server.target(), &[(Ipv4Addr::new(127, 0, 0, 2), 32), (Ipv4Addr::new(127, 0, 0, 3), 32)]);
+    let slow = Tricklers::start(
+        &server.target(),
+        &[
+            (Ipv4Addr::new(127, 0, 0, 2), 32),
+            (Ipv4Addr::new(127, 0, 0, 3), 32),
+        ],
+    );
     wait_until(30, "64 replies under way", || slow.all_served());
     // A real restore, which retries a refused connection (--reconnect).
-    let config = RemoteConfig { reconnect: Duration::from_secs(60), ..RemoteConfig::default() };
+    let config = RemoteConfig {
+        reconnect: Duration::from_secs(60),
+        ..RemoteConfig::default()
+    };
     let client = RemotePages::connect(&server.target(), config).unwrap();
-    assert_eq!(fetch_and_compare_all(&client, &dump, 256, Priority::Background), ALL_PAGES);
+    assert_eq!(
+        fetch_and_compare_all(&client, &dump, 256, Priority::Background),
+        ALL_PAGES
+    );
     client.close().unwrap();
     // It got in by cutting a reader, not by waiting for the bound.
-    let cut = errors(&server).into_iter().filter(|e| e.contains("not draining a reply while every session slot was taken")).count();
+    let cut = errors(&server)
+        .into_iter()
+        .filter(|e| e.contains("not draining a reply while every session slot was taken"))
+        .count();
     assert!(cut >= 1, "{:?}", errors(&server));
 }
 
@@ -132,18 +184,46 @@ fn slow_readers_in_every_slot_make_room_for_a_real_restore() {
 fn a_client_refused_for_room_is_told_it_was_refused_and_the_server_says_why() {
     let tmp = two_task_dump();
     let dump = Dump::open(tmp.path()).unwrap();
-    let server = serve(&dump, PageServerConfig { max_sessions_per_peer: 1, ..keep_serving() });
+    let server = serve(
+        &dump,
+        PageServerConfig {
+            max_sessions_per_peer: 1,
+            ..keep_serving()
+        },
+    );
     // The address's one session, held idle.
     let _held = TcpStream::connect(server.target()).unwrap();
-    wait_until(20, "the held session", || server.events.lock().unwrap().iter().any(|e| matches!(e, ServerEvent::SessionStarted { .. })));
+    wait_until(20, "the held session", || {
+        server
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, ServerEvent::SessionStarted { .. }))
+    });
     let client = RemotePages::connect(&server.target(), RemoteConfig::default()).unwrap();
-    let err = fetch(&client, 1, 0x20000, 4096, Priority::Fault).unwrap_err().to_string();
+    let err = fetch(&client, 1, 0x20000, 4096, Priority::Fault)
+        .unwrap_err()
+        .to_string();
     let target = server.target();
-    assert!(err.contains(&format!("page server {target} closed the connection right after connect")), "{err}");
-    assert!(err.contains("refused us (server full?)") && !err.contains('\n'), "{err}");
+    assert!(
+        err.contains(&format!(
+            "page server {target} closed the connection right after connect"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("refused us (server full?)") && !err.contains('\n'),
+        "{err}"
+    );
     let refused = server.events.lock().unwrap().iter().find_map(|e| match e {
         ServerEvent::Refused { reason, .. } => Some(reason.clone()),
         _ => None,
     });
-    assert!(refused.as_deref().is_some_and(|r| r.contains("1 sessions from this address already")), "{refused:?}");
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|r| r.contains("1 sessions from this address already")),
+        "{refused:?}"
+    );
 }

@@ -17,7 +17,10 @@ fn remote_pages_against_criu_page_server() {
     let run = env.dump_lpw("a", &["dense", "--mib", "64"]);
     let fetched = run.fetch_all_via_criu_page_server(&env);
     assert!(fetched.pages > 0);
-    eprintln!("(a) fetched {} lazy pages of {} tasks from criu page-server in {:?}", fetched.pages, fetched.tasks, fetched.elapsed);
+    eprintln!(
+        "(a) fetched {} lazy pages of {} tasks from criu page-server in {:?}",
+        fetched.pages, fetched.tasks, fetched.elapsed
+    );
 }
 
 #[test]

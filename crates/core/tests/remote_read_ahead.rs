@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use engine_support::{check_page, Recorder, Region, Rng, PS};
-use lazy_pages_core::engine::{Engine, EngineConfig, PageData, PageSource, Priority, SourceError, Waker};
+use lazy_pages_core::engine::{
+    Engine, EngineConfig, PageData, PageSource, Priority, SourceError, Waker,
+};
 use lazy_pages_core::images::Dump;
 use lazy_pages_core::ranges::{LazyRange, LazyRanges};
 use lazy_pages_core::remote::{PageServerConfig, RemoteConfig, RemotePages, WireVersion};
@@ -36,7 +38,14 @@ struct Watched {
 }
 
 impl PageSource for Watched {
-    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>, priority: Priority) -> Result<PageData<'a>, SourceError> {
+    fn pages<'a>(
+        &'a self,
+        pid: u32,
+        img_addr: u64,
+        len: usize,
+        scratch: &'a mut Vec<u8>,
+        priority: Priority,
+    ) -> Result<PageData<'a>, SourceError> {
         let got = self.client.pages(pid, img_addr, len, scratch, priority)?;
         if matches!(got, PageData::Bytes(_)) {
             self.asked.lock().unwrap().push((img_addr, len));
@@ -65,12 +74,39 @@ impl PageSource for Watched {
 #[test]
 fn read_ahead_with_faults_and_removes_serves_every_byte_once() {
     let run2 = IMG + ((RUN1 + GAP) * PS) as u64;
-    let fixture = Fixture::new(big_vma(), &[entry(IMG, RUN1 as u64, LAZY), entry(run2, RUN2 as u64, LAZY)]);
+    let fixture = Fixture::new(
+        big_vma(),
+        &[
+            entry(IMG, RUN1 as u64, LAZY),
+            entry(run2, RUN2 as u64, LAZY),
+        ],
+    );
     let dump = Dump::open(&fixture.dir()).unwrap();
-    let server = serve(&dump, PageServerConfig { address: "127.0.0.1".parse().unwrap(), version: WireVersion::V42, ..PageServerConfig::default() });
-    let client = RemotePages::connect(&server.target(), RemoteConfig { version: WireVersion::V42, ..RemoteConfig::default() }).unwrap();
-    assert!(client.read_ahead_bytes() > 1 << 20, "read-ahead is on by default");
-    let source = Arc::new(Watched { client, announced: AtomicUsize::new(0), asked: Mutex::new(Vec::new()) });
+    let server = serve(
+        &dump,
+        PageServerConfig {
+            address: "127.0.0.1".parse().unwrap(),
+            version: WireVersion::V42,
+            ..PageServerConfig::default()
+        },
+    );
+    let client = RemotePages::connect(
+        &server.target(),
+        RemoteConfig {
+            version: WireVersion::V42,
+            ..RemoteConfig::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        client.read_ahead_bytes() > 1 << 20,
+        "read-ahead is on by default"
+    );
+    let source = Arc::new(Watched {
+        client,
+        announced: AtomicUsize::new(0),
+        asked: Mutex::new(Vec::new()),
+    });
 
     // The region mirrors the dump: the gap is a hole that is not lazy.
     let pages = RUN1 + GAP + RUN2;
@@ -79,9 +115,18 @@ fn read_ahead_with_faults_and_removes_serves_every_byte_once() {
     let lazy = |i: usize| i < RUN1 || i >= RUN1 + GAP;
     let mut ranges = LazyRanges::new();
     assert!(ranges.insert(LazyRange::new(region.addr, region.page_addr(RUN1), IMG)));
-    assert!(ranges.insert(LazyRange::new(region.page_addr(RUN1 + GAP), region.page_addr(pages), run2)));
+    assert!(ranges.insert(LazyRange::new(
+        region.page_addr(RUN1 + GAP),
+        region.page_addr(pages),
+        run2
+    )));
 
-    let config = EngineConfig { jobs: 1, chunk_pages: 64, fault_pages: 1, ..EngineConfig::default() };
+    let config = EngineConfig {
+        jobs: 1,
+        chunk_pages: 64,
+        fault_pages: 1,
+        ..EngineConfig::default()
+    };
     let rec = Recorder::default();
     let engine = Engine::start(source.clone(), config, rec.callback()).unwrap();
     engine.add_task(1, region.uffd(), ranges).unwrap();
@@ -96,7 +141,13 @@ fn read_ahead_with_faults_and_removes_serves_every_byte_once() {
         for k in 1..12usize {
             let (at, n) = (k * 650 + 3, 40 + k * 7);
             // SAFETY: a span of our own live test region; the engine sees the REMOVE.
-            let rc = unsafe { libc::madvise((addr + (at * PS) as u64) as *mut libc::c_void, n * PS, libc::MADV_DONTNEED) };
+            let rc = unsafe {
+                libc::madvise(
+                    (addr + (at * PS) as u64) as *mut libc::c_void,
+                    n * PS,
+                    libc::MADV_DONTNEED,
+                )
+            };
             assert_eq!(rc, 0);
             spans.push((at, n));
             std::thread::sleep(Duration::from_micros(300));
@@ -106,14 +157,20 @@ fn read_ahead_with_faults_and_removes_serves_every_byte_once() {
     // Faults on random pages all over, racing the fill, its read-ahead and the drops.
     // A page not dropped must read as dumped, whoever brought it.
     let mut rng = Rng(0x5eed);
-    let touches: Vec<usize> = (0..3000).map(|_| rng.below(pages as u64) as usize).filter(|&i| lazy(i)).collect();
+    let touches: Vec<usize> = (0..3000)
+        .map(|_| rng.below(pages as u64) as usize)
+        .filter(|&i| lazy(i))
+        .collect();
     let toucher = std::thread::spawn(move || {
         let mut bad = Vec::new();
         for i in touches {
             let want = page_bytes(IMG + (i * PS) as u64, TAG);
             // SAFETY: page i of the live test region (unmapped only after this joins).
             if let Err((b, got, w)) = unsafe { check_page(addr + (i * PS) as u64, |b| want[b]) } {
-                bad.push((i, format!("touched page {i} byte {b}: got {got:#x} want {w:#x}")));
+                bad.push((
+                    i,
+                    format!("touched page {i} byte {b}: got {got:#x} want {w:#x}"),
+                ));
             }
         }
         bad
@@ -123,28 +180,58 @@ fn read_ahead_with_faults_and_removes_serves_every_byte_once() {
         removed[at..at + n].iter_mut().for_each(|r| *r = true);
     }
     // A touched page dropped before or after its touch may read zero; no other may.
-    let bad: Vec<String> = toucher.join().unwrap().into_iter().filter(|(i, _)| !removed[*i]).map(|(_, m)| m).collect();
+    let bad: Vec<String> = toucher
+        .join()
+        .unwrap()
+        .into_iter()
+        .filter(|(i, _)| !removed[*i])
+        .map(|(_, m)| m)
+        .collect();
     assert_eq!(bad, Vec::<String>::new());
 
-    assert!(engine.wait(Some(Duration::from_secs(60))), "engine did not finish: {:?}", engine.stats());
+    assert!(
+        engine.wait(Some(Duration::from_secs(60))),
+        "engine did not finish: {:?}",
+        engine.stats()
+    );
     let summary = engine.join().expect("engine failed");
     let task = &summary.tasks[0];
     assert_eq!(task.total, (RUN1 + RUN2) as u64);
     assert!(task.reconciles(), "{task:?}");
-    assert_eq!(task.faulted + task.background + task.dropped, task.total, "every lazy page once: {task:?}");
-    assert_eq!((task.exists, task.pending, task.in_flight), (0, 0, 0), "{task:?}");
+    assert_eq!(
+        task.faulted + task.background + task.dropped,
+        task.total,
+        "every lazy page once: {task:?}"
+    );
+    assert_eq!(
+        (task.exists, task.pending, task.in_flight),
+        (0, 0, 0),
+        "{task:?}"
+    );
     assert!(task.faulted > 0 && task.background > 0, "{task:?}");
 
     for i in 0..pages {
-        let want = if lazy(i) && !removed[i] { expected(&dump, 1, img_of(i), PS) } else { vec![0u8; PS] };
+        let want = if lazy(i) && !removed[i] {
+            expected(&dump, 1, img_of(i), PS)
+        } else {
+            vec![0u8; PS]
+        };
         // SAFETY: page i of the live region.
         if let Err((b, got, w)) = unsafe { check_page(region.page_addr(i), |b| want[b]) } {
-            panic!("page {i} (lazy {}, removed {}) byte {b}: got {got:#x} want {w:#x}", lazy(i), removed[i]);
+            panic!(
+                "page {i} (lazy {}, removed {}) byte {b}: got {got:#x} want {w:#x}",
+                lazy(i),
+                removed[i]
+            );
         }
     }
     // The fill announced spans beyond the ones it went on to ask for.
     let asked = source.asked.lock().unwrap().len();
-    assert!(source.announced.load(SeqCst) > asked, "announced {} spans, asked {asked}", source.announced.load(SeqCst));
+    assert!(
+        source.announced.load(SeqCst) > asked,
+        "announced {} spans, asked {asked}",
+        source.announced.load(SeqCst)
+    );
     source.client.close().unwrap();
     drop(source);
     let summary = server.join().unwrap();

@@ -55,16 +55,40 @@ fn get_reply_golden_bytes_echo_everything_but_cmd() {
 fn close_golden_bytes() {
     let mut want = [0u8; 32];
     want[..4].copy_from_slice(&[0x23, 0x10, 0, 0]);
-    assert_eq!(IovHeader::close().encode(WireVersion::V42).unwrap().as_slice(), &want);
-    assert_eq!(IovHeader::close().encode(WireVersion::V411).unwrap().as_slice(), &want[..24]);
+    assert_eq!(
+        IovHeader::close()
+            .encode(WireVersion::V42)
+            .unwrap()
+            .as_slice(),
+        &want
+    );
+    assert_eq!(
+        IovHeader::close()
+            .encode(WireVersion::V411)
+            .unwrap()
+            .as_slice(),
+        &want[..24]
+    );
     assert_eq!(IovHeader::close().cmd, PS_IOV_CLOSE);
 }
 
 #[test]
 fn round_trips_keep_every_field() {
     let samples = [
-        IovHeader { cmd: 0xdead_beef, pad: 0, nr_pages: u64::from(u32::MAX), vaddr: u64::MAX, dst_id: u64::MAX },
-        IovHeader { cmd: 1, pad: 0, nr_pages: 0, vaddr: 0, dst_id: (77 << 8) | 1 },
+        IovHeader {
+            cmd: 0xdead_beef,
+            pad: 0,
+            nr_pages: u64::from(u32::MAX),
+            vaddr: u64::MAX,
+            dst_id: u64::MAX,
+        },
+        IovHeader {
+            cmd: 1,
+            pad: 0,
+            nr_pages: 0,
+            vaddr: 0,
+            dst_id: (77 << 8) | 1,
+        },
     ];
     for h in samples {
         for v in [WireVersion::V411, WireVersion::V42] {
@@ -74,17 +98,29 @@ fn round_trips_keep_every_field() {
         }
     }
     // v4.2 padding is carried (CRIU's server echoes it).
-    let padded = IovHeader { pad: 0x1122_3344, ..samples[1] };
+    let padded = IovHeader {
+        pad: 0x1122_3344,
+        ..samples[1]
+    };
     let bytes = padded.encode(WireVersion::V42).unwrap();
-    assert_eq!(IovHeader::decode(WireVersion::V42, bytes.as_slice()).unwrap(), padded);
+    assert_eq!(
+        IovHeader::decode(WireVersion::V42, bytes.as_slice()).unwrap(),
+        padded
+    );
 }
 
 #[test]
 fn limits_are_errors_not_panics() {
     let big = IovHeader::get(1, 0, 1 << 32);
-    assert!(matches!(big.encode(WireVersion::V411), Err(WireError::TooManyPages { .. })));
+    assert!(matches!(
+        big.encode(WireVersion::V411),
+        Err(WireError::TooManyPages { .. })
+    ));
     assert!(big.encode(WireVersion::V42).is_ok());
-    assert_eq!(IovHeader::decode(WireVersion::V42, &GET_411), Err(WireError::Short { want: 32, got: 24 }));
+    assert_eq!(
+        IovHeader::decode(WireVersion::V42, &GET_411),
+        Err(WireError::Short { want: 32, got: 24 })
+    );
     assert!(IovHeader::decode(WireVersion::V411, &[]).is_err());
 }
 
@@ -101,7 +137,10 @@ fn version_from_pagemap_fields() {
     let (_f, d) = dump_with(&[entry_411(0x20000, 3, PE_LAZY | PE_PRESENT)]);
     assert_eq!(wire_version_of(&d), Some(WireVersion::V411));
     // Written for both readers: says nothing about the CRIU version.
-    let both = PagemapEntry { compat_nr_pages: Some(3), ..entry(0x20000, 3, PE_LAZY | PE_PRESENT) };
+    let both = PagemapEntry {
+        compat_nr_pages: Some(3),
+        ..entry(0x20000, 3, PE_LAZY | PE_PRESENT)
+    };
     let (_f, d) = dump_with(&[both]);
     assert_eq!(wire_version_of(&d), None);
     let (_f, d) = dump_with(&[]);

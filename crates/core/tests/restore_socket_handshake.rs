@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use lazy_pages_core::restore_socket::{RestoreError, RestoreListener, TaskMsg, RESTORE_FINISHED, SOCKET_NAME};
+use lazy_pages_core::restore_socket::{
+    RestoreError, RestoreListener, TaskMsg, RESTORE_FINISHED, SOCKET_NAME,
+};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use userfaultfd::UffdBuilder;
 
@@ -28,7 +30,11 @@ impl CriuClient {
         let byte = [0u8];
         let iov = [IoSlice::new(&byte)];
         let fds = fd.map(|f| [f.as_raw_fd()]);
-        let cmsgs: Vec<ControlMessage> = fds.as_ref().map(|f| ControlMessage::ScmRights(f)).into_iter().collect();
+        let cmsgs: Vec<ControlMessage> = fds
+            .as_ref()
+            .map(|f| ControlMessage::ScmRights(f))
+            .into_iter()
+            .collect();
         sendmsg::<()>(self.0.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None).unwrap();
     }
     fn send_live(&mut self, pid: i32, uffd: &OwnedFd) {
@@ -41,12 +47,20 @@ impl CriuClient {
 }
 
 fn new_uffd() -> OwnedFd {
-    let uffd = UffdBuilder::new().close_on_exec(true).non_blocking(true).user_mode_only(false).create().expect("uffd");
+    let uffd = UffdBuilder::new()
+        .close_on_exec(true)
+        .non_blocking(true)
+        .user_mode_only(false)
+        .create()
+        .expect("uffd");
     lazy_pages_core::uffd::uffd_into_owned(uffd)
 }
 
 fn fd_target(fd: &OwnedFd) -> String {
-    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap().to_string_lossy().into_owned()
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn listener() -> (tempfile::TempDir, RestoreListener) {
@@ -80,7 +94,8 @@ fn full_handshake_like_criu() {
         got.push(conn.recv_task(T).unwrap());
     }
     match &got[..] {
-        [TaskMsg::Live { pid: 100, uffd: a }, TaskMsg::Zombie { pid: 101 }, TaskMsg::Live { pid: 102, uffd: b }] => {
+        [TaskMsg::Live { pid: 100, uffd: a }, TaskMsg::Zombie { pid: 101 }, TaskMsg::Live { pid: 102, uffd: b }] =>
+        {
             assert!(fd_target(a).contains("userfaultfd"), "{}", fd_target(a));
             assert!(fd_target(b).contains("userfaultfd"));
         }
@@ -102,11 +117,17 @@ fn hang_up_before_finished_is_an_error() {
         // Dropping the stream is what a crashed criu restore looks like.
     });
     let mut conn = l.accept(T).unwrap();
-    assert!(matches!(conn.recv_task(T).unwrap(), TaskMsg::Live { pid: 7, .. }));
+    assert!(matches!(
+        conn.recv_task(T).unwrap(),
+        TaskMsg::Live { pid: 7, .. }
+    ));
     client.join().unwrap();
     let err = conn.wait_finished(T).unwrap_err();
     assert!(matches!(err, RestoreError::HungUp), "{err}");
-    assert_eq!(err.to_string(), "criu restore closed the connection before restore finished");
+    assert_eq!(
+        err.to_string(),
+        "criu restore closed the connection before restore finished"
+    );
     assert!(matches!(conn.recv_task(T), Err(RestoreError::HungUp)));
 }
 
@@ -122,7 +143,10 @@ fn missing_fd_names_the_pid() {
     });
     let mut conn = l.accept(T).unwrap();
     let err = conn.recv_task(T).unwrap_err();
-    assert!(matches!(err, RestoreError::BadUffd { pid: 42, .. }), "{err}");
+    assert!(
+        matches!(err, RestoreError::BadUffd { pid: 42, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("42"));
     drop(client.join());
 }
@@ -137,15 +161,28 @@ fn truncated_pid_and_bad_marker() {
         c.0.write_all(&[1, 2]).unwrap();
     });
     let mut conn = l.accept(T).unwrap();
-    assert!(matches!(conn.wait_finished(T), Err(RestoreError::BadMarker(0xdead_beef))));
+    assert!(matches!(
+        conn.wait_finished(T),
+        Err(RestoreError::BadMarker(0xdead_beef))
+    ));
     client.join().unwrap();
-    assert!(matches!(conn.recv_task(T), Err(RestoreError::Truncated { got: 2, want: 4, .. })));
+    assert!(matches!(
+        conn.recv_task(T),
+        Err(RestoreError::Truncated {
+            got: 2,
+            want: 4,
+            ..
+        })
+    ));
 }
 
 #[test]
 fn timeouts_resume_partial_reads() {
     let (dir, l) = listener();
-    assert!(matches!(l.accept(Some(Duration::from_millis(30))), Err(RestoreError::Timeout(_))));
+    assert!(matches!(
+        l.accept(Some(Duration::from_millis(30))),
+        Err(RestoreError::Timeout(_))
+    ));
     let path = dir.path().join(SOCKET_NAME);
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let client = thread::spawn(move || {
@@ -165,13 +202,22 @@ fn timeouts_resume_partial_reads() {
     let mut conn = l.accept(T).unwrap();
     let short = Some(Duration::from_millis(30));
     let start = Instant::now();
-    assert!(matches!(conn.recv_task(short), Err(RestoreError::Timeout(_))));
+    assert!(matches!(
+        conn.recv_task(short),
+        Err(RestoreError::Timeout(_))
+    ));
     assert!(start.elapsed() >= Duration::from_millis(25));
     tx.send(()).unwrap();
     // The pid completes but its fd has not come yet.
-    assert!(matches!(conn.recv_task(short), Err(RestoreError::Timeout(_))));
+    assert!(matches!(
+        conn.recv_task(short),
+        Err(RestoreError::Timeout(_))
+    ));
     tx.send(()).unwrap();
-    assert!(matches!(conn.recv_task(T).unwrap(), TaskMsg::Live { pid: 77, .. }));
+    assert!(matches!(
+        conn.recv_task(T).unwrap(),
+        TaskMsg::Live { pid: 77, .. }
+    ));
     assert!(!conn.poll_finished().unwrap());
     tx.send(()).unwrap();
     thread::sleep(Duration::from_millis(30));
@@ -180,7 +226,10 @@ fn timeouts_resume_partial_reads() {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !conn.poll_finished().unwrap() {
         assert!(Instant::now() < deadline);
-        let mut fds = [nix::poll::PollFd::new(conn.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let mut fds = [nix::poll::PollFd::new(
+            conn.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
         nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u8)).unwrap();
     }
     drop(client.join());
@@ -196,7 +245,10 @@ fn stale_file_is_replaced_and_long_paths_work() {
     std::fs::create_dir_all(&deep).unwrap();
     std::fs::write(deep.join(SOCKET_NAME), b"stale").unwrap();
     let l = RestoreListener::bind(&deep).unwrap();
-    assert!(std::fs::metadata(deep.join(SOCKET_NAME)).unwrap().file_type().is_socket());
+    assert!(std::fs::metadata(deep.join(SOCKET_NAME))
+        .unwrap()
+        .file_type()
+        .is_socket());
     // criu connects with a relative name from inside the work dir; go through
     // /proc/self/fd to stay under sun_path's limit without chdir in a test.
     let d = std::fs::File::open(&deep).unwrap();
@@ -207,7 +259,10 @@ fn stale_file_is_replaced_and_long_paths_work() {
         c
     });
     let mut conn = l.accept(T).unwrap();
-    assert!(matches!(conn.recv_task(T).unwrap(), TaskMsg::Zombie { pid: 5 }));
+    assert!(matches!(
+        conn.recv_task(T).unwrap(),
+        TaskMsg::Zombie { pid: 5 }
+    ));
     drop(client.join());
 }
 
@@ -241,9 +296,14 @@ fn foreign_uid_is_rejected_and_waiting_continues() {
         c
     });
     let mut rejected = Vec::new();
-    let mut conn = l.accept_with(T, &mut |e| rejected.push(e.to_string())).unwrap();
+    let mut conn = l
+        .accept_with(T, &mut |e| rejected.push(e.to_string()))
+        .unwrap();
     assert_eq!(conn.peer().uid, 0);
-    assert!(matches!(conn.recv_task(T).unwrap(), TaskMsg::Zombie { pid: 9 }));
+    assert!(matches!(
+        conn.recv_task(T).unwrap(),
+        TaskMsg::Zombie { pid: 9 }
+    ));
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert!(rejected[0].contains("uid 65534"), "{rejected:?}");
     let mut status = 0;

@@ -19,7 +19,13 @@ fn spec(vaddr: u64, pages: u64, flags: u32) -> RunSpec {
 
 #[test]
 fn worked_example_with_both_counts() {
-    let bytes = encode_pagemap(HeadMagic::Present, PagemapWriter::Either, 1, &[spec(0x7f00_0000_1000, 3, 6)]).unwrap();
+    let bytes = encode_pagemap(
+        HeadMagic::Present,
+        PagemapWriter::Either,
+        1,
+        &[spec(0x7f00_0000_1000, 3, 6)],
+    )
+    .unwrap();
     // Same as the v4.2 example of the facts sheet, except field 2 holds the
     // count (10 03) instead of 0, so CRIU 4.1.1 reads it too. The entry body
     // is 14 bytes (the sheet's length word 0x0f miscounts it).
@@ -45,7 +51,13 @@ fn worked_example_with_both_counts() {
 
 #[test]
 fn large_counts_and_bad_runs_are_refused() {
-    let too_many = encode_pagemap(HeadMagic::Present, PagemapWriter::Either, 1, &[spec(0, 1 << 32, PE_LAZY)]).unwrap_err();
+    let too_many = encode_pagemap(
+        HeadMagic::Present,
+        PagemapWriter::Either,
+        1,
+        &[spec(0, 1 << 32, PE_LAZY)],
+    )
+    .unwrap_err();
     assert!(too_many.contains("u32"), "{too_many}");
     let cases = [
         vec![spec(0x1000, 2, 4), spec(0x2000, 1, 4)],

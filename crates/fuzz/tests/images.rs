@@ -6,12 +6,24 @@ mod images_support;
 use std::path::Path;
 
 use bolero::{check, TypeGenerator};
-use lazy_pages_core::images::framing::{parse_image, CORE_MAGIC, HEAD_MAGIC, INVENTORY_MAGIC, MM_MAGIC, PAGEMAP_MAGIC, PSTREE_MAGIC};
-use lazy_pages_core::images::proto::{CoreEntry, InventoryEntry, MmEntry, PagemapEntry, PagemapHead, PstreeEntry, VmaEntry};
-use lazy_pages_core::images::{parse_pagemap, HeadMagic, ImageError, PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT};
+use lazy_pages_core::images::framing::{
+    parse_image, CORE_MAGIC, HEAD_MAGIC, INVENTORY_MAGIC, MM_MAGIC, PAGEMAP_MAGIC, PSTREE_MAGIC,
+};
+use lazy_pages_core::images::proto::{
+    CoreEntry, InventoryEntry, MmEntry, PagemapEntry, PagemapHead, PstreeEntry, VmaEntry,
+};
+use lazy_pages_core::images::{
+    parse_pagemap, HeadMagic, ImageError, PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT,
+};
 use prost::Message;
 
-const MAGICS: [u32; 5] = [INVENTORY_MAGIC, PSTREE_MAGIC, MM_MAGIC, PAGEMAP_MAGIC, CORE_MAGIC];
+const MAGICS: [u32; 5] = [
+    INVENTORY_MAGIC,
+    PSTREE_MAGIC,
+    MM_MAGIC,
+    PAGEMAP_MAGIC,
+    CORE_MAGIC,
+];
 
 fn path() -> &'static Path {
     Path::new("/fuzz/image.img")
@@ -20,8 +32,14 @@ fn path() -> &'static Path {
 /// The promise every image error keeps: one line, naming the file.
 fn assert_clean(e: &ImageError) {
     let text = e.to_string();
-    assert!(!text.contains('\n') && !text.contains('\r'), "multi-line error: {text:?}");
-    assert!(text.starts_with("/fuzz/image.img: "), "error does not name the file: {text}");
+    assert!(
+        !text.contains('\n') && !text.contains('\r'),
+        "multi-line error: {text:?}"
+    );
+    assert!(
+        text.starts_with("/fuzz/image.img: "),
+        "error does not name the file: {text}"
+    );
 }
 
 #[derive(Debug, TypeGenerator)]
@@ -38,7 +56,11 @@ struct Framed {
 fn framing() {
     check!().with_type::<Framed>().for_each(|input| {
         let magic = MAGICS[input.kind as usize % MAGICS.len()];
-        let head = if input.head { HeadMagic::Present } else { HeadMagic::Absent };
+        let head = if input.head {
+            HeadMagic::Present
+        } else {
+            HeadMagic::Absent
+        };
         let mut data = Vec::new();
         if !input.raw {
             if input.head {
@@ -61,7 +83,11 @@ fn framing() {
             match entry {
                 Ok(entry) => {
                     let start = entry.offset as usize + 4;
-                    assert_eq!(&data[start..start + entry.body.len()], entry.body, "an entry's body is where its offset says");
+                    assert_eq!(
+                        &data[start..start + entry.body.len()],
+                        entry.body,
+                        "an entry's body is where its offset says"
+                    );
                     ok.push(entry.body.to_vec());
                 }
                 Err(e) => {
@@ -72,7 +98,10 @@ fn framing() {
         }
         assert!(errors <= 1, "the walk stops at its first error");
         if !input.raw && input.tail.is_empty() {
-            assert_eq!(ok, input.entries, "well-framed entries come back as written");
+            assert_eq!(
+                ok, input.entries,
+                "well-framed entries come back as written"
+            );
             assert_eq!(errors, 0);
         }
         // Whatever the entries hold, decoding them fails cleanly or succeeds.
@@ -149,7 +178,8 @@ fn pagemap() {
                 addr += u64::from(run.gap) * PAGE_SIZE;
             }
             let vaddr = if run.unaligned { addr + 1 } else { addr };
-            let flags = [PE_PRESENT, PE_LAZY | PE_PRESENT, PE_PARENT, PE_LAZY, 0][run.flags as usize % 5];
+            let flags =
+                [PE_PRESENT, PE_LAZY | PE_PRESENT, PE_PARENT, PE_LAZY, 0][run.flags as usize % 5];
             entries.push(PagemapEntry {
                 vaddr: (!run.no_vaddr).then_some(vaddr),
                 compat_nr_pages: Some(if run.wide { 0 } else { pages as u32 }),
@@ -159,17 +189,25 @@ fn pagemap() {
             });
             addr += pages * PAGE_SIZE;
         }
-        let mut bodies = vec![PagemapHead { pages_id: input.pages_id }.encode_to_vec()];
+        let mut bodies = vec![PagemapHead {
+            pages_id: input.pages_id,
+        }
+        .encode_to_vec()];
         bodies.extend(entries.iter().map(|e| e.encode_to_vec()));
         let mut data = images_support::image(input.head, PAGEMAP_MAGIC, &bodies);
         if let Some(cut) = input.cut {
             data.truncate(cut as usize % (data.len() + 1));
         }
-        let head = if input.head { HeadMagic::Present } else { HeadMagic::Absent };
-        let pagemap = match parse_image(path(), data, PAGEMAP_MAGIC, head).and_then(|f| parse_pagemap(&f)) {
-            Ok(pagemap) => pagemap,
-            Err(e) => return assert_clean(&e),
+        let head = if input.head {
+            HeadMagic::Present
+        } else {
+            HeadMagic::Absent
         };
+        let pagemap =
+            match parse_image(path(), data, PAGEMAP_MAGIC, head).and_then(|f| parse_pagemap(&f)) {
+                Ok(pagemap) => pagemap,
+                Err(e) => return assert_clean(&e),
+            };
         // What the fault engine relies on.
         let mut data_end = 0u64;
         let mut prev_end = 0u64;
@@ -178,9 +216,16 @@ fn pagemap() {
             assert!(run.pages > 0);
             assert!(run.vaddr >= prev_end, "sorted and not overlapping");
             prev_end = run.end();
-            assert!(!(run.is_parent() && (run.is_present() || run.is_lazy())), "PE_PARENT stands alone");
+            assert!(
+                !(run.is_parent() && (run.is_present() || run.is_lazy())),
+                "PE_PARENT stands alone"
+            );
             if run.is_present() {
-                assert_eq!(run.data_offset, Some(data_end), "pages file offsets in order");
+                assert_eq!(
+                    run.data_offset,
+                    Some(data_end),
+                    "pages file offsets in order"
+                );
                 data_end += run.pages * PAGE_SIZE;
             } else {
                 assert_eq!(run.data_offset, None);
@@ -188,7 +233,11 @@ fn pagemap() {
         }
         assert_eq!(pagemap.present_bytes(), data_end);
         if input.cut.is_none() {
-            assert_eq!(pagemap.runs.len(), entries.len(), "every entry became a run");
+            assert_eq!(
+                pagemap.runs.len(),
+                entries.len(),
+                "every entry became a run"
+            );
         }
     });
 }

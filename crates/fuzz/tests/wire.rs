@@ -33,9 +33,16 @@ fn wire_headers() {
                 Ok(h) => {
                     assert!(len >= hlen);
                     let again = h.encode(version).expect("a decoded header encodes");
-                    assert_eq!(again.as_slice(), &input.bytes[..hlen], "decode then encode gives the same bytes");
+                    assert_eq!(
+                        again.as_slice(),
+                        &input.bytes[..hlen],
+                        "decode then encode gives the same bytes"
+                    );
                     let reply = h.get_reply(h.nr_pages);
-                    assert_eq!((reply.vaddr, reply.dst_id, reply.nr_pages), (h.vaddr, h.dst_id, h.nr_pages));
+                    assert_eq!(
+                        (reply.vaddr, reply.dst_id, reply.nr_pages),
+                        (h.vaddr, h.dst_id, h.nr_pages)
+                    );
                 }
             }
         }
@@ -58,10 +65,18 @@ struct Served {
 fn server(version: WireVersion) -> &'static Served {
     static V411: OnceLock<Served> = OnceLock::new();
     static V42: OnceLock<Served> = OnceLock::new();
-    let cell = if version == WireVersion::V411 { &V411 } else { &V42 };
+    let cell = if version == WireVersion::V411 {
+        &V411
+    } else {
+        &V42
+    };
     cell.get_or_init(|| {
         let lazy = PE_LAZY | PE_PRESENT;
-        let entries = [entry(LAZY[0].0, LAZY[0].1, lazy), entry(LAZY[1].0, LAZY[1].1, lazy), entry(EAGER.0, EAGER.1, PE_PRESENT)];
+        let entries = [
+            entry(LAZY[0].0, LAZY[0].1, lazy),
+            entry(LAZY[1].0, LAZY[1].1, lazy),
+            entry(EAGER.0, EAGER.1, PE_PRESENT),
+        ];
         let fixture = Fixture::new(big_vma(), &entries);
         let dump = Dump::open(&fixture.dir()).expect("fixture dump");
         let config = PageServerConfig {
@@ -74,7 +89,10 @@ fn server(version: WireVersion) -> &'static Served {
         let server = PageServer::bind(&dump, config, Arc::new(|_| {})).expect("bind");
         let addr = server.local_addr();
         std::thread::spawn(move || server.run());
-        Served { addr, _fixture: fixture }
+        Served {
+            addr,
+            _fixture: fixture,
+        }
     })
 }
 
@@ -107,9 +125,13 @@ fn model(version: WireVersion, h: &IovHeader, out: &mut Vec<u8>) -> bool {
             false
         }
         PS_IOV_GET => {
-            let run = LAZY.iter().find(|(start, pages)| h.vaddr >= *start && h.vaddr < start + pages * PS);
+            let run = LAZY
+                .iter()
+                .find(|(start, pages)| h.vaddr >= *start && h.vaddr < start + pages * PS);
             let valid = h.dst_id == 1 && h.vaddr % PS == 0 && h.nr_pages > 0;
-            let Some((start, pages)) = run.filter(|_| valid) else { return false };
+            let Some((start, pages)) = run.filter(|_| valid) else {
+                return false;
+            };
             let left = (start + pages * PS - h.vaddr) / PS;
             let n = h.nr_pages.min(left).min(MAX_PAGES);
             out.extend(h.get_reply(n).encode(version).unwrap().as_slice());
@@ -138,24 +160,47 @@ fn exchange(version: WireVersion, session: &Session) {
             let bytes: Vec<u8> = match r.raw {
                 Some(raw) => raw[..hlen].to_vec(),
                 None => {
-                    let cmd = [PS_IOV_GET, PS_IOV_GET, PS_IOV_GET, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, 1][r.cmd as usize % 6];
+                    let cmd = [
+                        PS_IOV_GET,
+                        PS_IOV_GET,
+                        PS_IOV_GET,
+                        PS_IOV_CLOSE,
+                        PS_IOV_FORCE_CLOSE,
+                        1,
+                    ][r.cmd as usize % 6];
                     let runs = [LAZY[0], LAZY[1], EAGER];
                     let (start, _) = runs[r.run as usize % runs.len()];
                     // Mostly from a page before the run to a little past it; now and then anywhere.
-                    let page = if r.page < -100 { i64::from(r.page) * 1000 } else { i64::from(r.page.rem_euclid(12)) - 1 };
-                    let vaddr = start.wrapping_add_signed(page * PS as i64) + u64::from(r.unaligned);
-                    let h = IovHeader { cmd, pad: 0, nr_pages: u64::from(r.pages % 12), vaddr, dst_id: u64::from(r.pid % 3) };
+                    let page = if r.page < -100 {
+                        i64::from(r.page) * 1000
+                    } else {
+                        i64::from(r.page.rem_euclid(12)) - 1
+                    };
+                    let vaddr =
+                        start.wrapping_add_signed(page * PS as i64) + u64::from(r.unaligned);
+                    let h = IovHeader {
+                        cmd,
+                        pad: 0,
+                        nr_pages: u64::from(r.pages % 12),
+                        vaddr,
+                        dst_id: u64::from(r.pid % 3),
+                    };
                     h.encode(version).unwrap().as_slice().to_vec()
                 }
             };
             wire.extend(&bytes);
-            open = model(version, &IovHeader::decode(version, &bytes).unwrap(), &mut expected);
+            open = model(
+                version,
+                &IovHeader::decode(version, &bytes).unwrap(),
+                &mut expected,
+            );
         }
         if open {
             wire.extend(session.tail.iter().take(hlen - 1));
         }
         let mut sock = TcpStream::connect(served.addr).expect("connect");
-        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         // The server may cut the session before reading everything: that is fine.
         let _ = sock.write_all(&wire);
         let _ = sock.shutdown(Shutdown::Write);
@@ -166,17 +211,26 @@ fn exchange(version: WireVersion, session: &Session) {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
             Err(e) => panic!("reading replies: {e} (a hung server?)"),
         }
-        assert!(got == expected, "replies differ: got {} bytes, expected {}", got.len(), expected.len());
+        assert!(
+            got == expected,
+            "replies differ: got {} bytes, expected {}",
+            got.len(),
+            expected.len()
+        );
     }
 }
 
 // check!() is called in the #[test] itself: cargo-bolero finds a target by its function.
 #[test]
 fn page_server_v411() {
-    check!().with_type::<Session>().for_each(|session| exchange(WireVersion::V411, session));
+    check!()
+        .with_type::<Session>()
+        .for_each(|session| exchange(WireVersion::V411, session));
 }
 
 #[test]
 fn page_server_v42() {
-    check!().with_type::<Session>().for_each(|session| exchange(WireVersion::V42, session));
+    check!()
+        .with_type::<Session>()
+        .for_each(|session| exchange(WireVersion::V42, session));
 }

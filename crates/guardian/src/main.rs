@@ -31,7 +31,10 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<KeeperConfig, String>
             "--socket" => socket = Some(PathBuf::from(value()?)),
             "--resume-timeout-ms" => {
                 let v = value()?;
-                timeout = Some(Duration::from_millis(v.parse().map_err(|_| format!("--resume-timeout-ms {v}: not a number"))?));
+                timeout =
+                    Some(Duration::from_millis(v.parse().map_err(|_| {
+                        format!("--resume-timeout-ms {v}: not a number")
+                    })?));
             }
             "--log" => log = Some(PathBuf::from(value()?)),
             "--dump-id" => dump_id = Some(value()?),

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lazy_pages_core::engine::{EngineConfig, EngineEvent, EngineStats, PageRun, TaskStats, TaskWorkingSet};
+use lazy_pages_core::engine::{
+    EngineConfig, EngineEvent, EngineStats, PageRun, TaskStats, TaskWorkingSet,
+};
+use lazy_pages_core::guardian::link::GuardianConfig;
 use lazy_pages_core::ranges::PAGE_SIZE;
 use lazy_pages_core::remote::{RemoteConfig, TlsClient};
-use lazy_pages_core::guardian::link::GuardianConfig;
 use lazy_pages_core::session::{PageOrigin, Session, SessionConfig, SessionEvent, SessionHandle};
 use napi::bindgen_prelude::{AsyncTask, Object};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -87,7 +89,12 @@ fn to_working_set(sets: Vec<WorkingSetTask>) -> napi::Result<Vec<TaskWorkingSet>
     sets.into_iter()
         .map(|t| {
             if t.addrs.len() != t.pages.len() {
-                return Err(err(format!("working set of pid {}: {} addresses but {} page counts", t.pid, t.addrs.len(), t.pages.len())));
+                return Err(err(format!(
+                    "working set of pid {}: {} addresses but {} page counts",
+                    t.pid,
+                    t.addrs.len(),
+                    t.pages.len()
+                )));
             }
             let runs = t
                 .addrs
@@ -96,9 +103,15 @@ fn to_working_set(sets: Vec<WorkingSetTask>) -> napi::Result<Vec<TaskWorkingSet>
                 .map(|(&addr, &pages)| {
                     let page_aligned = addr.fract() == 0.0 && (addr as u64) % PAGE_SIZE == 0;
                     if !(addr >= 0.0 && addr < ADDR_LIMIT && page_aligned) || pages == 0 {
-                        return Err(err(format!("working set of pid {}: bad run {addr} (+{pages} pages)", t.pid)));
+                        return Err(err(format!(
+                            "working set of pid {}: bad run {addr} (+{pages} pages)",
+                            t.pid
+                        )));
                     }
-                    Ok(PageRun { addr: addr as u64, pages: pages.into() })
+                    Ok(PageRun {
+                        addr: addr as u64,
+                        pages: pages.into(),
+                    })
                 })
                 .collect::<napi::Result<Vec<_>>>()?;
             Ok(TaskWorkingSet { pid: t.pid, runs })
@@ -110,7 +123,11 @@ fn from_working_set(set: &TaskWorkingSet) -> WorkingSetTask {
     WorkingSetTask {
         pid: set.pid,
         addrs: set.runs.iter().map(|r| r.addr as f64).collect(),
-        pages: set.runs.iter().map(|r| r.pages.min(u32::MAX.into()) as u32).collect(),
+        pages: set
+            .runs
+            .iter()
+            .map(|r| r.pages.min(u32::MAX.into()) as u32)
+            .collect(),
     }
 }
 
@@ -308,21 +325,42 @@ impl Task for Prepare {
     type JsValue = LazyDaemon;
 
     fn compute(&mut self) -> napi::Result<LazyDaemon> {
-        let o = self.options.take().ok_or_else(|| err("prepare ran twice"))?;
+        let o = self
+            .options
+            .take()
+            .ok_or_else(|| err("prepare ran twice"))?;
         let origin = match &o.page_server {
             None => PageOrigin::Local,
             Some(addr) => {
-                let version = crate::page_server::wire_version(o.criu_version.as_deref(), &o.images_dir)?;
+                let version =
+                    crate::page_server::wire_version(o.criu_version.as_deref(), &o.images_dir)?;
                 let reconnect = Duration::from_millis(o.reconnect_ms.unwrap_or(0).into());
                 let urgent_connection = o.urgent_connection.unwrap_or(false);
                 let defaults = RemoteConfig::default();
-                let stall_timeout = o.stall_timeout_ms.filter(|&ms| ms > 0).map_or(defaults.stall_timeout, |ms| Duration::from_millis(ms.into()));
+                let stall_timeout = o
+                    .stall_timeout_ms
+                    .filter(|&ms| ms > 0)
+                    .map_or(defaults.stall_timeout, |ms| {
+                        Duration::from_millis(ms.into())
+                    });
                 let tls = match &o.tls {
-                    Some(t) => Some(Arc::new(TlsClient::new(&t.files(), crate::tls::host_of(addr)).map_err(err)?)),
+                    Some(t) => Some(Arc::new(
+                        TlsClient::new(&t.files(), crate::tls::host_of(addr)).map_err(err)?,
+                    )),
                     None => None,
                 };
-                let config = RemoteConfig { version, reconnect, urgent_connection, stall_timeout, tls, ..defaults };
-                PageOrigin::Remote { addr: addr.clone(), config }
+                let config = RemoteConfig {
+                    version,
+                    reconnect,
+                    urgent_connection,
+                    stall_timeout,
+                    tls,
+                    ..defaults
+                };
+                PageOrigin::Remote {
+                    addr: addr.clone(),
+                    config,
+                }
             }
         };
         let guardian = o.guardian_program.as_ref().map(|program| GuardianConfig {
@@ -330,9 +368,17 @@ impl Task for Prepare {
             resume_timeout: Duration::from_millis(o.resume_timeout_ms.unwrap_or(60_000).into()),
             log_file: o.log_file.as_ref().map(PathBuf::from),
         });
-        let session =
-            Session::prepare(&PathBuf::from(&o.images_dir), &PathBuf::from(&o.work_dir), origin, guardian.as_ref()).map_err(err)?;
-        let ms = |v: Option<u32>| v.filter(|&v| v > 0).map(|v| Duration::from_millis(v.into()));
+        let session = Session::prepare(
+            &PathBuf::from(&o.images_dir),
+            &PathBuf::from(&o.work_dir),
+            origin,
+            guardian.as_ref(),
+        )
+        .map_err(err)?;
+        let ms = |v: Option<u32>| {
+            v.filter(|&v| v > 0)
+                .map(|v| Duration::from_millis(v.into()))
+        };
         let defaults = EngineConfig::default();
         let config = SessionConfig {
             connect_timeout: ms(o.connect_timeout_ms),
@@ -344,10 +390,15 @@ impl Task for Prepare {
                 record_working_set: o.record_working_set.unwrap_or(false),
                 // Fill from the moment each uffd arrives, unless told to hold the fill
                 // back (--fill-delay) or to record faults (a working set is faults only).
-                early_fill: o.fill_delay_ms.unwrap_or(0) == 0 && !o.record_working_set.unwrap_or(false),
+                early_fill: o.fill_delay_ms.unwrap_or(0) == 0
+                    && !o.record_working_set.unwrap_or(false),
                 jobs: o.jobs.map_or(defaults.jobs, |v| v as usize),
                 chunk_pages: o.chunk_pages.map_or(
-                    if o.page_server.is_some() { lazy_pages_core::remote::REMOTE_CHUNK_PAGES } else { defaults.chunk_pages },
+                    if o.page_server.is_some() {
+                        lazy_pages_core::remote::REMOTE_CHUNK_PAGES
+                    } else {
+                        defaults.chunk_pages
+                    },
                     u64::from,
                 ),
                 fault_pages: o.fault_pages.map_or(defaults.fault_pages, u64::from),
@@ -358,7 +409,14 @@ impl Task for Prepare {
             socket: session.socket_path().map(|p| p.display().to_string()),
             resumed: session
                 .resuming()
-                .map(|(guardian_pid, lost_daemon, tasks, done_tasks)| ResumeInfo { guardian_pid, lost_daemon, tasks: tasks as u32, done_tasks }),
+                .map(
+                    |(guardian_pid, lost_daemon, tasks, done_tasks)| ResumeInfo {
+                        guardian_pid,
+                        lost_daemon,
+                        tasks: tasks as u32,
+                        done_tasks,
+                    },
+                ),
             guardian_pid: session.guardian_pid(),
             tasks: session.dump().tasks.len() as u32,
             warnings: session.warnings().to_vec(),
@@ -376,7 +434,9 @@ impl Task for Prepare {
 /// Read and check the dump in `imagesDir`, then listen on `workDir/lazy-pages.socket`.
 #[napi(ts_return_type = "Promise<LazyDaemon>")]
 pub fn prepare_daemon(options: DaemonOptions) -> AsyncTask<Prepare> {
-    AsyncTask::new(Prepare { options: Some(options) })
+    AsyncTask::new(Prepare {
+        options: Some(options),
+    })
 }
 
 #[napi]
@@ -390,7 +450,12 @@ impl LazyDaemon {
     /// Set when this daemon resumes the restore of one that died.
     #[napi(getter)]
     pub fn resumed(&self) -> Option<ResumeInfo> {
-        self.resumed.as_ref().map(|r| ResumeInfo { guardian_pid: r.guardian_pid, lost_daemon: r.lost_daemon, tasks: r.tasks, done_tasks: r.done_tasks })
+        self.resumed.as_ref().map(|r| ResumeInfo {
+            guardian_pid: r.guardian_pid,
+            lost_daemon: r.lost_daemon,
+            tasks: r.tasks,
+            done_tasks: r.done_tasks,
+        })
     }
 
     /// Lines to log as warnings before serving (e.g. a stranger's socket where our
@@ -414,7 +479,10 @@ impl LazyDaemon {
 
     /// Serve one `criu restore --lazy-pages` on native threads. Resolves with the final
     /// stats when every task has all its pages (or exited); rejects on a failed restore.
-    #[napi(ts_args_type = "onEvent: (event: DaemonEvent) => void", ts_return_type = "Promise<DaemonStats>")]
+    #[napi(
+        ts_args_type = "onEvent: (event: DaemonEvent) => void",
+        ts_return_type = "Promise<DaemonStats>"
+    )]
     pub fn serve<'env>(&self, env: &'env Env, on_event: EventFn) -> napi::Result<Object<'env>> {
         let session = self
             .session
@@ -440,7 +508,9 @@ impl LazyDaemon {
         std::thread::Builder::new()
             .name("lazy-session".into())
             .spawn(move || {
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.run(config, handle, callback)));
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    session.run(config, handle, callback)
+                }));
                 drop(on_event);
                 match result {
                     Ok(Ok(stats)) => deferred.resolve(move |_env| Ok(DaemonStats::from(stats))),
@@ -470,7 +540,9 @@ impl LazyDaemon {
     /// faults in order (null otherwise).
     #[napi]
     pub fn recorded_working_set(&self) -> Option<Vec<WorkingSetTask>> {
-        self.handle.recorded_working_set().map(|sets| sets.iter().map(from_working_set).collect())
+        self.handle
+            .recorded_working_set()
+            .map(|sets| sets.iter().map(from_working_set).collect())
     }
 
     /// Give up: stop serving; every page not served yet is poisoned (SIGBUS on touch).

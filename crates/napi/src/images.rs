@@ -104,9 +104,13 @@ impl Task for ReadPages {
 
     fn compute(&mut self) -> napi::Result<Self::Output> {
         let dump = Dump::open(&self.dir).map_err(invalid)?;
-        let memory = dump
-            .memory(self.pid)
-            .ok_or_else(|| invalid(format!("{}: no memory images for pid {}", self.dir.display(), self.pid)))?;
+        let memory = dump.memory(self.pid).ok_or_else(|| {
+            invalid(format!(
+                "{}: no memory images for pid {}",
+                self.dir.display(),
+                self.pid
+            ))
+        })?;
         let mut buf = vec![0u8; self.pages as usize * 4096];
         memory.read_pages(self.vaddr, &mut buf).map_err(invalid)?;
         Ok(buf)
@@ -120,10 +124,20 @@ impl Task for ReadPages {
 /// The dumped bytes of `pages` pages at `vaddr` (a dump-time address, as a
 /// bigint) of task `pid`, following the parent chain. Rejects pages the dump lacks.
 #[napi(ts_return_type = "Promise<Buffer>")]
-pub fn read_pages(dir: String, pid: u32, vaddr: napi::bindgen_prelude::BigInt, pages: u32) -> napi::Result<AsyncTask<ReadPages>> {
+pub fn read_pages(
+    dir: String,
+    pid: u32,
+    vaddr: napi::bindgen_prelude::BigInt,
+    pages: u32,
+) -> napi::Result<AsyncTask<ReadPages>> {
     let (signed, vaddr, lossless) = vaddr.get_u64();
     if signed || !lossless {
         return Err(invalid("vaddr must be a non-negative 64-bit bigint"));
     }
-    Ok(AsyncTask::new(ReadPages { dir: dir.into(), pid, vaddr, pages }))
+    Ok(AsyncTask::new(ReadPages {
+        dir: dir.into(),
+        pid,
+        vaddr,
+        pages,
+    }))
 }

@@ -6,7 +6,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use lazy_pages_core::images::Dump;
-use lazy_pages_core::remote::{wire_version_of, PageServer, PageServerConfig, ServerEvent, ServerStopper, TlsServer, WireVersion};
+use lazy_pages_core::remote::{
+    wire_version_of, PageServer, PageServerConfig, ServerEvent, ServerStopper, TlsServer,
+    WireVersion,
+};
 use napi::bindgen_prelude::{AsyncTask, Object};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Status, Task};
@@ -88,17 +91,31 @@ impl Task for PrepareServer {
     type JsValue = LazyPageServer;
 
     fn compute(&mut self) -> napi::Result<LazyPageServer> {
-        let o = self.options.take().ok_or_else(|| err("prepare ran twice"))?;
+        let o = self
+            .options
+            .take()
+            .ok_or_else(|| err("prepare ran twice"))?;
         let dump = Dump::open(Path::new(&o.images_dir)).map_err(err)?;
         let version = wire_version(o.criu_version.as_deref(), &o.images_dir)?;
-        let mut config = PageServerConfig { keep_serving: o.keep_serving, version, ..PageServerConfig::default() };
+        let mut config = PageServerConfig {
+            keep_serving: o.keep_serving,
+            version,
+            ..PageServerConfig::default()
+        };
         if let Some(addr) = &o.address {
-            config.address = addr.parse::<IpAddr>().map_err(|_| err(format!("--address {addr}: not a numeric IPv4 or IPv6 address")))?;
+            config.address = addr.parse::<IpAddr>().map_err(|_| {
+                err(format!(
+                    "--address {addr}: not a numeric IPv4 or IPv6 address"
+                ))
+            })?;
         }
         if let Some(t) = &o.tls {
-            config.tls = Some(Arc::new(TlsServer::new(&t.files(), o.address.as_deref()).map_err(err)?));
+            config.tls = Some(Arc::new(
+                TlsServer::new(&t.files(), o.address.as_deref()).map_err(err)?,
+            ));
         }
-        config.port = u16::try_from(o.port).map_err(|_| err(format!("--port {}: out of range", o.port)))?;
+        config.port =
+            u16::try_from(o.port).map_err(|_| err(format!("--port {}: out of range", o.port)))?;
         if let Some(max) = o.max_request_pages {
             config.max_request_pages = max.max(1).into();
         }
@@ -134,7 +151,9 @@ impl Task for PrepareServer {
 /// Read the dump and listen; nothing is served until `serve`.
 #[napi(ts_return_type = "Promise<LazyPageServer>")]
 pub fn prepare_page_server(options: PageServerOptions) -> AsyncTask<PrepareServer> {
-    AsyncTask::new(PrepareServer { options: Some(options) })
+    AsyncTask::new(PrepareServer {
+        options: Some(options),
+    })
 }
 
 #[napi]
@@ -156,17 +175,29 @@ impl LazyPageServer {
     }
 
     /// Serve until stopped (or after one session without keepServing).
-    #[napi(ts_args_type = "onEvent: (event: PageServerEvent) => void", ts_return_type = "Promise<PageServerSummary>")]
+    #[napi(
+        ts_args_type = "onEvent: (event: PageServerEvent) => void",
+        ts_return_type = "Promise<PageServerSummary>"
+    )]
     pub fn serve<'env>(&self, env: &'env Env, on_event: EventFn) -> napi::Result<Object<'env>> {
-        let server = self.server.lock().map_err(err)?.take().ok_or_else(|| err("this page server already ran"))?;
+        let server = self
+            .server
+            .lock()
+            .map_err(err)?
+            .take()
+            .ok_or_else(|| err("this page server already ran"))?;
         let (deferred, promise) = env.create_deferred()?;
         let on_event = Arc::new(on_event);
         let events = on_event.clone();
         *self.events.lock().map_err(err)? = Some(Box::new(move |e: ServerEvent| {
             let js = match e {
-                ServerEvent::SessionStarted { peer } => {
-                    PageServerEvent { kind: "session-started".into(), peer: peer.to_string(), requests: None, pages: None, error: None }
-                }
+                ServerEvent::SessionStarted { peer } => PageServerEvent {
+                    kind: "session-started".into(),
+                    peer: peer.to_string(),
+                    requests: None,
+                    pages: None,
+                    error: None,
+                },
                 ServerEvent::SessionEnded { peer, stats, error } => PageServerEvent {
                     kind: "session-ended".into(),
                     peer: peer.to_string(),
@@ -174,9 +205,13 @@ impl LazyPageServer {
                     pages: Some(stats.pages as f64),
                     error,
                 },
-                ServerEvent::Refused { peer, reason } => {
-                    PageServerEvent { kind: "refused".into(), peer: peer.to_string(), requests: None, pages: None, error: Some(reason) }
-                }
+                ServerEvent::Refused { peer, reason } => PageServerEvent {
+                    kind: "refused".into(),
+                    peer: peer.to_string(),
+                    requests: None,
+                    pages: None,
+                    error: Some(reason),
+                },
             };
             events.call(js, ThreadsafeFunctionCallMode::Blocking);
         }));
@@ -184,7 +219,8 @@ impl LazyPageServer {
         std::thread::Builder::new()
             .name("lazy-page-server".into())
             .spawn(move || {
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.run()));
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.run()));
                 // Release the JS callback so Node can exit.
                 if let Ok(mut guard) = slot.lock() {
                     guard.take();

@@ -22,7 +22,13 @@ pub fn release_dead_terminal() -> napi::Result<u32> {
             continue;
         }
         if null.is_none() {
-            null = Some(std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(crate::daemon::err)?);
+            null = Some(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                    .map_err(crate::daemon::err)?,
+            );
         }
         let null_fd = null.as_ref().map_or(-1, std::os::fd::AsRawFd::as_raw_fd);
         // SAFETY: dup2 replaces descriptor `fd` (0-2) with a copy of our open /dev/null.

@@ -21,9 +21,12 @@ impl Task for LockWorkDir {
     type JsValue = Option<String>;
 
     fn compute(&mut self) -> napi::Result<Option<String>> {
-        let lock = lock_work_dir(&self.dir).map_err(|e| Error::new(Status::GenericFailure, e.to_string()))?;
+        let lock = lock_work_dir(&self.dir)
+            .map_err(|e| Error::new(Status::GenericFailure, e.to_string()))?;
         let interrupted = lock.interrupted();
-        HELD.lock().map_err(|_| Error::new(Status::GenericFailure, "work dir lock list poisoned"))?.push(lock);
+        HELD.lock()
+            .map_err(|_| Error::new(Status::GenericFailure, "work dir lock list poisoned"))?
+            .push(lock);
         Ok(interrupted)
     }
 

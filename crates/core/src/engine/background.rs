@@ -56,8 +56,15 @@ pub(crate) fn run(shared: Arc<Shared>, job: usize) {
             forgot_absent = true;
         }
         if shared.prefetch.just_emptied() {
-            let pages = shared.all_tasks().iter().map(|t| t.counters.prefetched.load(Relaxed)).sum();
-            shared.notifier.send(EngineEvent::WorkingSetFetched { pages, elapsed: shared.started.elapsed() });
+            let pages = shared
+                .all_tasks()
+                .iter()
+                .map(|t| t.counters.prefetched.load(Relaxed))
+                .sum();
+            shared.notifier.send(EngineEvent::WorkingSetFetched {
+                pages,
+                elapsed: shared.started.elapsed(),
+            });
         }
         match next_claim(&shared, finished, job) {
             Some((task, id, claim, who)) => {
@@ -66,7 +73,10 @@ pub(crate) fn run(shared: Arc<Shared>, job: usize) {
                 // (`niceness.rs`). Bench, working-set scenario: first loop 0.33 s with the
                 // prefetch at normal priority, 0.68 s with it as SCHED_IDLE. (No claim
                 // comes before the working set is known: it is set before any task.)
-                if !idle_policy && !matches!(who, Copier::Prefetch { .. }) && shared.prefetch.is_empty() {
+                if !idle_policy
+                    && !matches!(who, Copier::Prefetch { .. })
+                    && shared.prefetch.is_empty()
+                {
                     super::niceness::fill_thread(job, shared.config.jobs);
                     idle_policy = true;
                 }
@@ -118,9 +128,11 @@ fn forget_absent_working_sets(shared: &Shared) {
     let live: Vec<u32> = shared
         .all_tasks()
         .iter()
-        .filter(|t| t.parent.is_none() && {
-            let st = t.state();
-            !st.exited && !st.retired
+        .filter(|t| {
+            t.parent.is_none() && {
+                let st = t.state();
+                !st.exited && !st.retired
+            }
         })
         .map(|t| t.pid)
         .collect();
@@ -128,7 +140,11 @@ fn forget_absent_working_sets(shared: &Shared) {
 }
 
 /// Claims the next chunk and says who copies it.
-fn next_claim(shared: &Shared, restore_finished: bool, job: usize) -> Option<(Arc<Task>, u64, Claim, Copier)> {
+fn next_claim(
+    shared: &Shared,
+    restore_finished: bool,
+    job: usize,
+) -> Option<(Arc<Task>, u64, Claim, Copier)> {
     let chunk = shared.config.chunk_pages;
     let tasks = shared.all_tasks();
     let now = Instant::now();
@@ -142,20 +158,37 @@ fn next_claim(shared: &Shared, restore_finished: bool, job: usize) -> Option<(Ar
                 shared.prefetch.retain(|pid| pid != task.pid);
                 continue;
             }
-            if !restore_finished && (st.probe_in_flight.is_some() || st.prefetch_not_before.is_some_and(|t| t > now)) {
+            if !restore_finished
+                && (st.probe_in_flight.is_some() || st.prefetch_not_before.is_some_and(|t| t > now))
+            {
                 continue;
             }
             let probing = !restore_finished && !st.prefetch_registered;
-            if let Some(claim) = shared.prefetch.claim(task.pid, &mut st.pending, if probing { 1 } else { chunk }) {
+            if let Some(claim) =
+                shared
+                    .prefetch
+                    .claim(task.pid, &mut st.pending, if probing { 1 } else { chunk })
+            {
                 let id = st.inflight.add(claim);
                 // Other fill threads leave the task alone until the probe answered.
                 st.probe_in_flight = probing.then_some(id);
-                return Some((task.clone(), id, claim, Copier::Prefetch { early: !restore_finished }));
+                return Some((
+                    task.clone(),
+                    id,
+                    claim,
+                    Copier::Prefetch {
+                        early: !restore_finished,
+                    },
+                ));
             }
         }
     }
     if !restore_finished {
-        return if shared.config.early_fill { early_claim(&tasks, job, chunk, now) } else { None };
+        return if shared.config.early_fill {
+            early_claim(&tasks, job, chunk, now)
+        } else {
+            None
+        };
     }
     if let Some(found) = hinted_claim(shared, &tasks, chunk) {
         return Some((found.0, found.1, found.2, Copier::Background));
@@ -177,15 +210,27 @@ fn next_claim(shared: &Shared, restore_finished: bool, job: usize) -> Option<(Ar
 /// Before RESTORE_FINISHED (with `early_fill`): address-order chunks as after it, but a
 /// task is probed one page at a time until a copy shows its VMAs registered (invariant
 /// 5), exactly as early prefetch does.
-fn early_claim(tasks: &[Arc<Task>], job: usize, chunk: u64, now: Instant) -> Option<(Arc<Task>, u64, Claim, Copier)> {
+fn early_claim(
+    tasks: &[Arc<Task>],
+    job: usize,
+    chunk: u64,
+    now: Instant,
+) -> Option<(Arc<Task>, u64, Claim, Copier)> {
     for task in tasks {
         let mut st = task.state();
-        if st.exited || st.retired || st.probe_in_flight.is_some() || st.prefetch_not_before.is_some_and(|t| t > now) {
+        if st.exited
+            || st.retired
+            || st.probe_in_flight.is_some()
+            || st.prefetch_not_before.is_some_and(|t| t > now)
+        {
             continue;
         }
         let probing = !st.prefetch_registered;
         let st = &mut *st;
-        if let Some(claim) = st.stripes.take(&mut st.pending, job, if probing { 1 } else { chunk }) {
+        if let Some(claim) = st
+            .stripes
+            .take(&mut st.pending, job, if probing { 1 } else { chunk })
+        {
             let id = st.inflight.add(claim);
             st.probe_in_flight = probing.then_some(id);
             return Some((task.clone(), id, claim, Copier::Early));
@@ -195,7 +240,11 @@ fn early_claim(tasks: &[Arc<Task>], job: usize, chunk: u64, now: Instant) -> Opt
 }
 
 /// Policy hints, most recent last; a hint outlives its first chunk.
-fn hinted_claim(shared: &Shared, tasks: &[Arc<Task>], chunk: u64) -> Option<(Arc<Task>, u64, Claim)> {
+fn hinted_claim(
+    shared: &Shared,
+    tasks: &[Arc<Task>],
+    chunk: u64,
+) -> Option<(Arc<Task>, u64, Claim)> {
     loop {
         let hint = lock(&shared.hints).pop_front()?;
         for task in tasks.iter().filter(|t| t.pid == hint.pid) {
@@ -207,7 +256,10 @@ fn hinted_claim(shared: &Shared, tasks: &[Arc<Task>], chunk: u64) -> Option<(Arc
                 let id = st.inflight.add(claim);
                 drop(st);
                 if claim.end < hint.end {
-                    lock(&shared.hints).push_front(Hint { addr: claim.end, ..hint });
+                    lock(&shared.hints).push_front(Hint {
+                        addr: claim.end,
+                        ..hint
+                    });
                 }
                 return Some((task.clone(), id, claim));
             }
@@ -215,7 +267,15 @@ fn hinted_claim(shared: &Shared, tasks: &[Arc<Task>], chunk: u64) -> Option<(Arc
     }
 }
 
-fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, who: Copier, generation: u64, scratch: &mut Vec<u8>) {
+fn fill_one(
+    shared: &Shared,
+    task: &Task,
+    id: u64,
+    claim: Claim,
+    who: Copier,
+    generation: u64,
+    scratch: &mut Vec<u8>,
+) {
     let priority = match who {
         Copier::Prefetch { .. } => Priority::WorkingSet,
         _ => Priority::Background,
@@ -225,7 +285,13 @@ fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, who: Copier, ge
     // the source), and this job waits with no lock held, woken by the source's waker.
     let fetched = loop {
         let seen = shared.work_generation();
-        let fetched = shared.source.pages(task.pid, claim.img_start, claim.len() as usize, scratch, priority);
+        let fetched = shared.source.pages(
+            task.pid,
+            claim.img_start,
+            claim.len() as usize,
+            scratch,
+            priority,
+        );
         if !matches!(fetched, Ok(PageData::Pending)) {
             break fetched;
         }
@@ -237,14 +303,22 @@ fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, who: Copier, ge
         shared.wait_work(seen, SOURCE_WAIT);
     };
     let fill = match fetched {
-        Ok(PageData::Bytes(data)) if data.len() as u64 == claim.len() => Fill::Bytes { img_start: claim.img_start, data },
+        Ok(PageData::Bytes(data)) if data.len() as u64 == claim.len() => Fill::Bytes {
+            img_start: claim.img_start,
+            data,
+        },
         Ok(PageData::Zero) => Fill::Zero,
         Ok(PageData::Pending) => unreachable!("waited for above"),
         Ok(PageData::Bytes(data)) => {
             let got = data.len();
             put_back(&mut task.state(), id);
             let want = claim.len() as usize;
-            return shared.fail(EngineError::ShortData { pid: task.pid, img_addr: claim.img_start, got, want });
+            return shared.fail(EngineError::ShortData {
+                pid: task.pid,
+                img_addr: claim.img_start,
+                got,
+                want,
+            });
         }
         Err(e) => {
             put_back(&mut task.state(), id);
@@ -278,7 +352,9 @@ fn fill_one(shared: &Shared, task: &Task, id: u64, claim: Claim, who: Copier, ge
     if not_yet && matches!(who, Copier::Prefetch { .. }) {
         // Back in pending already; a working set's pages go back to its front too, so
         // they go first once the restorer has registered their VMA.
-        shared.prefetch.put_front(task.pid, report.leftover.iter().map(|r| (r.start, r.end)));
+        shared
+            .prefetch
+            .put_front(task.pid, report.leftover.iter().map(|r| (r.start, r.end)));
     }
     if probe_answered {
         // Jobs that found the task probed may claim from it again (after the page is

@@ -24,7 +24,15 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { jobs: 1, chunk_pages: 64, fault_pages: 1, event_batch: 64, fault_event_queue: 4096, early_fill: false, record_working_set: false }
+        EngineConfig {
+            jobs: 1,
+            chunk_pages: 64,
+            fault_pages: 1,
+            event_batch: 64,
+            fault_event_queue: 4096,
+            early_fill: false,
+            record_working_set: false,
+        }
     }
 }
 

@@ -26,14 +26,19 @@ impl FaultLoop {
         let mut exited = false;
         {
             let gate = task.gate_exclusive();
-            let Some(uffd) = gate.as_ref() else { return faults };
+            let Some(uffd) = gate.as_ref() else {
+                return faults;
+            };
             let mut events = Vec::new();
             match uffd::read_events(uffd, &mut self.buf, &mut events) {
                 Ok(ReadStatus::Read(_)) => {}
                 Ok(ReadStatus::Empty) => return faults,
                 Ok(ReadStatus::Closed) => exited = true,
                 Err(e) => {
-                    let message = format!("task {} (pid {}): {e}; treating it as exited", task.id, task.pid);
+                    let message = format!(
+                        "task {} (pid {}): {e}; treating it as exited",
+                        task.id, task.pid
+                    );
                     self.shared.notifier.send(EngineEvent::Error { message });
                     exited = true;
                 }
@@ -61,11 +66,13 @@ impl FaultLoop {
                                 message: format!("task {} (pid {}): {e}", task.id, task.pid),
                             }),
                         }
-                        let dropped = st.pending.remove(start, end) + st.inflight.remove(start, end);
+                        let dropped =
+                            st.pending.remove(start, end) + st.inflight.remove(start, end);
                         super::stats::TaskCounters::add(&task.counters.dropped, dropped);
                     }
                     UffdEvent::Unmap { start, end } => {
-                        let dropped = st.pending.remove(start, end) + st.inflight.remove(start, end);
+                        let dropped =
+                            st.pending.remove(start, end) + st.inflight.remove(start, end);
                         super::stats::TaskCounters::add(&task.counters.dropped, dropped);
                     }
                     UffdEvent::Fork { uffd } => {
@@ -79,7 +86,10 @@ impl FaultLoop {
                         children.push((uffd, ranges));
                     }
                     UffdEvent::Unknown(code) => self.shared.notifier.send(EngineEvent::Error {
-                        message: format!("task {} (pid {}): unknown uffd message {code:#x}", task.id, task.pid),
+                        message: format!(
+                            "task {} (pid {}): unknown uffd message {code:#x}",
+                            task.id, task.pid
+                        ),
                     }),
                 }
             }
@@ -97,7 +107,10 @@ impl FaultLoop {
 
     fn adopt_child(&mut self, parent: &Task, fd: OwnedFd, ranges: LazyRanges) {
         let uffd = uffd::uffd_from_owned(fd);
-        match self.shared.add_task(parent.pid, Some(parent.id), uffd, ranges) {
+        match self
+            .shared
+            .add_task(parent.pid, Some(parent.id), uffd, ranges)
+        {
             Ok(child) => self.shared.notifier.send(EngineEvent::TaskForked {
                 pid: parent.pid,
                 parent: parent.id,
@@ -106,7 +119,10 @@ impl FaultLoop {
             // The child's uffd is closed by the error path; its faults then zero-fill,
             // which is wrong for its lazy pages, so this is worth a loud report.
             Err(e) => self.shared.notifier.send(EngineEvent::Error {
-                message: format!("task {} (pid {}): forked child lost: {e}", parent.id, parent.pid),
+                message: format!(
+                    "task {} (pid {}): forked child lost: {e}",
+                    parent.id, parent.pid
+                ),
             }),
         }
     }

@@ -17,7 +17,12 @@ pub enum EngineError {
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error("task {pid}: page source returned {got} bytes for {want} at {img_addr:#x}")]
-    ShortData { pid: u32, img_addr: u64, got: usize, want: usize },
+    ShortData {
+        pid: u32,
+        img_addr: u64,
+        got: usize,
+        want: usize,
+    },
     #[error("the engine is shutting down or finished; task {pid} not added")]
     Closed { pid: u32 },
     #[error("engine thread {0} panicked")]
@@ -44,9 +49,19 @@ impl std::fmt::Display for UnservedNote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} lazy pages were never served: ", self.pages)?;
         match &self.poison_error {
-            Some(e) => write!(f, "poisoning them failed ({e}), so the restored processes read zeros there"),
-            None if self.poisoned == self.pages => write!(f, "all poisoned: a restored process that touches one gets SIGBUS, never zeros"),
-            None => write!(f, "{} poisoned (SIGBUS on touch); the rest belonged to tasks that were exiting", self.poisoned),
+            Some(e) => write!(
+                f,
+                "poisoning them failed ({e}), so the restored processes read zeros there"
+            ),
+            None if self.poisoned == self.pages => write!(
+                f,
+                "all poisoned: a restored process that touches one gets SIGBUS, never zeros"
+            ),
+            None => write!(
+                f,
+                "{} poisoned (SIGBUS on touch); the rest belonged to tasks that were exiting",
+                self.poisoned
+            ),
         }
     }
 }

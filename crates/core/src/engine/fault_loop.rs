@@ -156,8 +156,18 @@ impl FaultLoop {
     pub fn defer(&mut self, task: u32, addr: u64, attempt: u32, read_at: Instant) {
         // First retry right after the next drain; then back off, because an EAGAIN can
         // precede the event that explains it by a moment.
-        let delay = if attempt <= 1 { Duration::ZERO } else { Duration::from_millis(1 << (attempt - 2).min(5)) };
-        self.deferred.push(Deferred { task, addr, due: Instant::now() + delay, attempt, read_at });
+        let delay = if attempt <= 1 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(1 << (attempt - 2).min(5))
+        };
+        self.deferred.push(Deferred {
+            task,
+            addr,
+            due: Instant::now() + delay,
+            attempt,
+            read_at,
+        });
     }
 
     fn run_deferred(&mut self) {
@@ -165,7 +175,9 @@ impl FaultLoop {
             return;
         }
         let now = Instant::now();
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred).into_iter().partition(|d| d.due <= now);
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|d| d.due <= now);
         self.deferred = later;
         for d in due {
             if let Some(task) = self.shared.task(d.task) {
@@ -176,7 +188,9 @@ impl FaultLoop {
 
     fn recheck_awaited(&mut self) {
         for id in std::mem::take(&mut self.awaiting) {
-            let Some(task) = self.shared.task(id) else { continue };
+            let Some(task) = self.shared.task(id) else {
+                continue;
+            };
             let pages = std::mem::take(&mut task.state().awaited);
             for addr in pages {
                 self.serve(&task, addr, Instant::now(), 0);
@@ -194,14 +208,24 @@ impl FaultLoop {
                 }
                 _ => {
                     if let Some((task, pid, addr, pages)) = merged.take() {
-                        self.shared.notifier.fault(EngineEvent::Fault { pid, task, addr, pages });
+                        self.shared.notifier.fault(EngineEvent::Fault {
+                            pid,
+                            task,
+                            addr,
+                            pages,
+                        });
                     }
                     merged = Some((task, pid, addr, pages));
                 }
             }
         }
         if let Some((task, pid, addr, pages)) = merged {
-            self.shared.notifier.fault(EngineEvent::Fault { pid, task, addr, pages });
+            self.shared.notifier.fault(EngineEvent::Fault {
+                pid,
+                task,
+                addr,
+                pages,
+            });
         }
     }
 
@@ -251,7 +275,9 @@ impl FaultLoop {
             self.serve(task, addr, read_at, 0);
         }
         let st = task.state();
-        !had_faults && (st.exited || st.is_quiet()) && !self.deferred.iter().any(|d| d.task == task.id)
+        !had_faults
+            && (st.exited || st.is_quiet())
+            && !self.deferred.iter().any(|d| d.task == task.id)
     }
 
     fn retire(&mut self, task: &Task) {
@@ -263,6 +289,10 @@ impl FaultLoop {
             drop(uffd);
         }
         self.shared.journal(|j| j.task_done(task.id));
-        self.shared.notifier.send(EngineEvent::TaskDone { pid: task.pid, task: task.id, stats: task.snapshot() });
+        self.shared.notifier.send(EngineEvent::TaskDone {
+            pid: task.pid,
+            task: task.id,
+            stats: task.snapshot(),
+        });
     }
 }

@@ -41,7 +41,12 @@ pub(crate) struct GateWriteGuard<'a, T> {
 
 impl<T> Gate<T> {
     pub fn new(value: T) -> Self {
-        Gate { lock: RwLock::new(value), writers: AtomicU32::new(0), idle: Mutex::new(()), writers_gone: Condvar::new() }
+        Gate {
+            lock: RwLock::new(value),
+            writers: AtomicU32::new(0),
+            idle: Mutex::new(()),
+            writers_gone: Condvar::new(),
+        }
     }
 
     /// Shared access, after any writer that is waiting.
@@ -49,7 +54,10 @@ impl<T> Gate<T> {
         if self.writers.load(SeqCst) != 0 {
             let mut idle = lock(&self.idle);
             while self.writers.load(SeqCst) != 0 {
-                idle = self.writers_gone.wait(idle).unwrap_or_else(|e| e.into_inner());
+                idle = self
+                    .writers_gone
+                    .wait(idle)
+                    .unwrap_or_else(|e| e.into_inner());
             }
         }
         self.lock.read().unwrap_or_else(|e| e.into_inner())
@@ -69,12 +77,19 @@ impl<T> Gate<T> {
                 // waiting for this very CPU: give it up now and then instead of
                 // burning the whole spin (measured: a third of the fault thread's
                 // time in this loop while a working set was prefetched).
-                Err(TryLockError::WouldBlock) if Instant::now() < deadline => std::thread::yield_now(),
-                Err(TryLockError::WouldBlock) => break self.lock.write().unwrap_or_else(|e| e.into_inner()),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::yield_now()
+                }
+                Err(TryLockError::WouldBlock) => {
+                    break self.lock.write().unwrap_or_else(|e| e.into_inner())
+                }
             }
             tries += 1;
         };
-        GateWriteGuard { guard: Some(guard), gate: self }
+        GateWriteGuard {
+            guard: Some(guard),
+            gate: self,
+        }
     }
 
     /// A writer is waiting (or holding the gate): a reader should let go soon.
@@ -130,7 +145,13 @@ mod tests {
         let holds = Arc::new(AtomicU32::new(0));
         let late = Arc::new(AtomicU32::new(0));
         let reader = {
-            let (gate, stop, holding, holds, late) = (gate.clone(), stop.clone(), holding.clone(), holds.clone(), late.clone());
+            let (gate, stop, holding, holds, late) = (
+                gate.clone(),
+                stop.clone(),
+                holding.clone(),
+                holds.clone(),
+                late.clone(),
+            );
             std::thread::spawn(move || {
                 while !stop.load(SeqCst) {
                     let g = gate.read();
@@ -153,7 +174,8 @@ mod tests {
         while holds.load(SeqCst) == 0 {
             std::thread::yield_now();
         }
-        let (mut writes, mut contended, mut worst_late, mut worst_wait) = (0u64, 0u32, 0u32, Duration::ZERO);
+        let (mut writes, mut contended, mut worst_late, mut worst_wait) =
+            (0u64, 0u32, 0u32, Duration::ZERO);
         // Until 200 writes found the reader inside a hold, so the check really ran.
         while contended < 200 && writes < 20_000 {
             contended += u32::from(holding.load(SeqCst));
@@ -169,11 +191,20 @@ mod tests {
         stop.store(true, SeqCst);
         reader.join().unwrap();
         assert_eq!(*gate.read(), writes);
-        assert!(contended >= 200, "the reader held the gate at only {contended} of {writes} writes");
+        assert!(
+            contended >= 200,
+            "the reader held the gate at only {contended} of {writes} writes"
+        );
         // The check above is wait-time independent; this only catches a writer kept out
         // indefinitely (it would otherwise show up as a hung test).
-        assert!(worst_late <= 1, "{worst_late} read holds began while one writer waited (worst wait {worst_wait:?})");
-        assert!(worst_wait < Duration::from_secs(5), "writer waited {worst_wait:?}");
+        assert!(
+            worst_late <= 1,
+            "{worst_late} read holds began while one writer waited (worst wait {worst_wait:?})"
+        );
+        assert!(
+            worst_wait < Duration::from_secs(5),
+            "writer waited {worst_wait:?}"
+        );
     }
 
     #[test]

@@ -24,7 +24,10 @@ impl InFlightSet {
         self.next_id += 1;
         let mut pieces = LazyRanges::new();
         pieces.insert(claim);
-        self.claims.push(InFlight { id: self.next_id, pieces });
+        self.claims.push(InFlight {
+            id: self.next_id,
+            pieces,
+        });
         self.next_id
     }
 
@@ -39,19 +42,27 @@ impl InFlightSet {
 
     /// The dump-time address of `addr`, if a claim in flight holds it.
     pub fn img_addr_of(&self, addr: u64) -> Option<u64> {
-        self.claims.iter().find_map(|c| c.pieces.iter().find(|r| r.start <= addr && addr < r.end)).map(|r| r.img_addr(addr))
+        self.claims
+            .iter()
+            .find_map(|c| c.pieces.iter().find(|r| r.start <= addr && addr < r.end))
+            .map(|r| r.img_addr(addr))
     }
 
     /// What is left of claim `id`; None once it was finished or dropped wholesale.
     pub fn pieces(&self, id: u64) -> Option<Vec<LazyRange>> {
-        self.claims.iter().find(|c| c.id == id).map(|c| c.pieces.iter().collect())
+        self.claims
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| c.pieces.iter().collect())
     }
 
     /// Narrows claim `id` to `rest` (the part its copier has not handled yet); false if
     /// the claim is gone (task exited). Only for the claim's own copier, under the shared
     /// gate: nothing else changes a claim's pieces then except dropping them all.
     pub fn narrow(&mut self, id: u64, rest: &[LazyRange]) -> bool {
-        let Some(c) = self.claims.iter_mut().find(|c| c.id == id) else { return false };
+        let Some(c) = self.claims.iter_mut().find(|c| c.id == id) else {
+            return false;
+        };
         let mut pieces = LazyRanges::new();
         for &r in rest {
             pieces.insert(r);
@@ -70,7 +81,10 @@ impl InFlightSet {
 
     /// Drops `[start, end)` from every claim; returns the pages dropped.
     pub fn remove(&mut self, start: u64, end: u64) -> u64 {
-        self.claims.iter_mut().map(|c| c.pieces.remove(start, end)).sum()
+        self.claims
+            .iter_mut()
+            .map(|c| c.pieces.remove(start, end))
+            .sum()
     }
 
     pub fn remap(&mut self, from: u64, to: u64, len: u64) {

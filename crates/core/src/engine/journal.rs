@@ -27,7 +27,9 @@ impl SpaceEvent {
     /// Applies the event to a task's lazy ranges; returns the pages it dropped.
     pub fn apply(&self, ranges: &mut LazyRanges) -> u64 {
         match *self {
-            SpaceEvent::Remove { start, end } | SpaceEvent::Unmap { start, end } => ranges.remove(start, end),
+            SpaceEvent::Remove { start, end } | SpaceEvent::Unmap { start, end } => {
+                ranges.remove(start, end)
+            }
             SpaceEvent::Remap { from, to, len } => {
                 ranges.remap(from, to, len);
                 0
@@ -38,7 +40,14 @@ impl SpaceEvent {
 
 pub trait Journal: Send + Sync {
     /// Task `id` (image pid `pid`, forked from task `parent`) is about to be served.
-    fn task(&self, id: u32, pid: u32, parent: Option<u32>, uffd: BorrowedFd<'_>, ranges: &LazyRanges) -> Result<(), String>;
+    fn task(
+        &self,
+        id: u32,
+        pid: u32,
+        parent: Option<u32>,
+        uffd: BorrowedFd<'_>,
+        ranges: &LazyRanges,
+    ) -> Result<(), String>;
     /// `event` was read from task `id`'s uffd and is about to be applied.
     fn event(&self, id: u32, event: &SpaceEvent) -> Result<(), String>;
     /// Task `id` has every page (or exited) and its uffd is closed here.

@@ -135,7 +135,11 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the fault, background-fill and notifier threads. No task yet.
-    pub fn start(source: Arc<dyn PageSource>, config: EngineConfig, events: EventCallback) -> Result<Engine, EngineError> {
+    pub fn start(
+        source: Arc<dyn PageSource>,
+        config: EngineConfig,
+        events: EventCallback,
+    ) -> Result<Engine, EngineError> {
         let shared = Arc::new(Shared::new(source, config.normalized())?);
         // Weak: the source lives in `shared`, so a strong reference would be a cycle.
         let weak = Arc::downgrade(&shared);
@@ -155,7 +159,11 @@ impl Engine {
                     shared.fail(EngineError::ThreadPanicked(name));
                 }
             };
-            std::thread::Builder::new().name(format!("lazy-{name}")).spawn(body).map(|h| (name, h)).map_err(EngineError::Setup)
+            std::thread::Builder::new()
+                .name(format!("lazy-{name}"))
+                .spawn(body)
+                .map(|h| (name, h))
+                .map_err(EngineError::Setup)
         };
         let s = shared.clone();
         threads.push(spawn(
@@ -167,10 +175,7 @@ impl Engine {
         )?);
         for job in 0..shared.config.jobs {
             let s = shared.clone();
-            threads.push(spawn(
-                "fill",
-                Box::new(move || background::run(s, job)),
-            )?);
+            threads.push(spawn("fill", Box::new(move || background::run(s, job)))?);
         }
         let s = shared.clone();
         threads.push(spawn(
@@ -180,12 +185,21 @@ impl Engine {
                 s.notifier.run(&events, &mut || s.progress(&mut last));
             }),
         )?);
-        Ok(Engine { shared, threads: Mutex::new(threads), poisoned: std::sync::atomic::AtomicBool::new(false) })
+        Ok(Engine {
+            shared,
+            threads: Mutex::new(threads),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Hands over task `pid`'s uffd (API already negotiated, as CRIU sends it) with its
     /// lazy ranges. Returns the engine's id for this task entry.
-    pub fn add_task(&self, pid: u32, uffd: OwnedFd, ranges: LazyRanges) -> Result<u32, EngineError> {
+    pub fn add_task(
+        &self,
+        pid: u32,
+        uffd: OwnedFd,
+        ranges: LazyRanges,
+    ) -> Result<u32, EngineError> {
         let uffd = crate::uffd::uffd_from_owned(uffd);
         let task = self.shared.add_task(pid, None, uffd, ranges)?;
         self.shared.poke();
@@ -202,7 +216,13 @@ impl Engine {
     /// pages it had not been told were dropped (pages it copied meanwhile are found
     /// present: EEXIST). Wakes every thread of the task blocked on a fault whose message
     /// the dead daemon read: its fault comes again and is served here.
-    pub fn add_resumed_task(&self, pid: u32, parent: Option<u32>, uffd: OwnedFd, ranges: LazyRanges) -> Result<u32, EngineError> {
+    pub fn add_resumed_task(
+        &self,
+        pid: u32,
+        parent: Option<u32>,
+        uffd: OwnedFd,
+        ranges: LazyRanges,
+    ) -> Result<u32, EngineError> {
         let uffd = crate::uffd::uffd_from_owned(uffd);
         let task = self.shared.add_task(pid, parent, uffd, ranges)?;
         // The whole user address space, not just the lazy ranges: the dead daemon may
@@ -213,7 +233,9 @@ impl Engine {
         if let Some(uffd) = task.gate_shared().as_ref() {
             // A task that exited meanwhile refuses (ESRCH); nothing waits there then.
             if let Err(e) = crate::uffd::wake(uffd, USER_START, USER_END - USER_START) {
-                self.shared.notifier.send(EngineEvent::Warning { message: format!("task {} (pid {pid}): {e}", task.id) });
+                self.shared.notifier.send(EngineEvent::Warning {
+                    message: format!("task {} (pid {pid}): {e}", task.id),
+                });
             }
         }
         self.shared.poke();
@@ -234,7 +256,11 @@ impl Engine {
         let start = page_floor(addr);
         let end = page_ceil(addr.saturating_add(pages.saturating_mul(PAGE_SIZE)));
         if start < end {
-            self.shared.push_hint(Hint { pid, addr: start, end });
+            self.shared.push_hint(Hint {
+                pid,
+                addr: start,
+                end,
+            });
         }
     }
 
@@ -285,7 +311,11 @@ impl Engine {
         Err(match unserved {
             Some(u) if u.pages > 0 => EngineError::Unserved {
                 source: Box::new(err),
-                note: UnservedNote { pages: u.pages, poisoned: u.poisoned, poison_error: u.error },
+                note: UnservedNote {
+                    pages: u.pages,
+                    poisoned: u.poisoned,
+                    poison_error: u.error,
+                },
             },
             _ => err,
         })

@@ -52,7 +52,9 @@ fn pin_to_own_cpu(job: usize) {
         return;
     }
     // SAFETY: CPU_ISSET reads the set within its fixed size.
-    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &allowed) }).collect();
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &allowed) })
+        .collect();
     if cpus.len() < 2 {
         return;
     }
@@ -85,6 +87,10 @@ mod tests {
         });
         assert_eq!(t.join().unwrap(), libc::SCHED_IDLE);
         // SAFETY: as above, for this thread.
-        assert_eq!(unsafe { libc::sched_getscheduler(libc::gettid()) }, libc::SCHED_OTHER, "only the calling thread changes");
+        assert_eq!(
+            unsafe { libc::sched_getscheduler(libc::gettid()) },
+            libc::SCHED_OTHER,
+            "only the calling thread changes"
+        );
     }
 }

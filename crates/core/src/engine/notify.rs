@@ -17,21 +17,47 @@ use super::TaskStats;
 pub enum EngineEvent {
     /// Task `task` (image `pid`) faulted on `pages` lazy pages starting at run-time `addr`
     /// (coalesced over one read batch).
-    Fault { pid: u32, task: u32, addr: u64, pages: u64 },
-    TaskForked { pid: u32, parent: u32, child: u32 },
-    TaskExited { pid: u32, task: u32 },
+    Fault {
+        pid: u32,
+        task: u32,
+        addr: u64,
+        pages: u64,
+    },
+    TaskForked {
+        pid: u32,
+        parent: u32,
+        child: u32,
+    },
+    TaskExited {
+        pid: u32,
+        task: u32,
+    },
     /// The task has nothing left (or exited); its uffd is closed.
-    TaskDone { pid: u32, task: u32, stats: TaskStats },
+    TaskDone {
+        pid: u32,
+        task: u32,
+        stats: TaskStats,
+    },
     /// Lazy pages resolved so far (copied, present, or dropped) out of all known.
-    Progress { done_pages: u64, total_pages: u64 },
+    Progress {
+        done_pages: u64,
+        total_pages: u64,
+    },
     /// Something went wrong that the engine survived (or the fatal error, just before
     /// it stops).
-    Error { message: String },
+    Error {
+        message: String,
+    },
     /// Something the restore goes on without (e.g. the guardian was lost).
-    Warning { message: String },
+    Warning {
+        message: String,
+    },
     /// The working set given to `Engine::prefetch` has been claimed to the last page
     /// (`pages` copied so far), `elapsed` after the engine started.
-    WorkingSetFetched { pages: u64, elapsed: Duration },
+    WorkingSetFetched {
+        pages: u64,
+        elapsed: Duration,
+    },
     /// Every task is done; `Engine::join` returns now.
     Finished,
 }
@@ -56,7 +82,12 @@ pub(crate) struct Notifier {
 
 impl Notifier {
     pub fn new(fault_cap: usize) -> Self {
-        Notifier { queue: Mutex::default(), ready: Condvar::new(), fault_cap, dropped: AtomicU64::new(0) }
+        Notifier {
+            queue: Mutex::default(),
+            ready: Condvar::new(),
+            fault_cap,
+            dropped: AtomicU64::new(0),
+        }
     }
 
     /// Queues a fault notification, or drops it if the policy layer is behind.
@@ -92,7 +123,11 @@ impl Notifier {
             let (batch, closed) = {
                 let mut q = lock(&self.queue);
                 if q.faults.is_empty() && q.others.is_empty() && !q.closed {
-                    q = self.ready.wait_timeout(q, PROGRESS_EVERY).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
+                    q = self
+                        .ready
+                        .wait_timeout(q, PROGRESS_EVERY)
+                        .map(|r| r.0)
+                        .unwrap_or_else(|e| e.into_inner().0);
                 }
                 let mut batch: Vec<EngineEvent> = q.faults.drain(..).collect();
                 batch.extend(q.others.drain(..));

@@ -35,10 +35,19 @@ pub(crate) fn announce(shared: &Shared, task: &Task, claim: &Claim, who: Copier,
         return;
     }
     let chunk = shared.config.chunk_pages.max(1) * PAGE_SIZE;
-    let mut spans = Spans { list: vec![(claim.img_start, claim.len() as usize)], bytes: claim.len(), open: None, chunk };
+    let mut spans = Spans {
+        list: vec![(claim.img_start, claim.len() as usize)],
+        bytes: claim.len(),
+        open: None,
+        chunk,
+    };
     {
         let st = task.state();
-        let Some((cursor, end)) = st.stripes.ahead(job).filter(|&(cursor, _)| cursor == claim.end) else {
+        let Some((cursor, end)) = st
+            .stripes
+            .ahead(job)
+            .filter(|&(cursor, _)| cursor == claim.end)
+        else {
             // Not the job's address-order claim (whose end is its stripe's cursor) but a
             // policy hint's: what comes next is the rest of the hints, not the pages
             // after this claim.
@@ -62,7 +71,12 @@ pub(crate) fn announce(shared: &Shared, task: &Task, claim: &Claim, who: Copier,
         }
         // A job that has not been in the task yet starts at its beginning.
         let (cursor, end) = st.stripes.ahead(job).unwrap_or((0, u64::MAX));
-        let mut more = Spans { list: Vec::new(), bytes: 0, open: None, chunk };
+        let mut more = Spans {
+            list: Vec::new(),
+            bytes: 0,
+            open: None,
+            chunk,
+        };
         more.take_from(&st.pending, cursor, end, left);
         drop(st);
         left = left.saturating_sub(more.bytes);

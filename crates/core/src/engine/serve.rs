@@ -24,17 +24,26 @@ impl FaultLoop {
                 return;
             }
             let lazy = st.pending.contains(page) || st.inflight.contains(page);
-            if lazy && attempt == 0 && task.parent.is_none() && self.shared.config.record_working_set {
+            if lazy
+                && attempt == 0
+                && task.parent.is_none()
+                && self.shared.config.record_working_set
+            {
                 self.shared.fault_log.record(task.pid, page);
             }
-            match st.pending.take_cluster(page, self.shared.config.fault_pages) {
+            match st
+                .pending
+                .take_cluster(page, self.shared.config.fault_pages)
+            {
                 Some(claim) => (st.inflight.add(claim), claim),
                 None if st.inflight.contains(page) => {
                     // That copy wakes the thread; if it gets put back instead, the
                     // recheck below serves the page. A background claim may still be
                     // waiting for its bytes: the source fetches this page first
                     // (asked after the state lock is let go).
-                    let hurry = (attempt == 0 && !st.awaited.contains(&page)).then(|| st.inflight.img_addr_of(page)).flatten();
+                    let hurry = (attempt == 0 && !st.awaited.contains(&page))
+                        .then(|| st.inflight.img_addr_of(page))
+                        .flatten();
                     if !st.awaited.contains(&page) {
                         st.awaited.push(page);
                     }
@@ -54,14 +63,31 @@ impl FaultLoop {
             }
         };
         let (id, claim) = claim;
-        self.fetch(task, Fetching { task: task.id, id, claim, page, read_at, attempt });
+        self.fetch(
+            task,
+            Fetching {
+                task: task.id,
+                id,
+                claim,
+                page,
+                read_at,
+                attempt,
+            },
+        );
     }
 
     /// Asks the source for a fault's claim and copies it if the bytes are there; if the
     /// source answers `Pending`, keeps the claim in flight and the fault in `fetching`
     /// (invariant 8): the source's waker brings the fault thread back to it.
     pub(crate) fn fetch(&mut self, task: &Arc<Task>, f: Fetching) {
-        let Fetching { id, claim, page, read_at, attempt, .. } = f;
+        let Fetching {
+            id,
+            claim,
+            page,
+            read_at,
+            attempt,
+            ..
+        } = f;
         if !task.state().inflight.has(id) {
             // The task exited (or its claim was dropped whole) while the bytes were on
             // their way: its exit counted the pages.
@@ -70,28 +96,44 @@ impl FaultLoop {
         // Counted before asking: a completion that lands between the source's answer
         // and our bookkeeping must still poke us.
         self.shared.faults_fetching.fetch_add(1, SeqCst);
-        let fetched = self.shared.source.pages(task.pid, claim.img_start, claim.len() as usize, &mut self.scratch, Priority::Fault);
+        let fetched = self.shared.source.pages(
+            task.pid,
+            claim.img_start,
+            claim.len() as usize,
+            &mut self.scratch,
+            Priority::Fault,
+        );
         if matches!(fetched, Ok(PageData::Pending)) {
             self.fetching.push(f);
             return;
         }
         self.shared.faults_fetching.fetch_sub(1, SeqCst);
         let fill = match fetched {
-            Ok(PageData::Bytes(data)) if data.len() as u64 == claim.len() => Fill::Bytes { img_start: claim.img_start, data },
+            Ok(PageData::Bytes(data)) if data.len() as u64 == claim.len() => Fill::Bytes {
+                img_start: claim.img_start,
+                data,
+            },
             Ok(PageData::Zero) => Fill::Zero,
             Ok(PageData::Pending) => unreachable!("handled above"),
             Ok(PageData::Bytes(data)) => {
                 let got = data.len();
                 self.put_back(task, id);
                 let want = claim.len() as usize;
-                return self.shared.fail(EngineError::ShortData { pid: task.pid, img_addr: claim.img_start, got, want });
+                return self.shared.fail(EngineError::ShortData {
+                    pid: task.pid,
+                    img_addr: claim.img_start,
+                    got,
+                    want,
+                });
             }
             Err(e) => {
                 self.put_back(task, id);
                 return self.shared.fail(e.into());
             }
         };
-        let Some(report) = fill_claim(&self.shared, task, id, fill, Copier::Fault) else { return };
+        let Some(report) = fill_claim(&self.shared, task, id, fill, Copier::Fault) else {
+            return;
+        };
         if report.left_over(page) {
             if !report.gone && report.error.is_none() {
                 self.defer(task.id, page, attempt + 1, read_at);
@@ -99,7 +141,8 @@ impl FaultLoop {
             return;
         }
         self.shared.latency.record(read_at.elapsed());
-        self.notes.push((task.id, task.pid, claim.start, claim.pages()));
+        self.notes
+            .push((task.id, task.pid, claim.start, claim.pages()));
     }
 
     /// Asks again for every fault the source answered `Pending`.
@@ -141,10 +184,15 @@ impl FaultLoop {
                 TaskCounters::add(&task.counters.zero, 1);
                 self.shared.latency.record(read_at.elapsed());
             }
-            Ok(FillOutcome::Exists | FillOutcome::Unmapped) => self.shared.latency.record(read_at.elapsed()),
+            Ok(FillOutcome::Exists | FillOutcome::Unmapped) => {
+                self.shared.latency.record(read_at.elapsed())
+            }
             Ok(FillOutcome::Changing) => self.defer(task.id, page, attempt + 1, read_at),
             Ok(FillOutcome::Gone) => self.exit_task(task),
-            Err(e) => self.shared.fail(EngineError::Uffd { pid: task.pid, source: e }),
+            Err(e) => self.shared.fail(EngineError::Uffd {
+                pid: task.pid,
+                source: e,
+            }),
         }
     }
 }

@@ -1,9 +1,9 @@
 //! State shared by the engine's threads and its handle.
 
 use std::collections::VecDeque;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
@@ -12,10 +12,10 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use crate::ranges::LazyRanges;
 use crate::uffd::Uffd;
 
+use super::journal::Journal;
 use super::notify::{lock, Notifier};
 use super::stats::{EngineStats, LatencyHistogram};
 use super::task::Task;
-use super::journal::Journal;
 use super::working_set::{FaultLog, PrefetchQueues};
 use super::{EngineConfig, EngineError, EngineEvent, PageSource};
 
@@ -69,8 +69,14 @@ impl Shared {
     pub fn new(source: Arc<dyn PageSource>, config: EngineConfig) -> Result<Self, EngineError> {
         let setup = |e: nix::Error| EngineError::Setup(e.into());
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(setup)?;
-        let control = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(setup)?;
-        epoll.add(&control, EpollEvent::new(EpollFlags::EPOLLIN, CONTROL_TOKEN)).map_err(setup)?;
+        let control =
+            EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(setup)?;
+        epoll
+            .add(
+                &control,
+                EpollEvent::new(EpollFlags::EPOLLIN, CONTROL_TOKEN),
+            )
+            .map_err(setup)?;
         let fault_cap = config.fault_event_queue;
         Ok(Shared {
             config,
@@ -98,7 +104,11 @@ impl Shared {
     }
 
     pub fn task(&self, id: u32) -> Option<Arc<Task>> {
-        self.tasks.read().unwrap_or_else(|e| e.into_inner()).get(id as usize).cloned()
+        self.tasks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id as usize)
+            .cloned()
     }
 
     pub fn all_tasks(&self) -> Vec<Arc<Task>> {
@@ -106,7 +116,13 @@ impl Shared {
     }
 
     /// Creates a task entry for `uffd` and starts watching it.
-    pub fn add_task(&self, pid: u32, parent: Option<u32>, uffd: Uffd, pending: LazyRanges) -> Result<Arc<Task>, EngineError> {
+    pub fn add_task(
+        &self,
+        pid: u32,
+        parent: Option<u32>,
+        uffd: Uffd,
+        pending: LazyRanges,
+    ) -> Result<Arc<Task>, EngineError> {
         if self.stopping.load(SeqCst) {
             return Err(EngineError::Closed { pid });
         }
@@ -131,7 +147,9 @@ impl Shared {
 
     /// Puts something on record; a journal that fails is dropped with one warning.
     pub fn journal(&self, record: impl FnOnce(&dyn Journal) -> Result<(), String>) {
-        let Some(journal) = lock(&self.journal).clone() else { return };
+        let Some(journal) = lock(&self.journal).clone() else {
+            return;
+        };
         if let Err(e) = record(&*journal) {
             *lock(&self.journal) = None;
             self.notifier.send(EngineEvent::Warning {
@@ -168,7 +186,9 @@ impl Shared {
         let guard = lock(&self.work);
         let (guard, _) = self
             .work_changed
-            .wait_timeout_while(guard, timeout, |g| *g == seen && !self.stopping.load(SeqCst))
+            .wait_timeout_while(guard, timeout, |g| {
+                *g == seen && !self.stopping.load(SeqCst)
+            })
             .unwrap_or_else(|e| e.into_inner());
         *guard
     }
@@ -184,13 +204,18 @@ impl Shared {
     }
 
     pub fn task_exited(&self, task: &Task) {
-        self.notifier.send(EngineEvent::TaskExited { pid: task.pid, task: task.id });
+        self.notifier.send(EngineEvent::TaskExited {
+            pid: task.pid,
+            task: task.id,
+        });
         self.poke();
     }
 
     /// Records the first fatal error and stops the engine.
     pub fn fail(&self, err: EngineError) {
-        self.notifier.send(EngineEvent::Error { message: err.to_string() });
+        self.notifier.send(EngineEvent::Error {
+            message: err.to_string(),
+        });
         lock(&self.fatal).get_or_insert(err);
         self.stop();
     }
@@ -214,8 +239,17 @@ impl Shared {
     pub fn wait_stopped(&self, timeout: Option<Duration>) -> bool {
         let guard = lock(&self.done);
         match timeout {
-            None => *self.done_changed.wait_while(guard, |d| !*d).unwrap_or_else(|e| e.into_inner()),
-            Some(t) => *self.done_changed.wait_timeout_while(guard, t, |d| !*d).unwrap_or_else(|e| e.into_inner()).0,
+            None => *self
+                .done_changed
+                .wait_while(guard, |d| !*d)
+                .unwrap_or_else(|e| e.into_inner()),
+            Some(t) => {
+                *self
+                    .done_changed
+                    .wait_timeout_while(guard, t, |d| !*d)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
         }
     }
 
@@ -232,10 +266,18 @@ impl Shared {
     /// Progress event if anything changed since `last`.
     pub fn progress(&self, last: &mut (u64, u64)) -> Option<EngineEvent> {
         let totals = self.stats().totals();
-        let now = (totals.total.saturating_sub(totals.pending + totals.in_flight), totals.total);
+        let now = (
+            totals
+                .total
+                .saturating_sub(totals.pending + totals.in_flight),
+            totals.total,
+        );
         (now != *last).then(|| {
             *last = now;
-            EngineEvent::Progress { done_pages: now.0, total_pages: now.1 }
+            EngineEvent::Progress {
+                done_pages: now.0,
+                total_pages: now.1,
+            }
         })
     }
 }

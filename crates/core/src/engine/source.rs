@@ -63,7 +63,11 @@ pub enum SourceError {
         source: std::io::Error,
     },
     #[error("task {pid}: pages at {img_addr:#x}: {message}")]
-    Other { pid: u32, img_addr: u64, message: String },
+    Other {
+        pid: u32,
+        img_addr: u64,
+        message: String,
+    },
 }
 
 /// Supplies the bytes of dumped pages.

@@ -63,7 +63,12 @@ impl TaskStats {
     /// True when every lazy page is accounted for exactly once.
     pub fn reconciles(&self) -> bool {
         self.total
-            == self.faulted + self.background + self.exists + self.dropped + self.pending + self.in_flight
+            == self.faulted
+                + self.background
+                + self.exists
+                + self.dropped
+                + self.pending
+                + self.in_flight
     }
 }
 

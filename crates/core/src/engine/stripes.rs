@@ -41,20 +41,30 @@ impl Stripes {
         }
         if let Some(s) = self.by_job[job] {
             if let Some(claim) = pending.take_within(s.cursor, s.end, chunk) {
-                self.by_job[job] = Some(Stripe { cursor: claim.end, end: s.end });
+                self.by_job[job] = Some(Stripe {
+                    cursor: claim.end,
+                    end: s.end,
+                });
                 return Some(claim);
             }
         }
         let s = self.pick(pending, job, chunk);
         let claim = pending.take_within(s.cursor, s.end, chunk)?;
-        self.by_job[job] = Some(Stripe { cursor: claim.end, end: s.end });
+        self.by_job[job] = Some(Stripe {
+            cursor: claim.end,
+            end: s.end,
+        });
         Some(claim)
     }
 
     /// Where `job` goes on in this task and where its stripe ends, if it has one
     /// (read-ahead peeks at it: `read_ahead.rs`).
     pub fn ahead(&self, job: usize) -> Option<(u64, u64)> {
-        self.by_job.get(job).copied().flatten().map(|s| (s.cursor, s.end))
+        self.by_job
+            .get(job)
+            .copied()
+            .flatten()
+            .map(|s| (s.cursor, s.end))
     }
 
     /// A new stripe for `job`: the upper half of the fullest other stripe, or the whole
@@ -66,13 +76,25 @@ impl Stripes {
             .max_by_key(|&(_, _, pages)| pages);
         if let Some((other, s, pages)) = fullest {
             if pages >= MIN_STEAL_CHUNKS * chunk.max(1) {
-                if let Some(mid) = pending.nth_page_from(s.cursor, pages / 2).filter(|&m| m < s.end) {
-                    self.by_job[other] = Some(Stripe { cursor: s.cursor, end: mid });
-                    return Stripe { cursor: mid, end: s.end };
+                if let Some(mid) = pending
+                    .nth_page_from(s.cursor, pages / 2)
+                    .filter(|&m| m < s.end)
+                {
+                    self.by_job[other] = Some(Stripe {
+                        cursor: s.cursor,
+                        end: mid,
+                    });
+                    return Stripe {
+                        cursor: mid,
+                        end: s.end,
+                    };
                 }
             }
         }
-        Stripe { cursor: 0, end: u64::MAX }
+        Stripe {
+            cursor: 0,
+            end: u64::MAX,
+        }
     }
 }
 
@@ -101,7 +123,18 @@ mod tests {
                 p.insert(LazyRange::new(0, 4 * PAGE_SIZE, 0));
             }
         }
-        assert_eq!(got, vec![(0, 4), (4, 8), (8, 10), (20, 24), (24, 28), (28, 30), (0, 4)]);
+        assert_eq!(
+            got,
+            vec![
+                (0, 4),
+                (4, 8),
+                (8, 10),
+                (20, 24),
+                (24, 28),
+                (28, 30),
+                (0, 4)
+            ]
+        );
     }
 
     #[test]
@@ -134,7 +167,10 @@ mod tests {
         }
         assert_eq!(seen.iter().filter(|&&x| x).count(), 2000);
         // Only at the very end (steals of the last few chunks) are the jobs neighbours.
-        assert!(near <= 2 * MIN_STEAL_CHUNKS as usize + 2, "{near} claims next to the other job's");
+        assert!(
+            near <= 2 * MIN_STEAL_CHUNKS as usize + 2,
+            "{near} claims next to the other job's"
+        );
     }
 
     #[test]
@@ -143,13 +179,19 @@ mod tests {
         let mut s = Stripes::default();
         s.take(&mut p, 0, 10).unwrap(); // job 0: [0, MAX)
         s.take(&mut p, 1, 10).unwrap(); // job 1: [205, MAX), job 0: [10, 205)
-        // Job 1 finishes its part.
+                                        // Job 1 finishes its part.
         while s.by_job[1].is_some_and(|st| p.pages_within(st.cursor, st.end) > 0) {
             s.take(&mut p, 1, 10).unwrap();
         }
         let c = s.take(&mut p, 1, 10).unwrap();
         // Job 0 had [10, 205) = 195 pages: job 1 takes from the middle of them.
         assert_eq!(c.start / PAGE_SIZE, 10 + 97);
-        assert_eq!(s.by_job[0], Some(Stripe { cursor: 10 * PAGE_SIZE, end: 107 * PAGE_SIZE }));
+        assert_eq!(
+            s.by_job[0],
+            Some(Stripe {
+                cursor: 10 * PAGE_SIZE,
+                end: 107 * PAGE_SIZE
+            })
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! One uffd's worth of state: the pages still owed to one (possibly forked) task.
 
-use std::sync::{Mutex, RwLockReadGuard};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Mutex, RwLockReadGuard};
 use std::time::Instant;
 
 use crate::ranges::{LazyRange, LazyRanges};
@@ -83,7 +83,10 @@ impl Task {
             pid,
             parent,
             gate: Gate::new(Some(uffd)),
-            state: Mutex::new(TaskState { pending, ..TaskState::default() }),
+            state: Mutex::new(TaskState {
+                pending,
+                ..TaskState::default()
+            }),
             counters,
         }
     }

@@ -24,7 +24,9 @@ pub(crate) enum Copier {
     /// Background fill of working-set pages. `early`: before RESTORE_FINISHED, when the
     /// restorer may not have registered the VMA yet, so ENOENT means "not yet", not
     /// "gone": the pages must stay pending (dropping them would zero-fill them later).
-    Prefetch { early: bool },
+    Prefetch {
+        early: bool,
+    },
     /// Background fill before RESTORE_FINISHED (`EngineConfig::early_fill`): ENOENT
     /// means "not registered yet", as for early prefetch.
     Early,
@@ -50,7 +52,9 @@ pub(crate) struct FillReport {
 
 impl FillReport {
     pub fn left_over(&self, addr: u64) -> bool {
-        self.leftover.iter().any(|r| r.start <= addr && addr < r.end)
+        self.leftover
+            .iter()
+            .any(|r| r.start <= addr && addr < r.end)
     }
 }
 
@@ -68,7 +72,13 @@ pub(crate) const SLICE_PAGES: u64 = 64;
 /// leftovers go back to pending (or count as dropped if the task is gone).
 /// None when the claim no longer exists (the task exited meanwhile, and its exit
 /// counted the claim as dropped).
-pub(crate) fn fill_claim(shared: &Shared, task: &Task, id: u64, fill: Fill<'_>, who: Copier) -> Option<FillReport> {
+pub(crate) fn fill_claim(
+    shared: &Shared,
+    task: &Task,
+    id: u64,
+    fill: Fill<'_>,
+    who: Copier,
+) -> Option<FillReport> {
     let mut total = FillReport::default();
     let mut first = true;
     loop {
@@ -86,7 +96,8 @@ pub(crate) fn fill_claim(shared: &Shared, task: &Task, id: u64, fill: Fill<'_>, 
         first = false;
         // Only background fill yields: the fault thread is the gate's one writer.
         let yield_now = || who != Copier::Fault && task.gate.writer_waiting();
-        let (report, unfinished) = fill_pieces(uffd, &pieces, fill, who.unregistered_is_retry(), &yield_now);
+        let (report, unfinished) =
+            fill_pieces(uffd, &pieces, fill, who.unregistered_is_retry(), &yield_now);
 
         let mut st = task.state();
         if !st.inflight.has(id) {
@@ -96,7 +107,14 @@ pub(crate) fn fill_claim(shared: &Shared, task: &Task, id: u64, fill: Fill<'_>, 
             return None;
         }
         let c = &task.counters;
-        TaskCounters::add(if who == Copier::Fault { &c.faulted } else { &c.background }, report.filled);
+        TaskCounters::add(
+            if who == Copier::Fault {
+                &c.faulted
+            } else {
+                &c.background
+            },
+            report.filled,
+        );
         if matches!(who, Copier::Prefetch { .. }) {
             TaskCounters::add(&c.prefetched, report.filled);
         }
@@ -129,7 +147,10 @@ pub(crate) fn fill_claim(shared: &Shared, task: &Task, id: u64, fill: Fill<'_>, 
         drop(st);
         drop(gate);
         if let Some(e) = &report.error {
-            shared.fail(EngineError::Uffd { pid: task.pid, source: e.clone() });
+            shared.fail(EngineError::Uffd {
+                pid: task.pid,
+                source: e.clone(),
+            });
         }
         total.absorb(report);
         return Some(total);
@@ -173,7 +194,14 @@ pub(crate) fn fill_pieces(
     let mut report = FillReport::default();
     for (i, piece) in pieces.iter().enumerate() {
         let more_after = i + 1 < pieces.len();
-        match fill_piece(uffd, piece, fill, unregistered_is_retry, &mut report, yield_now) {
+        match fill_piece(
+            uffd,
+            piece,
+            fill,
+            unregistered_is_retry,
+            &mut report,
+            yield_now,
+        ) {
             Ok(()) => {
                 if more_after && yield_now() {
                     return (report, Some(pieces[i + 1..].to_vec()));

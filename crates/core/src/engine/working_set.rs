@@ -25,7 +25,8 @@ pub struct PageRun {
 
 impl PageRun {
     fn end(&self) -> u64 {
-        self.addr.saturating_add(self.pages.saturating_mul(PAGE_SIZE))
+        self.addr
+            .saturating_add(self.pages.saturating_mul(PAGE_SIZE))
     }
 }
 
@@ -71,10 +72,19 @@ impl FaultLog {
                 continue;
             }
             let i = *index.entry(pid).or_insert_with(|| {
-                sets.push(TaskWorkingSet { pid, runs: Vec::new() });
+                sets.push(TaskWorkingSet {
+                    pid,
+                    runs: Vec::new(),
+                });
                 sets.len() - 1
             });
-            push_run(&mut sets[i].runs, PageRun { addr: page, pages: 1 });
+            push_run(
+                &mut sets[i].runs,
+                PageRun {
+                    addr: page,
+                    pages: 1,
+                },
+            );
         }
         sets
     }
@@ -96,7 +106,10 @@ pub(crate) struct PrefetchQueues {
 
 impl Default for PrefetchQueues {
     fn default() -> Self {
-        PrefetchQueues { by_pid: Mutex::default(), announced: AtomicBool::new(true) }
+        PrefetchQueues {
+            by_pid: Mutex::default(),
+            announced: AtomicBool::new(true),
+        }
     }
 }
 
@@ -108,7 +121,12 @@ impl PrefetchQueues {
         }
         for set in sets {
             let queue = by_pid.entry(set.pid).or_default();
-            queue.extend(set.runs.iter().filter(|r| r.pages > 0).map(|r| (page_floor(r.addr), r.end())));
+            queue.extend(
+                set.runs
+                    .iter()
+                    .filter(|r| r.pages > 0)
+                    .map(|r| (page_floor(r.addr), r.end())),
+            );
         }
         by_pid.retain(|_, q| !q.is_empty());
     }
@@ -178,7 +196,14 @@ mod tests {
     #[test]
     fn recording_keeps_first_fault_order_merges_neighbours_and_drops_repeats() {
         let log = FaultLog::default();
-        for (pid, page) in [(7, 10 * P), (7, 11 * P), (8, 3 * P), (7, 2 * P + 5), (7, 11 * P), (7, 12 * P)] {
+        for (pid, page) in [
+            (7, 10 * P),
+            (7, 11 * P),
+            (8, 3 * P),
+            (7, 2 * P + 5),
+            (7, 11 * P),
+            (7, 12 * P),
+        ] {
             log.record(pid, page);
         }
         let sets = log.working_sets();
@@ -186,13 +211,38 @@ mod tests {
         assert_eq!(sets[0].pid, 7);
         let runs: Vec<(u64, u64)> = sets[0].runs.iter().map(|r| (r.addr / P, r.pages)).collect();
         assert_eq!(runs, vec![(10, 2), (2, 1), (12, 1)]);
-        assert_eq!(sets[1], TaskWorkingSet { pid: 8, runs: vec![PageRun { addr: 3 * P, pages: 1 }] });
+        assert_eq!(
+            sets[1],
+            TaskWorkingSet {
+                pid: 8,
+                runs: vec![PageRun {
+                    addr: 3 * P,
+                    pages: 1
+                }]
+            }
+        );
     }
 
     #[test]
     fn prefetch_claims_only_pending_pages_in_working_set_order() {
         let q = PrefetchQueues::default();
-        q.add(&[TaskWorkingSet { pid: 1, runs: vec![PageRun { addr: 50 * P, pages: 4 }, PageRun { addr: 10 * P, pages: 2 }, PageRun { addr: 900 * P, pages: 1 }] }]);
+        q.add(&[TaskWorkingSet {
+            pid: 1,
+            runs: vec![
+                PageRun {
+                    addr: 50 * P,
+                    pages: 4,
+                },
+                PageRun {
+                    addr: 10 * P,
+                    pages: 2,
+                },
+                PageRun {
+                    addr: 900 * P,
+                    pages: 1,
+                },
+            ],
+        }]);
         let mut pending = LazyRanges::new();
         pending.insert(LazyRange::new(0, 100 * P, 0));
         pending.remove(51 * P, 52 * P);
@@ -209,7 +259,19 @@ mod tests {
     #[test]
     fn put_front_retries_before_the_rest() {
         let q = PrefetchQueues::default();
-        q.add(&[TaskWorkingSet { pid: 1, runs: vec![PageRun { addr: 10 * P, pages: 1 }, PageRun { addr: 20 * P, pages: 1 }] }]);
+        q.add(&[TaskWorkingSet {
+            pid: 1,
+            runs: vec![
+                PageRun {
+                    addr: 10 * P,
+                    pages: 1,
+                },
+                PageRun {
+                    addr: 20 * P,
+                    pages: 1,
+                },
+            ],
+        }]);
         let mut pending = LazyRanges::new();
         pending.insert(LazyRange::new(0, 100 * P, 0));
         let first = q.claim(1, &mut pending, 8).unwrap();

@@ -24,7 +24,9 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{accept4, bind, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType};
+use nix::sys::socket::{
+    accept4, bind, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+};
 
 use crate::engine::SpaceEvent;
 use crate::ranges::LazyRanges;
@@ -100,11 +102,16 @@ pub fn run(first: OwnedFd, config: KeeperConfig) -> i32 {
 impl Keeper {
     fn serve(&mut self, first: OwnedFd) -> Result<i32, String> {
         let mask = terminating_signals();
-        mask.thread_block().map_err(|e| format!("blocking signals: {e}"))?;
-        let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(|e| format!("signalfd: {e}"))?;
-        let listener = self.listen().map_err(|e| format!("{}: cannot listen: {e}", self.config.socket.display()))?;
+        mask.thread_block()
+            .map_err(|e| format!("blocking signals: {e}"))?;
+        let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(|e| format!("signalfd: {e}"))?;
+        let listener = self
+            .listen()
+            .map_err(|e| format!("{}: cannot listen: {e}", self.config.socket.display()))?;
         let pid = peer_pid(&first);
-        self.hand_over(&first).map_err(|e| format!("greeting daemon pid {pid}: {e}"))?;
+        self.hand_over(&first)
+            .map_err(|e| format!("greeting daemon pid {pid}: {e}"))?;
         self.daemon = Some((first, pid));
         loop {
             let timeout = match self.orphaned_at {
@@ -119,12 +126,16 @@ impl Keeper {
                         self.poison_and_say(&why);
                         return Ok(1);
                     }
-                    PollTimeout::try_from(left.as_millis().min(60_000) as u32 + 1).unwrap_or(PollTimeout::MAX)
+                    PollTimeout::try_from(left.as_millis().min(60_000) as u32 + 1)
+                        .unwrap_or(PollTimeout::MAX)
                 }
                 None => PollTimeout::NONE,
             };
             let (daemon_ready, listener_ready, signalled) = {
-                let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN), PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+                let mut fds = vec![
+                    PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+                ];
                 if let Some((d, _)) = &self.daemon {
                     fds.push(PollFd::new(d.as_fd(), PollFlags::POLLIN));
                 }
@@ -156,11 +167,19 @@ impl Keeper {
     fn listen(&self) -> nix::Result<OwnedFd> {
         let path = &self.config.socket;
         match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Errno::from_raw(e.raw_os_error().unwrap_or(0))),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+            }
             _ => {}
         }
-        let sock = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
-        let (addr, _dir) = super::unix_addr(path).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)))?;
+        let sock = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        let (addr, _dir) = super::unix_addr(path)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)))?;
         // Born 0600 (umask), not chmod'ed after the bind: a chmod by path would follow a
         // symlink swapped in meanwhile by whoever else can write the work dir. Peers are
         // checked by uid too; the mode keeps strangers from connecting at all.
@@ -176,10 +195,18 @@ impl Keeper {
     /// renumbered in order so that they get the same ids in the daemon's new engine.
     fn hand_over(&mut self, sock: &OwnedFd) -> nix::Result<()> {
         self.tasks.sort_by_key(|t| t.id);
-        let renumber: Vec<(u32, u32)> = self.tasks.iter().enumerate().map(|(i, t)| (t.id, i as u32)).collect();
+        let renumber: Vec<(u32, u32)> = self
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.id, i as u32))
+            .collect();
         for (i, t) in self.tasks.iter_mut().enumerate() {
             t.id = i as u32;
-            t.parent = renumber.iter().find(|(old, _)| *old == t.parent).map_or(NO_PARENT, |&(_, new)| new);
+            t.parent = renumber
+                .iter()
+                .find(|(old, _)| *old == t.parent)
+                .map_or(NO_PARENT, |&(_, new)| new);
         }
         let hello = Msg::Hello {
             guardian_pid: std::process::id(),
@@ -191,7 +218,14 @@ impl Keeper {
         };
         wire::send_msg(sock.as_fd(), &hello)?;
         for t in &self.tasks {
-            wire::send_task(sock.as_fd(), t.id, t.pid, t.parent, t.uffd.as_fd(), &t.ranges)?;
+            wire::send_task(
+                sock.as_fd(),
+                t.id,
+                t.pid,
+                t.parent,
+                t.uffd.as_fd(),
+                &t.ranges,
+            )?;
         }
         wire::send_msg(sock.as_fd(), &Msg::EndOfState)
     }
@@ -215,11 +249,23 @@ impl Keeper {
             }
         };
         match msg {
-            Msg::Task { id, pid, parent, ranges, fd: Some(uffd) } => {
+            Msg::Task {
+                id,
+                pid,
+                parent,
+                ranges,
+                fd: Some(uffd),
+            } => {
                 // A resumed daemon re-journals the tasks it was handed: same id, same
                 // uffd context; keep the newest descriptor and ranges.
                 self.tasks.retain(|t| t.id != id);
-                self.tasks.push(Held { id, pid, parent, uffd, ranges: ranges.into_iter().collect() });
+                self.tasks.push(Held {
+                    id,
+                    pid,
+                    parent,
+                    uffd,
+                    ranges: ranges.into_iter().collect(),
+                });
             }
             Msg::Ranges { id, ranges } => {
                 if let Some(t) = self.tasks.iter_mut().find(|t| t.id == id) {
@@ -248,7 +294,9 @@ impl Keeper {
             }
             Msg::Quit => return Some(0),
             Msg::Abandon => {
-                self.poison_and_say(&format!("daemon pid {pid} could not resume (its page source is gone)"));
+                self.poison_and_say(&format!(
+                    "daemon pid {pid} could not resume (its page source is gone)"
+                ));
                 return Some(1);
             }
             _ => {}
@@ -257,11 +305,15 @@ impl Keeper {
     }
 
     fn accept(&mut self, listener: &OwnedFd) {
-        let Ok(fd) = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) else { return };
+        let Ok(fd) = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) else {
+            return;
+        };
         // SAFETY: accept4 just returned this descriptor and nothing else owns it.
         let conn: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
         let me = nix::unistd::geteuid().as_raw();
-        let Ok(cred) = getsockopt(&conn, sockopt::PeerCredentials) else { return };
+        let Ok(cred) = getsockopt(&conn, sockopt::PeerCredentials) else {
+            return;
+        };
         if cred.uid() != 0 && cred.uid() != me {
             return;
         }
@@ -270,14 +322,21 @@ impl Keeper {
         // new orphan clock, no lost daemon), so the right dump can still resume. Read
         // before any answer: closing on an unread claim would reset the connection
         // (ECONNRESET) before the peer could read why.
-        let Some(claim) = read_claim(&conn) else { return };
+        let Some(claim) = read_claim(&conn) else {
+            return;
+        };
         if let Some((_, pid)) = &self.daemon {
             let _ = wire::send_msg(conn.as_fd(), &Msg::Busy { daemon_pid: *pid });
             return;
         }
         match &self.config.dump_id {
             Some(ours) if *ours != claim && !self.tasks.is_empty() => {
-                let _ = wire::send_msg(conn.as_fd(), &Msg::Mismatch { dump_id: ours.clone() });
+                let _ = wire::send_msg(
+                    conn.as_fd(),
+                    &Msg::Mismatch {
+                        dump_id: ours.clone(),
+                    },
+                );
                 return;
             }
             // Nothing held: the claimant's restore is the one we guard from now on.
@@ -298,8 +357,12 @@ impl Keeper {
         if self.daemon.is_some() || self.tasks.is_empty() {
             return Some(0);
         }
-        let name = Signal::try_from(signo).map_or_else(|_| signo.to_string(), |s| s.as_str().to_string());
-        self.poison_and_say(&format!("daemon pid {} died and the guardian got {name}", self.lost));
+        let name =
+            Signal::try_from(signo).map_or_else(|_| signo.to_string(), |s| s.as_str().to_string());
+        self.poison_and_say(&format!(
+            "daemon pid {} died and the guardian got {name}",
+            self.lost
+        ));
         Some(1)
     }
 
@@ -327,7 +390,9 @@ impl Keeper {
 
     fn say(&self, line: &str) {
         let written = self.config.log.as_ref().is_some_and(|path| {
-            open_own_log(path).and_then(|mut f| writeln!(f, "{line}")).is_ok()
+            open_own_log(path)
+                .and_then(|mut f| writeln!(f, "{line}"))
+                .is_ok()
         });
         if !written {
             let _ = writeln!(std::io::stderr(), "{line}");
@@ -368,7 +433,8 @@ fn poison_task(task: Held, queue: &mut Vec<Held>) -> Result<u64, String> {
     loop {
         let next = ranges.iter().find(|r| r.end > cursor);
         let Some(r) = next else { break };
-        let (pages, end) = uffd::poison_span(&uffd, cursor.max(r.start), r.end).map_err(|e| e.to_string())?;
+        let (pages, end) =
+            uffd::poison_span(&uffd, cursor.max(r.start), r.end).map_err(|e| e.to_string())?;
         poisoned += pages;
         match end {
             PoisonEnd::Done => cursor = r.end,
@@ -389,7 +455,13 @@ fn poison_task(task: Held, queue: &mut Vec<Held>) -> Result<u64, String> {
 }
 
 /// Reads what is queued on a uffd nobody else reads any more; false if the task is gone.
-fn apply_unread(uffd: &Uffd, buf: &mut uffd::EventBuffer, ranges: &mut LazyRanges, pid: u32, queue: &mut Vec<Held>) -> bool {
+fn apply_unread(
+    uffd: &Uffd,
+    buf: &mut uffd::EventBuffer,
+    ranges: &mut LazyRanges,
+    pid: u32,
+    queue: &mut Vec<Held>,
+) -> bool {
     let mut events = Vec::new();
     match uffd::read_events(uffd, buf, &mut events) {
         Ok(ReadStatus::Read(_)) => {}
@@ -409,7 +481,13 @@ fn apply_unread(uffd: &Uffd, buf: &mut uffd::EventBuffer, ranges: &mut LazyRange
             UffdEvent::Remap { from, to, len } => {
                 SpaceEvent::Remap { from, to, len }.apply(ranges);
             }
-            UffdEvent::Fork { uffd } => queue.push(Held { id: u32::MAX, pid, parent: NO_PARENT, uffd, ranges: ranges.clone() }),
+            UffdEvent::Fork { uffd } => queue.push(Held {
+                id: u32::MAX,
+                pid,
+                parent: NO_PARENT,
+                uffd,
+                ranges: ranges.clone(),
+            }),
             // Poisoning its page wakes the faulting thread; other faults are on pages that
             // are not lazy and zero-fill once the uffd closes, as they should.
             UffdEvent::Fault { .. } | UffdEvent::Unknown(_) => {}

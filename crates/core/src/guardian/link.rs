@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{connect, getsockopt, setsockopt, socket, socketpair, sockopt, AddressFamily, SockFlag, SockType};
+use nix::sys::socket::{
+    connect, getsockopt, setsockopt, socket, socketpair, sockopt, AddressFamily, SockFlag, SockType,
+};
 use nix::sys::time::{TimeVal, TimeValLike};
 use nix::unistd::geteuid;
 
@@ -51,13 +53,26 @@ pub struct GuardianConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum GuardianError {
     #[error("cannot start the guardian {program}: {source}")]
-    Spawn { program: PathBuf, source: std::io::Error },
+    Spawn {
+        program: PathBuf,
+        source: std::io::Error,
+    },
     #[error("guardian at {path}: {what}")]
     Talk { path: PathBuf, what: String },
     #[error("a lazy-pages daemon (pid {daemon}) is already serving {dir} (its guardian answered on {path})")]
-    Busy { daemon: i32, dir: PathBuf, path: PathBuf },
+    Busy {
+        daemon: i32,
+        dir: PathBuf,
+        path: PathBuf,
+    },
     #[error("{}: guardian pid {guardian} holds the restore of another dump (dump id {}, the images in {dir} are {}): not resuming it with these; the same command with the images that restore came from resumes it until the guardian's --resume-timeout", path.display(), short(theirs), short(ours), dir = dir.display())]
-    OtherDump { path: PathBuf, guardian: i32, theirs: String, ours: String, dir: PathBuf },
+    OtherDump {
+        path: PathBuf,
+        guardian: i32,
+        theirs: String,
+        ours: String,
+        dir: PathBuf,
+    },
     /// `lazy-pages.guardian` is not our guardian's: never adopted, never handed a uffd.
     #[error("{}: not our guardian ({what}): ignored; starting our own", path.display())]
     Stranger { path: PathBuf, what: String },
@@ -104,7 +119,11 @@ pub struct GuardianLink {
 
 impl std::fmt::Debug for GuardianLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuardianLink").field("path", &self.path).field("pid", &self.pid).field("lost", &self.lost).finish()
+        f.debug_struct("GuardianLink")
+            .field("path", &self.path)
+            .field("pid", &self.pid)
+            .field("lost", &self.lost)
+            .finish()
     }
 }
 
@@ -121,10 +140,20 @@ impl GuardianLink {
     /// `dump_id` is the identity of the dump we would serve (`images::dump_identity`),
     /// read as `images_dir`: a guardian holding another dump's tasks answers `OtherDump`
     /// and goes on holding them.
-    pub fn find(work_dir: &Path, images_dir: &Path, dump_id: &str) -> Result<Option<(GuardianLink, GuardianState)>, GuardianError> {
+    pub fn find(
+        work_dir: &Path,
+        images_dir: &Path,
+        dump_id: &str,
+    ) -> Result<Option<(GuardianLink, GuardianState)>, GuardianError> {
         let path = work_dir.join(super::SOCKET_NAME);
-        let talk = |what: String| GuardianError::Talk { path: path.clone(), what };
-        let stranger = |what: String| GuardianError::Stranger { path: path.clone(), what };
+        let talk = |what: String| GuardianError::Talk {
+            path: path.clone(),
+            what,
+        };
+        let stranger = |what: String| GuardianError::Stranger {
+            path: path.clone(),
+            what,
+        };
         let meta = match std::fs::symlink_metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(talk(format!("cannot stat: {e}"))),
@@ -134,7 +163,13 @@ impl GuardianLink {
         if let Err(Strange::NotASocket(what)) = &file {
             return Err(stranger(what.clone()));
         }
-        let sock = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).map_err(|e| talk(e.to_string()))?;
+        let sock = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| talk(e.to_string()))?;
         let (addr, _dir) = super::unix_addr(&path).map_err(|e| talk(e.to_string()))?;
         match connect(sock.as_raw_fd(), &addr) {
             Ok(()) => {}
@@ -143,7 +178,8 @@ impl GuardianLink {
             Err(e) => return Err(talk(format!("cannot connect: {e}"))),
         }
         // The file may have been swapped since the lstat: the peer's credentials decide.
-        let cred = getsockopt(&sock, sockopt::PeerCredentials).map_err(|e| talk(format!("SO_PEERCRED: {e}")))?;
+        let cred = getsockopt(&sock, sockopt::PeerCredentials)
+            .map_err(|e| talk(format!("SO_PEERCRED: {e}")))?;
         let me = geteuid().as_raw();
         let peer = format!("answered by pid {} of uid {}", cred.pid(), cred.uid());
         if let Err(Strange::NotOurs(what)) = file {
@@ -153,34 +189,67 @@ impl GuardianLink {
             return Err(stranger(format!("{peer}, not root or uid {me}")));
         }
         // A busy guardian answers and hangs up without reading: its answer says why.
-        let _ = wire::send_msg(sock.as_fd(), &Msg::Claim { dump_id: dump_id.to_string() });
+        let _ = wire::send_msg(
+            sock.as_fd(),
+            &Msg::Claim {
+                dump_id: dump_id.to_string(),
+            },
+        );
         let state = match greeting(sock.as_fd()) {
             Ok(state) => state,
             Err(Greeting::Busy(daemon)) => {
-                return Err(GuardianError::Busy { daemon, dir: work_dir.to_path_buf(), path: path.clone() })
+                return Err(GuardianError::Busy {
+                    daemon,
+                    dir: work_dir.to_path_buf(),
+                    path: path.clone(),
+                })
             }
             Err(Greeting::Mismatch(theirs)) => {
                 let ours = dump_id.to_string();
-                return Err(GuardianError::OtherDump { path: path.clone(), guardian: cred.pid(), theirs, ours, dir: images_dir.to_path_buf() });
+                return Err(GuardianError::OtherDump {
+                    path: path.clone(),
+                    guardian: cred.pid(),
+                    theirs,
+                    ours,
+                    dir: images_dir.to_path_buf(),
+                });
             }
             Err(Greeting::Bad(what)) => return Err(talk(what)),
         };
         // Opened after the credentials were checked; a guardian that died and whose pid
         // was reused since would have hung up our socket, which the watcher then sees.
         let pidfd = pidfd_open(cred.pid());
-        Ok(Some((GuardianLink::new(sock, path, state.guardian_pid, pidfd), state)))
+        Ok(Some((
+            GuardianLink::new(sock, path, state.guardian_pid, pidfd),
+            state,
+        )))
     }
 
     /// Starts a guardian for a new restore in `work_dir` (its own session), and waits
     /// until it listens on `lazy-pages.guardian`.
     /// `dump_id`: the identity of the dump served, which a resume must claim.
-    pub fn spawn(work_dir: &Path, config: &GuardianConfig, dump_id: &str) -> Result<GuardianLink, GuardianError> {
+    pub fn spawn(
+        work_dir: &Path,
+        config: &GuardianConfig,
+        dump_id: &str,
+    ) -> Result<GuardianLink, GuardianError> {
         let path = work_dir.join(super::SOCKET_NAME);
-        let spawn_err = |source| GuardianError::Spawn { program: config.program.clone(), source };
-        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-            .map_err(|e| spawn_err(e.into()))?;
+        let spawn_err = |source| GuardianError::Spawn {
+            program: config.program.clone(),
+            source,
+        };
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| spawn_err(e.into()))?;
         let mut cmd = Command::new(&config.program);
-        cmd.arg("--socket").arg(&path).arg("--resume-timeout-ms").arg(config.resume_timeout.as_millis().to_string());
+        cmd.arg("--socket")
+            .arg(&path)
+            .arg("--resume-timeout-ms")
+            .arg(config.resume_timeout.as_millis().to_string());
         cmd.arg("--dump-id").arg(dump_id);
         if let Some(log) = &config.log_file {
             cmd.arg("--log").arg(log);
@@ -213,10 +282,15 @@ impl GuardianLink {
         // Before the reaper waits: until then the pid is our unreaped child's.
         let pidfd = pidfd_open(pid as i32);
         // Reaped here while we live; if we die first, init does it.
-        std::thread::Builder::new().name("lazy-guardian-reaper".into()).spawn(move || child.wait()).ok();
+        std::thread::Builder::new()
+            .name("lazy-guardian-reaper".into())
+            .spawn(move || child.wait())
+            .ok();
         match greeting(ours.as_fd()) {
             Ok(_) => Ok(GuardianLink::new(ours, path, pid, pidfd)),
-            Err(Greeting::Busy(_) | Greeting::Mismatch(_)) => Err(spawn_err(std::io::Error::other("it answered busy"))),
+            Err(Greeting::Busy(_) | Greeting::Mismatch(_)) => {
+                Err(spawn_err(std::io::Error::other("it answered busy")))
+            }
             Err(Greeting::Bad(what)) => Err(spawn_err(std::io::Error::other(what))),
         }
     }
@@ -243,22 +317,25 @@ impl GuardianLink {
             *slot = Some(Box::new(on_lost));
         }
         let link = self.clone();
-        let spawned = std::thread::Builder::new().name("lazy-guardian-watch".into()).spawn(move || {
-            let tick = PollTimeout::try_from(WATCH_TICK.as_millis() as u32).unwrap_or(PollTimeout::MAX);
-            while !link.done.load(SeqCst) && !link.lost.load(SeqCst) {
-                // Only hang-ups matter (always reported): the guardian sends nothing after its greeting.
-                let mut fds = [PollFd::new(link.sock.as_fd(), PollFlags::empty())];
-                match poll(&mut fds, tick) {
-                    Ok(0) | Err(Errno::EINTR) => continue,
-                    Ok(_) => {}
-                    Err(_) => return,
+        let spawned = std::thread::Builder::new()
+            .name("lazy-guardian-watch".into())
+            .spawn(move || {
+                let tick = PollTimeout::try_from(WATCH_TICK.as_millis() as u32)
+                    .unwrap_or(PollTimeout::MAX);
+                while !link.done.load(SeqCst) && !link.lost.load(SeqCst) {
+                    // Only hang-ups matter (always reported): the guardian sends nothing after its greeting.
+                    let mut fds = [PollFd::new(link.sock.as_fd(), PollFlags::empty())];
+                    match poll(&mut fds, tick) {
+                        Ok(0) | Err(Errno::EINTR) => continue,
+                        Ok(_) => {}
+                        Err(_) => return,
+                    }
+                    if !link.done.load(SeqCst) {
+                        link.report(link.lose("it died"));
+                    }
+                    return;
                 }
-                if !link.done.load(SeqCst) {
-                    link.report(link.lose("it died"));
-                }
-                return;
-            }
-        });
+            });
         if spawned.is_err() {
             // Without a watcher a death is still seen, at the next record.
             if let Ok(mut slot) = self.on_lost.lock() {
@@ -318,7 +395,10 @@ impl GuardianLink {
                 // up later and act on a record that misses what we did meanwhile.
                 // Marked lost first: the kill makes its socket hang up, and the
                 // watcher must not get in with "it died" before this reason.
-                let why = format!("it took in nothing for {} ms (stopped or wedged), so it was ended", JOURNAL_WAIT.as_millis());
+                let why = format!(
+                    "it took in nothing for {} ms (stopped or wedged), so it was ended",
+                    JOURNAL_WAIT.as_millis()
+                );
                 let line = self.lose(&why);
                 self.kill();
                 self.report_or_return(line)
@@ -332,13 +412,23 @@ impl GuardianLink {
         if self.lost.swap(true, SeqCst) {
             return None;
         }
-        Some(format!("lost the guardian (pid {}, {}): {why}", self.pid, self.path.display()))
+        Some(format!(
+            "lost the guardian (pid {}, {}): {why}",
+            self.pid,
+            self.path.display()
+        ))
     }
 
     /// Says `line` through `on_lost`; false when there is none to say it.
     fn report(&self, line: Option<String>) -> bool {
         let Some(line) = line else { return true };
-        match self.on_lost.lock().ok().as_ref().and_then(|slot| slot.as_ref()) {
+        match self
+            .on_lost
+            .lock()
+            .ok()
+            .as_ref()
+            .and_then(|slot| slot.as_ref())
+        {
             Some(say) => {
                 say(line);
                 true
@@ -357,14 +447,38 @@ impl GuardianLink {
     fn kill(&self) {
         if let Some(fd) = &self.pidfd {
             // SAFETY: pidfd_send_signal reads only its arguments; a null siginfo is allowed.
-            unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<libc::siginfo_t>(), 0) };
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
         }
     }
 }
 
 impl Journal for GuardianLink {
-    fn task(&self, id: u32, pid: u32, parent: Option<u32>, uffd: BorrowedFd<'_>, ranges: &LazyRanges) -> Result<(), String> {
-        self.check(|| wire::send_task(self.sock.as_fd(), id, pid, parent.unwrap_or(NO_PARENT), uffd, ranges))
+    fn task(
+        &self,
+        id: u32,
+        pid: u32,
+        parent: Option<u32>,
+        uffd: BorrowedFd<'_>,
+        ranges: &LazyRanges,
+    ) -> Result<(), String> {
+        self.check(|| {
+            wire::send_task(
+                self.sock.as_fd(),
+                id,
+                pid,
+                parent.unwrap_or(NO_PARENT),
+                uffd,
+                ranges,
+            )
+        })
     }
 
     fn event(&self, id: u32, event: &SpaceEvent) -> Result<(), String> {
@@ -389,11 +503,23 @@ fn owned_socket(meta: &std::fs::Metadata) -> Result<(), Strange> {
     let me = geteuid().as_raw();
     let kind = meta.file_type();
     if !kind.is_socket() {
-        let what = if kind.is_symlink() { "a symlink" } else if kind.is_dir() { "a directory" } else { "not a socket" };
-        return Err(Strange::NotASocket(format!("{what}, owned by uid {}", meta.uid())));
+        let what = if kind.is_symlink() {
+            "a symlink"
+        } else if kind.is_dir() {
+            "a directory"
+        } else {
+            "not a socket"
+        };
+        return Err(Strange::NotASocket(format!(
+            "{what}, owned by uid {}",
+            meta.uid()
+        )));
     }
     if meta.uid() != me {
-        return Err(Strange::NotOurs(format!("a socket owned by uid {}, not uid {me}", meta.uid())));
+        return Err(Strange::NotOurs(format!(
+            "a socket owned by uid {}, not uid {me}",
+            meta.uid()
+        )));
     }
     Ok(())
 }
@@ -423,7 +549,12 @@ fn greeting(sock: BorrowedFd<'_>) -> Result<GuardianState, Greeting> {
         let mut fds = [PollFd::new(sock, PollFlags::POLLIN)];
         let ms = PollTimeout::try_from(GREETING.as_millis() as u32).unwrap_or(PollTimeout::MAX);
         match poll(&mut fds, ms) {
-            Ok(0) => return Err(Greeting::Bad(format!("no answer within {} s", GREETING.as_secs()))),
+            Ok(0) => {
+                return Err(Greeting::Bad(format!(
+                    "no answer within {} s",
+                    GREETING.as_secs()
+                )))
+            }
             Ok(_) => {}
             Err(e) => return Err(Greeting::Bad(e.to_string())),
         }
@@ -434,9 +565,20 @@ fn greeting(sock: BorrowedFd<'_>) -> Result<GuardianState, Greeting> {
         }
     };
     let (guardian_pid, restore_finished, restore_peer, lost_daemon, done_tasks) = match next()? {
-        Msg::Hello { guardian_pid, restore_finished, restore_peer, lost_daemon, done_tasks, .. } => {
-            (guardian_pid, restore_finished, restore_peer, lost_daemon, done_tasks)
-        }
+        Msg::Hello {
+            guardian_pid,
+            restore_finished,
+            restore_peer,
+            lost_daemon,
+            done_tasks,
+            ..
+        } => (
+            guardian_pid,
+            restore_finished,
+            restore_peer,
+            lost_daemon,
+            done_tasks,
+        ),
         Msg::Busy { daemon_pid } => return Err(Greeting::Busy(daemon_pid)),
         Msg::Mismatch { dump_id } => return Err(Greeting::Mismatch(dump_id)),
         other => return Err(Greeting::Bad(format!("unexpected greeting {other:?}"))),
@@ -444,7 +586,13 @@ fn greeting(sock: BorrowedFd<'_>) -> Result<GuardianState, Greeting> {
     let mut tasks: Vec<ResumedTask> = Vec::new();
     loop {
         match next()? {
-            Msg::Task { id, pid, parent, ranges, fd: Some(uffd) } => tasks.push(ResumedTask {
+            Msg::Task {
+                id,
+                pid,
+                parent,
+                ranges,
+                fd: Some(uffd),
+            } => tasks.push(ResumedTask {
                 id,
                 pid,
                 parent: (parent != NO_PARENT).then_some(parent),
@@ -452,7 +600,10 @@ fn greeting(sock: BorrowedFd<'_>) -> Result<GuardianState, Greeting> {
                 ranges: ranges.into_iter().collect(),
             }),
             Msg::Ranges { id, ranges } => {
-                let task = tasks.iter_mut().find(|t| t.id == id).ok_or_else(|| Greeting::Bad(format!("ranges of unknown task {id}")))?;
+                let task = tasks
+                    .iter_mut()
+                    .find(|t| t.id == id)
+                    .ok_or_else(|| Greeting::Bad(format!("ranges of unknown task {id}")))?;
                 ranges.into_iter().for_each(|r| {
                     task.ranges.insert(r);
                 });
@@ -461,5 +612,12 @@ fn greeting(sock: BorrowedFd<'_>) -> Result<GuardianState, Greeting> {
             other => return Err(Greeting::Bad(format!("unexpected message {other:?}"))),
         }
     }
-    Ok(GuardianState { guardian_pid, restore_finished, restore_peer, lost_daemon, tasks, done_tasks })
+    Ok(GuardianState {
+        guardian_pid,
+        restore_finished,
+        restore_peer,
+        lost_daemon,
+        tasks,
+        done_tasks,
+    })
 }

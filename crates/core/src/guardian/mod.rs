@@ -46,7 +46,9 @@ pub const SOCKET_NAME: &str = "lazy-pages.guardian";
 /// The address of the socket at `path`. sun_path holds 107 bytes; a deeper work dir is
 /// reached through /proc/self/fd/<dir>/<name>, and the returned directory must stay
 /// open until the bind or connect is done.
-pub(crate) fn unix_addr(path: &std::path::Path) -> std::io::Result<(nix::sys::socket::UnixAddr, Option<std::fs::File>)> {
+pub(crate) fn unix_addr(
+    path: &std::path::Path,
+) -> std::io::Result<(nix::sys::socket::UnixAddr, Option<std::fs::File>)> {
     use std::os::fd::AsRawFd;
     const SUN_PATH_MAX: usize = 107;
     if path.as_os_str().len() <= SUN_PATH_MAX {

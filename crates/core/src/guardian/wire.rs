@@ -29,29 +29,66 @@ pub const NO_PARENT: u32 = u32::MAX;
 #[derive(Debug)]
 pub enum Msg {
     /// `done_tasks`: tasks that had every page (or exited) before this hand-over.
-    Hello { guardian_pid: u32, restore_finished: bool, restore_peer: i32, lost_daemon: i32, tasks: u32, done_tasks: u32 },
-    Busy { daemon_pid: i32 },
+    Hello {
+        guardian_pid: u32,
+        restore_finished: bool,
+        restore_peer: i32,
+        lost_daemon: i32,
+        tasks: u32,
+        done_tasks: u32,
+    },
+    Busy {
+        daemon_pid: i32,
+    },
     /// A resuming daemon's first word: the identity of the dump it would serve
     /// (`images::dump_identity`).
-    Claim { dump_id: String },
+    Claim {
+        dump_id: String,
+    },
     /// The guardian's tasks come from another dump (its identity).
-    Mismatch { dump_id: String },
+    Mismatch {
+        dump_id: String,
+    },
     /// `id` is the engine's task id; `fd` is set when received (always sent with one).
-    Task { id: u32, pid: u32, parent: u32, ranges: Vec<LazyRange>, fd: Option<OwnedFd> },
-    Ranges { id: u32, ranges: Vec<LazyRange> },
+    Task {
+        id: u32,
+        pid: u32,
+        parent: u32,
+        ranges: Vec<LazyRange>,
+        fd: Option<OwnedFd>,
+    },
+    Ranges {
+        id: u32,
+        ranges: Vec<LazyRange>,
+    },
     EndOfState,
-    Event { id: u32, event: SpaceEvent },
-    TaskDone { id: u32 },
+    Event {
+        id: u32,
+        event: SpaceEvent,
+    },
+    TaskDone {
+        id: u32,
+    },
     /// criu restore's pid and, when received, a copy of the daemon's end of its
     /// connection (always sent with one, by `send_restore_peer`).
-    RestorePeer { pid: i32, conn: Option<OwnedFd> },
+    RestorePeer {
+        pid: i32,
+        conn: Option<OwnedFd>,
+    },
     RestoreFinished,
     Quit,
     Abandon,
 }
 
 /// Sends one task as `Task` (+ its uffd) followed by as many `Ranges` as it needs.
-pub fn send_task(sock: BorrowedFd<'_>, id: u32, pid: u32, parent: u32, uffd: BorrowedFd<'_>, ranges: &LazyRanges) -> nix::Result<()> {
+pub fn send_task(
+    sock: BorrowedFd<'_>,
+    id: u32,
+    pid: u32,
+    parent: u32,
+    uffd: BorrowedFd<'_>,
+    ranges: &LazyRanges,
+) -> nix::Result<()> {
     let all: Vec<LazyRange> = ranges.iter().collect();
     let mut chunks = all.chunks(RANGES_PER_MSG);
     let first = chunks.next().unwrap_or(&[]);
@@ -81,7 +118,14 @@ pub fn send_restore_peer(sock: BorrowedFd<'_>, pid: i32, conn: BorrowedFd<'_>) -
 pub fn send_msg(sock: BorrowedFd<'_>, msg: &Msg) -> nix::Result<()> {
     let mut buf = Vec::with_capacity(32);
     match msg {
-        Msg::Hello { guardian_pid, restore_finished, restore_peer, lost_daemon, tasks, done_tasks } => {
+        Msg::Hello {
+            guardian_pid,
+            restore_finished,
+            restore_peer,
+            lost_daemon,
+            tasks,
+            done_tasks,
+        } => {
             buf.push(b'H');
             put32(&mut buf, *guardian_pid);
             buf.push(u8::from(*restore_finished));
@@ -95,7 +139,11 @@ pub fn send_msg(sock: BorrowedFd<'_>, msg: &Msg) -> nix::Result<()> {
             put32(&mut buf, *daemon_pid as u32);
         }
         Msg::Claim { dump_id } | Msg::Mismatch { dump_id } => {
-            buf.push(if matches!(msg, Msg::Claim { .. }) { b'C' } else { b'M' });
+            buf.push(if matches!(msg, Msg::Claim { .. }) {
+                b'C'
+            } else {
+                b'M'
+            });
             put32(&mut buf, dump_id.len() as u32);
             buf.extend_from_slice(dump_id.as_bytes());
         }
@@ -145,15 +193,26 @@ fn recv_with(sock: BorrowedFd<'_>, buf: &mut [u8]) -> nix::Result<Option<Msg>> {
     let mut space = nix::cmsg_space!([RawFd; 4]);
     let (n, fds) = {
         let mut iov = [IoSliceMut::new(buf)];
-        let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
         let mut fds = Vec::new();
         for cmsg in msg.cmsgs()? {
             if let ControlMessageOwned::ScmRights(raw) = cmsg {
                 // SAFETY: SCM_RIGHTS installed these descriptors in our table for us alone.
-                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
             }
         }
-        if msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) {
+        if msg
+            .flags
+            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC)
+        {
             return Err(Errno::EBADMSG);
         }
         (msg.bytes, fds)
@@ -175,7 +234,9 @@ fn decode(b: &[u8], mut fds: Vec<OwnedFd>) -> Option<Msg> {
             tasks: r.u32()?,
             done_tasks: r.u32()?,
         },
-        b'B' => Msg::Busy { daemon_pid: r.u32()? as i32 },
+        b'B' => Msg::Busy {
+            daemon_pid: r.u32()? as i32,
+        },
         kind @ (b'C' | b'M') => {
             let n = r.u32()? as usize;
             let dump_id = String::from_utf8(r.take(n)?.to_vec()).ok()?;
@@ -189,9 +250,18 @@ fn decode(b: &[u8], mut fds: Vec<OwnedFd>) -> Option<Msg> {
             if fds.len() != 1 {
                 return None;
             }
-            Msg::Task { id: r.u32()?, pid: r.u32()?, parent: r.u32()?, ranges: r.ranges()?, fd: fds.pop() }
+            Msg::Task {
+                id: r.u32()?,
+                pid: r.u32()?,
+                parent: r.u32()?,
+                ranges: r.ranges()?,
+                fd: fds.pop(),
+            }
         }
-        b'R' => Msg::Ranges { id: r.u32()?, ranges: r.ranges()? },
+        b'R' => Msg::Ranges {
+            id: r.u32()?,
+            ranges: r.ranges()?,
+        },
         b'S' => Msg::EndOfState,
         b'E' => {
             let id = r.u32()?;
@@ -200,7 +270,11 @@ fn decode(b: &[u8], mut fds: Vec<OwnedFd>) -> Option<Msg> {
             let event = match kind {
                 1 => SpaceEvent::Remove { start: a, end: b },
                 2 => SpaceEvent::Unmap { start: a, end: b },
-                3 => SpaceEvent::Remap { from: a, to: b, len: c },
+                3 => SpaceEvent::Remap {
+                    from: a,
+                    to: b,
+                    len: c,
+                },
                 _ => return None,
             };
             Msg::Event { id, event }
@@ -210,7 +284,10 @@ fn decode(b: &[u8], mut fds: Vec<OwnedFd>) -> Option<Msg> {
             if fds.len() != 1 {
                 return None;
             }
-            Msg::RestorePeer { pid: r.u32()? as i32, conn: fds.pop() }
+            Msg::RestorePeer {
+                pid: r.u32()? as i32,
+                conn: fds.pop(),
+            }
         }
         b'F' => Msg::RestoreFinished,
         b'Q' => Msg::Quit,
@@ -224,7 +301,10 @@ fn decode(b: &[u8], mut fds: Vec<OwnedFd>) -> Option<Msg> {
 fn send(sock: BorrowedFd<'_>, buf: &[u8], fd: Option<RawFd>) -> nix::Result<()> {
     let iov = [IoSlice::new(buf)];
     let fds = fd.map(|f| [f]);
-    let cmsgs: Vec<ControlMessage<'_>> = fds.as_ref().map(|f| vec![ControlMessage::ScmRights(f)]).unwrap_or_default();
+    let cmsgs: Vec<ControlMessage<'_>> = fds
+        .as_ref()
+        .map(|f| vec![ControlMessage::ScmRights(f)])
+        .unwrap_or_default();
     loop {
         // MSG_NOSIGNAL: a dead guardian must be an error here, not a SIGPIPE that kills us.
         match sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
@@ -263,17 +343,21 @@ impl Reader<'_> {
         self.take(1).map(|s| s[0])
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|s| u32::from_le_bytes(s.try_into().unwrap_or_default()))
+        self.take(4)
+            .map(|s| u32::from_le_bytes(s.try_into().unwrap_or_default()))
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8).map(|s| u64::from_le_bytes(s.try_into().unwrap_or_default()))
+        self.take(8)
+            .map(|s| u64::from_le_bytes(s.try_into().unwrap_or_default()))
     }
     fn ranges(&mut self) -> Option<Vec<LazyRange>> {
         let n = self.u32()? as usize;
         if n > RANGES_PER_MSG {
             return None;
         }
-        (0..n).map(|_| Some(LazyRange::new(self.u64()?, self.u64()?, self.u64()?))).collect()
+        (0..n)
+            .map(|_| Some(LazyRange::new(self.u64()?, self.u64()?, self.u64()?)))
+            .collect()
     }
 }
 
@@ -285,15 +369,36 @@ mod tests {
 
     #[test]
     fn task_with_many_ranges_round_trips() {
-        let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
-        let ranges: LazyRanges = (0..5000u64).map(|i| LazyRange::new(i * 0x2000, i * 0x2000 + 0x1000, i * 0x1000)).collect();
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let ranges: LazyRanges = (0..5000u64)
+            .map(|i| LazyRange::new(i * 0x2000, i * 0x2000 + 0x1000, i * 0x1000))
+            .collect();
         let (r, w) = nix::unistd::pipe().unwrap();
-        let sender = std::thread::spawn(move || send_task(a.as_fd(), 7, 42, NO_PARENT, r.as_fd(), &ranges).map(|_| ranges));
+        let sender = std::thread::spawn(move || {
+            send_task(a.as_fd(), 7, 42, NO_PARENT, r.as_fd(), &ranges).map(|_| ranges)
+        });
         let mut got = LazyRanges::new();
-        let Some(Msg::Task { id: 7, pid: 42, parent: NO_PARENT, ranges: first, fd: Some(_) }) = recv(b.as_fd()).unwrap() else { panic!() };
+        let Some(Msg::Task {
+            id: 7,
+            pid: 42,
+            parent: NO_PARENT,
+            ranges: first,
+            fd: Some(_),
+        }) = recv(b.as_fd()).unwrap()
+        else {
+            panic!()
+        };
         first.into_iter().for_each(|r| assert!(got.insert(r)));
         while got.range_count() < 5000 {
-            let Some(Msg::Ranges { id: 7, ranges }) = recv(b.as_fd()).unwrap() else { panic!() };
+            let Some(Msg::Ranges { id: 7, ranges }) = recv(b.as_fd()).unwrap() else {
+                panic!()
+            };
             ranges.into_iter().for_each(|r| assert!(got.insert(r)));
         }
         assert_eq!(got, sender.join().unwrap().unwrap());
@@ -302,10 +407,22 @@ mod tests {
 
     #[test]
     fn events_round_trip_and_garbage_is_refused() {
-        let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
-        let ev = SpaceEvent::Remap { from: 0x1000, to: 0x9000, len: 0x3000 };
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let ev = SpaceEvent::Remap {
+            from: 0x1000,
+            to: 0x9000,
+            len: 0x3000,
+        };
         send_msg(a.as_fd(), &Msg::Event { id: 3, event: ev }).unwrap();
-        assert!(matches!(recv(b.as_fd()).unwrap(), Some(Msg::Event { id: 3, event }) if event == ev));
+        assert!(
+            matches!(recv(b.as_fd()).unwrap(), Some(Msg::Event { id: 3, event }) if event == ev)
+        );
         send(a.as_fd(), b"E\x01", None).unwrap();
         assert_eq!(recv(b.as_fd()).unwrap_err(), Errno::EBADMSG);
         drop(a);

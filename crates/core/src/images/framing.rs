@@ -57,7 +57,12 @@ pub fn read_image(
 
 /// The bytes of an image file (named `path` in errors), magic words checked. Never
 /// panics, whatever the bytes (fuzzed: crates/fuzz).
-pub fn parse_image(path: &Path, data: Vec<u8>, type_magic: u32, head: HeadMagic) -> Result<ImageFile, ImageError> {
+pub fn parse_image(
+    path: &Path,
+    data: Vec<u8>,
+    type_magic: u32,
+    head: HeadMagic,
+) -> Result<ImageFile, ImageError> {
     let mut pos = 0usize;
     if head == HeadMagic::Present {
         check_magic(path, &data, &mut pos, HEAD_MAGIC, "head")?;

@@ -26,13 +26,17 @@ const SAMPLE_BYTES: u64 = 4096;
 /// (inventory, pstree, core-*, mm-*, pagemap-*) and, for each pages-*.img, its size and
 /// `SAMPLES` blocks of it.
 pub fn dump_identity(dir: &Path) -> Result<String, ImageError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| ImageError::io(dir, "cannot list the images dir", &e))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| ImageError::io(dir, "cannot list the images dir", &e))?;
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
         .filter(|n| {
             n == "inventory.img"
                 || n == "pstree.img"
-                || (n.ends_with(".img") && ["core-", "mm-", "pagemap-", "pages-"].iter().any(|p| n.starts_with(p)))
+                || (n.ends_with(".img")
+                    && ["core-", "mm-", "pagemap-", "pages-"]
+                        .iter()
+                        .any(|p| n.starts_with(p)))
         })
         .collect();
     names.sort();
@@ -49,19 +53,33 @@ pub fn dump_identity(dir: &Path) -> Result<String, ImageError> {
             ctx.update(&data);
         }
     }
-    Ok(ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(ctx
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn sample_pages(path: &Path, ctx: &mut Context) -> Result<(), ImageError> {
     let file = open_regular(path, "pages image")?;
-    let len = file.metadata().map_err(|e| ImageError::io(path, "cannot stat pages image", &e))?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| ImageError::io(path, "cannot stat pages image", &e))?
+        .len();
     ctx.update(&len.to_le_bytes());
     let blocks = len.div_ceil(SAMPLE_BYTES);
     let mut buf = vec![0u8; SAMPLE_BYTES as usize];
     for i in 0..SAMPLES.min(blocks) {
         // Evenly spread over the file, the first and the last block included.
-        let block = if SAMPLES >= blocks { i } else { i * (blocks - 1) / (SAMPLES - 1) };
-        let n = file.read_at(&mut buf, block * SAMPLE_BYTES).map_err(|e| ImageError::io(path, "cannot read pages image", &e))?;
+        let block = if SAMPLES >= blocks {
+            i
+        } else {
+            i * (blocks - 1) / (SAMPLES - 1)
+        };
+        let n = file
+            .read_at(&mut buf, block * SAMPLE_BYTES)
+            .map_err(|e| ImageError::io(path, "cannot read pages image", &e))?;
         ctx.update(&buf[..n]);
     }
     Ok(())

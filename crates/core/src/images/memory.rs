@@ -43,7 +43,12 @@ pub struct TaskSummary {
 enum Found<'a> {
     /// `len` bytes at `offset` of `level`'s pages file: from the address up to the end
     /// of the narrowest run crossed.
-    Data { level: &'a Level, run: &'a PageRun, offset: u64, len: u64 },
+    Data {
+        level: &'a Level,
+        run: &'a PageRun,
+        offset: u64,
+        len: u64,
+    },
     /// A run covers the address but holds no bytes (PE_LAZY without PE_PRESENT).
     NoData(&'a Level, &'a PageRun),
     /// No run of this level (None: no level at all) covers the address.
@@ -99,7 +104,9 @@ impl TaskMemory {
         let mut rest = buf;
         while !rest.is_empty() {
             let (level, offset, avail) = match self.find(addr) {
-                Found::Data { level, offset, len, .. } if len > 0 => (level, offset, len),
+                Found::Data {
+                    level, offset, len, ..
+                } if len > 0 => (level, offset, len),
                 other => return Err(self.missing(addr, other)),
             };
             let n = usize::try_from(avail).unwrap_or(usize::MAX).min(rest.len());
@@ -107,7 +114,10 @@ impl TaskMemory {
             read(&level.pages.path, offset, head)?;
             rest = tail;
             addr = addr.checked_add(n as u64).ok_or_else(|| {
-                ImageError::new(&self.top_path(), format!("read past the end of the address space at {addr:#x}"))
+                ImageError::new(
+                    &self.top_path(),
+                    format!("read past the end of the address space at {addr:#x}"),
+                )
             })?;
         }
         Ok(())
@@ -115,12 +125,20 @@ impl TaskMemory {
 
     /// The top level's pages file, watched for changes from now on (`watch.rs`).
     pub fn watch_top(&self) -> Result<Option<super::Watched>, ImageError> {
-        Ok(self.levels.first().map(|l| l.pages.watch()).transpose()?.flatten())
+        Ok(self
+            .levels
+            .first()
+            .map(|l| l.pages.watch())
+            .transpose()?
+            .flatten())
     }
 
     /// Every pages file of the chain, watched for changes from now on (`watch.rs`).
     pub fn watch_files(&self) -> Result<Vec<super::Watched>, ImageError> {
-        self.levels.iter().filter_map(|l| l.pages.watch().transpose()).collect()
+        self.levels
+            .iter()
+            .filter_map(|l| l.pages.watch().transpose())
+            .collect()
     }
 
     /// Zero-copy: the bytes of [vaddr, vaddr+pages*4096) if they lie in ONE
@@ -224,7 +242,15 @@ impl TaskMemory {
     /// The mapped bytes at `addr` (see `find`), or why there are none.
     fn lookup(&self, addr: u64) -> Result<&[u8], Found<'_>> {
         match self.find(addr) {
-            Found::Data { level, run, offset, len } => level.pages.bytes(offset, len).ok_or(Found::NoData(level, run)),
+            Found::Data {
+                level,
+                run,
+                offset,
+                len,
+            } => level
+                .pages
+                .bytes(offset, len)
+                .ok_or(Found::NoData(level, run)),
             other => Err(other),
         }
     }
@@ -247,8 +273,17 @@ impl TaskMemory {
             };
             // Pagemap validation guarantees these cannot fail; a None here
             // degrades to "no data" rather than a panic.
-            return match addr.checked_sub(run.vaddr).and_then(|delta| base.checked_add(delta)).zip(limit.checked_sub(addr)) {
-                Some((offset, len)) => Found::Data { level, run, offset, len },
+            return match addr
+                .checked_sub(run.vaddr)
+                .and_then(|delta| base.checked_add(delta))
+                .zip(limit.checked_sub(addr))
+            {
+                Some((offset, len)) => Found::Data {
+                    level,
+                    run,
+                    offset,
+                    len,
+                },
                 None => Found::NoData(level, run),
             };
         }

@@ -4,8 +4,8 @@
 mod chain;
 mod dump;
 mod error;
-mod identity;
 pub mod framing;
+mod identity;
 mod inventory;
 mod memory;
 mod mm;
@@ -23,18 +23,19 @@ pub const PAGE_SIZE: u64 = 4096;
 
 pub use chain::{parent_dir, PARENT_LINK};
 pub use dump::Dump;
-pub use watch::Watched;
-pub use style::{classify, pagemap_writer_of, PagemapWriter};
 pub use error::ImageError;
-pub use identity::dump_identity;
 pub use framing::HeadMagic;
+pub use identity::dump_identity;
 pub use inventory::{Inventory, INVENTORY_FILE};
 pub use memory::{LazyExtent, TaskMemory, TaskSummary};
 pub use mm::{mm_file_name, Vma};
 pub use pagemap::{
-    pagemap_file_name, pages_file_name, parse_pagemap, PageRun, Pagemap, PE_LAZY, PE_PARENT, PE_PRESENT,
+    pagemap_file_name, pages_file_name, parse_pagemap, PageRun, Pagemap, PE_LAZY, PE_PARENT,
+    PE_PRESENT,
 };
 pub use pstree::{core_file_name, Task, TaskState, PSTREE_FILE};
+pub use style::{classify, pagemap_writer_of, PagemapWriter};
+pub use watch::Watched;
 
 // The fault engine shares Arc<Dump> across threads.
 const _: () = {

@@ -27,10 +27,16 @@ pub fn open_regular(path: &Path, what: &str) -> Result<File, ImageError> {
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
         .map_err(|e| ImageError::io(path, &format!("cannot open {what}"), &e))?;
-    let kind = file.metadata().map_err(|e| ImageError::io(path, &format!("cannot stat {what}"), &e))?.file_type();
+    let kind = file
+        .metadata()
+        .map_err(|e| ImageError::io(path, &format!("cannot stat {what}"), &e))?
+        .file_type();
     if !kind.is_file() {
         let is = crate::option_file::kind_name(kind);
-        return Err(ImageError::new(path, format!("{what} is {is}, not a regular file")));
+        return Err(ImageError::new(
+            path,
+            format!("{what} is {is}, not a regular file"),
+        ));
     }
     Ok(file)
 }
@@ -38,7 +44,10 @@ pub fn open_regular(path: &Path, what: &str) -> Result<File, ImageError> {
 /// Reads a whole metadata image, refusing one larger than `MAX_METADATA_BYTES`.
 pub fn read_metadata(path: &Path) -> Result<Vec<u8>, ImageError> {
     let file = open_regular(path, "image")?;
-    let len = file.metadata().map_err(|e| ImageError::io(path, "cannot stat image", &e))?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| ImageError::io(path, "cannot stat image", &e))?
+        .len();
     if len > MAX_METADATA_BYTES {
         return Err(too_big(path, len));
     }
@@ -54,7 +63,12 @@ pub fn read_metadata(path: &Path) -> Result<Vec<u8>, ImageError> {
 }
 
 fn too_big(path: &Path, len: u64) -> ImageError {
-    ImageError::new(path, format!("image is {len} bytes, more than the {MAX_METADATA_BYTES} a metadata image may have"))
+    ImageError::new(
+        path,
+        format!(
+            "image is {len} bytes, more than the {MAX_METADATA_BYTES} a metadata image may have"
+        ),
+    )
 }
 
 /// True for the error `open_regular` gives a missing file.

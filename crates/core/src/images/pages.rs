@@ -28,7 +28,11 @@ impl PagesFile {
         let path = dir.join(pagemap.pages_file_name());
         let needed = pagemap.present_bytes();
         if needed == 0 {
-            return Ok(PagesFile { path, map: None, file: None });
+            return Ok(PagesFile {
+                path,
+                map: None,
+                file: None,
+            });
         }
         let file = super::open::open_regular(&path, "pages file").map_err(|e| match e.io_kind {
             Some(io::ErrorKind::NotFound) => ImageError {
@@ -65,7 +69,10 @@ impl PagesFile {
     /// The file watched for changes from now on (`watch.rs`), held to how it looked
     /// when opened; None when no byte of it is needed.
     pub fn watch(&self) -> Result<Option<Watched>, ImageError> {
-        self.file.as_ref().map(|(file, stamp)| Watched::new(file, &self.path, *stamp)).transpose()
+        self.file
+            .as_ref()
+            .map(|(file, stamp)| Watched::new(file, &self.path, *stamp))
+            .transpose()
     }
 
     /// `len` bytes at `offset`, or None if out of the file.

@@ -45,8 +45,16 @@ pub struct Stamp {
 
 impl Stamp {
     pub fn of(file: &File, path: &Path) -> Result<Stamp, ImageError> {
-        let m = file.metadata().map_err(|e| ImageError::io(path, "cannot stat pages file", &e))?;
-        Ok(Stamp { dev: m.dev(), ino: m.ino(), size: m.size(), mtime: (m.mtime(), m.mtime_nsec()), ctime: (m.ctime(), m.ctime_nsec()) })
+        let m = file
+            .metadata()
+            .map_err(|e| ImageError::io(path, "cannot stat pages file", &e))?;
+        Ok(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
     }
 
     pub fn size(&self) -> u64 {
@@ -58,7 +66,10 @@ impl Stamp {
         if (self.dev, self.ino) != (now.dev, now.ino) {
             Some("it is another file now".into())
         } else if self.size != now.size {
-            Some(format!("its size went from {} to {} bytes", self.size, now.size))
+            Some(format!(
+                "its size went from {} to {} bytes",
+                self.size, now.size
+            ))
         } else if self.mtime != now.mtime {
             Some("it was written to (mtime changed)".into())
         } else if self.ctime != now.ctime {
@@ -90,9 +101,21 @@ impl Watched {
             .read(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(&proc)
-            .map_err(|e| ImageError::io(path, &format!("cannot open the pages file again through {proc} to watch it"), &e))?;
+            .map_err(|e| {
+                ImageError::io(
+                    path,
+                    &format!("cannot open the pages file again through {proc} to watch it"),
+                    &e,
+                )
+            })?;
         let leased = take_lease(&file, path)?;
-        let watched = Watched { file, path: path.to_path_buf(), leased, opened: stamp, changed: AtomicBool::new(false) };
+        let watched = Watched {
+            file,
+            path: path.to_path_buf(),
+            leased,
+            opened: stamp,
+            changed: AtomicBool::new(false),
+        };
         // Anything between the first open and the lease shows in the times.
         let now = Stamp::of(&watched.file, path)?;
         if let Some(how) = stamp.differs(&now) {
@@ -119,7 +142,9 @@ impl Watched {
             // SAFETY: F_GETLEASE on a descriptor we own; no pointers involved.
             let lease = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_GETLEASE) };
             if lease != libc::F_RDLCK {
-                return Err(self.fail("someone opened it for writing or truncated it (its read lease was broken)"));
+                return Err(self.fail(
+                    "someone opened it for writing or truncated it (its read lease was broken)",
+                ));
             }
             return Ok(());
         }
@@ -134,15 +159,24 @@ impl Watched {
     /// the file held when it was opened.
     pub fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ImageError> {
         self.check()?;
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| ImageError::io(&self.path, &format!("cannot read {} bytes at offset {offset:#x}", buf.len()), &e))?;
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            ImageError::io(
+                &self.path,
+                &format!("cannot read {} bytes at offset {offset:#x}", buf.len()),
+                &e,
+            )
+        })?;
         self.check()
     }
 
     fn fail(&self, how: &str) -> ImageError {
         self.changed.store(true, SeqCst);
-        ImageError::new(&self.path, format!("pages image changed while being served: {how}; its pages can no longer be trusted"))
+        ImageError::new(
+            &self.path,
+            format!(
+                "pages image changed while being served: {how}; its pages can no longer be trusted"
+            ),
+        )
     }
 }
 
@@ -174,7 +208,11 @@ fn take_lease(file: &File, path: &Path) -> Result<bool, ImageError> {
     // SAFETY: as above; owner 0 means "signal nobody".
     if unsafe { libc::fcntl(fd, libc::F_SETOWN, 0) } < 0 {
         let e = std::io::Error::last_os_error();
-        return Err(ImageError::io(path, "cannot clear the owner of the pages file's lease", &e));
+        return Err(ImageError::io(
+            path,
+            "cannot clear the owner of the pages file's lease",
+            &e,
+        ));
     }
     Ok(true)
 }
@@ -187,7 +225,10 @@ mod tests {
     fn image(bytes: &[u8]) -> (tempfile::TempDir, PathBuf, File) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pages-1.img");
-        std::fs::File::create(&path).unwrap().write_all(bytes).unwrap();
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
         let file = File::open(&path).unwrap();
         (dir, path, file)
     }
@@ -202,12 +243,21 @@ mod tests {
         assert_eq!(buf, [7u8; 4096]);
         // The truncate waits until the lease is gone; it breaks it at once.
         let p = path.clone();
-        let writer = std::thread::spawn(move || std::fs::OpenOptions::new().write(true).truncate(true).open(p).unwrap());
+        let writer = std::thread::spawn(move || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(p)
+                .unwrap()
+        });
         while w.check().is_ok() {
             std::thread::yield_now();
         }
         let err = w.read_exact_at(0, &mut buf).unwrap_err().to_string();
-        assert!(err.contains("pages-1.img") && err.contains("changed while being served"), "{err}");
+        assert!(
+            err.contains("pages-1.img") && err.contains("changed while being served"),
+            "{err}"
+        );
         drop(w);
         writer.join().unwrap();
     }
@@ -216,7 +266,9 @@ mod tests {
     fn a_file_open_for_writing_is_refused() {
         let (_dir, path, file) = image(&[1u8; 4096]);
         let _writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        let err = Watched::new(&file, &path, Stamp::of(&file, &path).unwrap()).unwrap_err().to_string();
+        let err = Watched::new(&file, &path, Stamp::of(&file, &path).unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("open for writing"), "{err}");
     }
 }

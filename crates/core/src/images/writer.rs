@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prost::Message;
 
-use super::PagemapWriter;
 use super::error::ImageError;
 use super::framing::{HeadMagic, HEAD_MAGIC, PAGEMAP_MAGIC};
 use super::pagemap::{PE_LAZY, PE_PARENT, PE_PRESENT};
 use super::proto::{PagemapEntry, PagemapHead};
+use super::PagemapWriter;
 use super::PAGE_SIZE;
 
 /// One pagemap entry to write. Data offsets are implicit: PE_PRESENT runs own
@@ -97,7 +97,8 @@ pub fn stage_pagemap(
     pages_id: u32,
     runs: &[RunSpec],
 ) -> Result<Staged, ImageError> {
-    let bytes = encode_pagemap(head, style, pages_id, runs).map_err(|msg| ImageError::new(dest, msg))?;
+    let bytes =
+        encode_pagemap(head, style, pages_id, runs).map_err(|msg| ImageError::new(dest, msg))?;
     stage_bytes(dest, &bytes)
 }
 
@@ -108,7 +109,12 @@ pub fn stage_pagemap(
 /// the input did (4.1.1: field 2 only; 4.2: field 2 = 0 and field 5), so the
 /// output still tells which page-server wire format goes with it; `Either`
 /// writes both, for a reader of either version.
-pub fn encode_pagemap(head: HeadMagic, style: PagemapWriter, pages_id: u32, runs: &[RunSpec]) -> Result<Vec<u8>, String> {
+pub fn encode_pagemap(
+    head: HeadMagic,
+    style: PagemapWriter,
+    pages_id: u32,
+    runs: &[RunSpec],
+) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(16 + runs.len() * 24);
     if head == HeadMagic::Present {
         out.extend_from_slice(&HEAD_MAGIC.to_le_bytes());
@@ -133,7 +139,13 @@ pub fn encode_pagemap(head: HeadMagic, style: PagemapWriter, pages_id: u32, runs
             PagemapWriter::Criu42 => (Some(0), Some(run.pages)),
             PagemapWriter::Either => (Some(compat), Some(run.pages)),
         };
-        let entry = PagemapEntry { vaddr: Some(run.vaddr), compat_nr_pages, in_parent: None, flags: Some(run.flags), nr_pages };
+        let entry = PagemapEntry {
+            vaddr: Some(run.vaddr),
+            compat_nr_pages,
+            in_parent: None,
+            flags: Some(run.flags),
+            nr_pages,
+        };
         push_entry(&mut out, &entry.encode_to_vec())?;
     }
     Ok(out)

@@ -23,12 +23,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use crate::engine::Priority;
 use super::client_book::{Book, Limits, Sent};
 use super::client_reader::{self, READ_TICK};
 use super::client_window::Window;
 use super::tls::{client_handshake, TlsClient, Wire};
 use super::wire::{IovHeader, WireVersion};
+pub use crate::engine::Priority;
 use crate::engine::{PageData, PageSource, SourceError, Waker};
 use crate::images::PAGE_SIZE;
 
@@ -106,11 +106,21 @@ impl RemoteConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("page server {addr}: cannot resolve: {source}")]
-    Resolve { addr: String, source: std::io::Error },
+    Resolve {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("page server {addr}: cannot connect: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("page server {addr}: {what}: {source}")]
-    Setup { addr: SocketAddr, what: &'static str, source: std::io::Error },
+    Setup {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
     /// The TLS handshake failed (the message names the peer).
     #[error("{0}")]
     Tls(String),
@@ -146,8 +156,13 @@ pub struct RemotePages {
 impl RemotePages {
     /// Connects to `addr` ("host:port"; every resolved address is tried, as CRIU does).
     pub fn connect(addr: &str, config: RemoteConfig) -> Result<RemotePages, ConnectError> {
-        let addrs: Vec<SocketAddr> =
-            addr.to_socket_addrs().map_err(|source| ConnectError::Resolve { addr: addr.to_string(), source })?.collect();
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|source| ConnectError::Resolve {
+                addr: addr.to_string(),
+                source,
+            })?
+            .collect();
         let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
         for a in addrs {
             match TcpStream::connect_timeout(&a, config.connect_timeout) {
@@ -155,11 +170,17 @@ impl RemotePages {
                 Err(e) => last = e,
             }
         }
-        Err(ConnectError::Connect { addr: addr.to_string(), source: last })
+        Err(ConnectError::Connect {
+            addr: addr.to_string(),
+            source: last,
+        })
     }
 
     /// Uses an already connected socket (like CRIU's `--ps-socket`).
-    pub fn from_stream(stream: TcpStream, config: RemoteConfig) -> Result<RemotePages, ConnectError> {
+    pub fn from_stream(
+        stream: TcpStream,
+        config: RemoteConfig,
+    ) -> Result<RemotePages, ConnectError> {
         let peer = stream.peer_addr().map_err(|source| ConnectError::Setup {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             what: "getpeername",
@@ -171,7 +192,9 @@ impl RemotePages {
             bytes => Window::fixed(bytes),
         };
         let limits = Limits {
-            max_request_pages: config.max_request_pages.clamp(1, config.version.max_nr_pages()),
+            max_request_pages: config
+                .max_request_pages
+                .clamp(1, config.version.max_nr_pages()),
             cache_bytes: config.cache_bytes,
             max_fault_requests: 64,
         };
@@ -192,13 +215,25 @@ impl RemotePages {
         let writer = std::thread::Builder::new()
             .name("lazy-ps-writer".into())
             .spawn(move || s.run_writer())
-            .map_err(|source| ConnectError::Setup { addr: peer, what: "starting the writer thread", source })?;
+            .map_err(|source| ConnectError::Setup {
+                addr: peer,
+                what: "starting the writer thread",
+                source,
+            })?;
         let s = shared.clone();
         let reader = std::thread::Builder::new()
             .name("lazy-ps-reader".into())
             .spawn(move || client_reader::run(&s, reader_stream))
-            .map_err(|source| ConnectError::Setup { addr: peer, what: "starting the reader thread", source })?;
-        Ok(RemotePages { shared, reader: Mutex::new(Some(reader)), writer: Mutex::new(Some(writer)) })
+            .map_err(|source| ConnectError::Setup {
+                addr: peer,
+                what: "starting the reader thread",
+                source,
+            })?;
+        Ok(RemotePages {
+            shared,
+            reader: Mutex::new(Some(reader)),
+            writer: Mutex::new(Some(writer)),
+        })
     }
 
     /// Every request and the wire, in one line (for test failures).
@@ -233,14 +268,20 @@ impl RemotePages {
     ) -> Result<PageData<'a>, SourceError> {
         let len64 = len as u64;
         if len == 0 || len64 % PAGE_SIZE != 0 || img_addr % PAGE_SIZE != 0 {
-            return Err(SourceError::Other { pid, img_addr, message: format!("bad span length {len:#x}") });
+            return Err(SourceError::Other {
+                pid,
+                img_addr,
+                message: format!("bad span length {len:#x}"),
+            });
         }
         let s = &self.shared;
         let mut book = s.lock();
         s.check(&book, pid, img_addr)?;
         let parts = s.cover(&mut book, pid, img_addr, len64, priority);
         // No room now: a landing frees some, and wakes the engine to ask again.
-        let Some(parts) = parts else { return Ok(PageData::Pending) };
+        let Some(parts) = parts else {
+            return Ok(PageData::Pending);
+        };
         Ok(match book.take_out(&parts, img_addr, len64, scratch) {
             Some(start) => PageData::Bytes(&scratch[start..start + len]),
             None => PageData::Pending,
@@ -250,7 +291,14 @@ impl RemotePages {
     /// Waits (up to `timeout`) until [img_addr, img_addr + len) of `pid` is in, asking
     /// for it at `priority`; then `fetch` returns its bytes. For tools and tests: the
     /// engine never waits on a source.
-    pub fn wait_for(&self, pid: u32, img_addr: u64, len: usize, priority: Priority, timeout: Duration) -> Result<bool, SourceError> {
+    pub fn wait_for(
+        &self,
+        pid: u32,
+        img_addr: u64,
+        len: usize,
+        priority: Priority,
+        timeout: Duration,
+    ) -> Result<bool, SourceError> {
         let s = &self.shared;
         let deadline = Instant::now() + timeout;
         let mut book = s.lock();
@@ -260,8 +308,14 @@ impl RemotePages {
             if parts.is_some_and(|p| book.span_ready(&p, img_addr, len as u64) == Some(true)) {
                 return Ok(true);
             }
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return Ok(false) };
-            book = s.cond.wait_timeout(book, left.min(READ_TICK)).unwrap_or_else(PoisonError::into_inner).0;
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return Ok(false);
+            };
+            book = s
+                .cond
+                .wait_timeout(book, left.min(READ_TICK))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -273,7 +327,11 @@ impl RemotePages {
             let mut w = s.write_lock();
             let mut book = s.lock();
             if let Some(message) = &book.fatal {
-                return Err(SourceError::Other { pid: 0, img_addr: 0, message: message.clone() });
+                return Err(SourceError::Other {
+                    pid: 0,
+                    img_addr: 0,
+                    message: message.clone(),
+                });
             }
             if book.closed || book.wire.contains(&Sent::Close) {
                 return Ok(());
@@ -288,19 +346,33 @@ impl RemotePages {
             }
             book.close_sent();
             drop(book);
-            let header = IovHeader::close().encode(s.config.version).map_err(|e| s.fail(e.to_string()))?;
-            w.write_all(header.as_slice()).map_err(|e| s.fail(format!("page server {}: sending CLOSE: {e}", s.peer)))?;
+            let header = IovHeader::close()
+                .encode(s.config.version)
+                .map_err(|e| s.fail(e.to_string()))?;
+            w.write_all(header.as_slice())
+                .map_err(|e| s.fail(format!("page server {}: sending CLOSE: {e}", s.peer)))?;
         }
         let deadline = Instant::now() + s.config.close_timeout;
         let mut book = s.lock();
         while !book.closed && book.fatal.is_none() {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return Err(s.fail(format!("page server {} did not answer CLOSE within {:?}", s.peer, s.config.close_timeout)));
+                return Err(s.fail(format!(
+                    "page server {} did not answer CLOSE within {:?}",
+                    s.peer, s.config.close_timeout
+                )));
             };
-            book = s.cond.wait_timeout(book, left).unwrap_or_else(PoisonError::into_inner).0;
+            book = s
+                .cond
+                .wait_timeout(book, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
         match &book.fatal {
-            Some(message) => Err(SourceError::Other { pid: 0, img_addr: 0, message: message.clone() }),
+            Some(message) => Err(SourceError::Other {
+                pid: 0,
+                img_addr: 0,
+                message: message.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -308,8 +380,18 @@ impl RemotePages {
 
 /// Socket options (and TLS) for a (re)connected stream; returns the writer's
 /// and the reader's handles.
-pub(crate) fn prepare(stream: TcpStream, peer: SocketAddr, config: &RemoteConfig) -> Result<(Wire, Wire), ConnectError> {
-    let setup = |what, r: std::io::Result<()>| r.map_err(|source| ConnectError::Setup { addr: peer, what, source });
+pub(crate) fn prepare(
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: &RemoteConfig,
+) -> Result<(Wire, Wire), ConnectError> {
+    let setup = |what, r: std::io::Result<()>| {
+        r.map_err(|source| ConnectError::Setup {
+            addr: peer,
+            what,
+            source,
+        })
+    };
     setup("TCP_NODELAY", stream.set_nodelay(true))?;
     let wire = match &config.tls {
         Some(tls) => client_handshake(stream, tls, peer).map_err(ConnectError::Tls)?,
@@ -317,18 +399,36 @@ pub(crate) fn prepare(stream: TcpStream, peer: SocketAddr, config: &RemoteConfig
     };
     let stream = wire.socket();
     setup("read timeout", stream.set_read_timeout(Some(READ_TICK)))?;
-    setup("write timeout", stream.set_write_timeout(Some(config.stall_timeout.max(Duration::from_millis(1)))))?;
-    let reader = wire.try_clone().map_err(|source| ConnectError::Setup { addr: peer, what: "dup", source })?;
+    setup(
+        "write timeout",
+        stream.set_write_timeout(Some(config.stall_timeout.max(Duration::from_millis(1)))),
+    )?;
+    let reader = wire.try_clone().map_err(|source| ConnectError::Setup {
+        addr: peer,
+        what: "dup",
+        source,
+    })?;
     Ok((wire, reader))
 }
 
 impl PageSource for RemotePages {
-    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>, priority: Priority) -> Result<PageData<'a>, SourceError> {
+    fn pages<'a>(
+        &'a self,
+        pid: u32,
+        img_addr: u64,
+        len: usize,
+        scratch: &'a mut Vec<u8>,
+        priority: Priority,
+    ) -> Result<PageData<'a>, SourceError> {
         self.fetch(pid, img_addr, len, scratch, priority)
     }
 
     fn set_waker(&self, waker: Waker) {
-        *self.shared.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(waker);
+        *self
+            .shared
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(waker);
     }
 
     fn hurry(&self, pid: u32, img_addr: u64, len: usize) {
@@ -369,11 +469,22 @@ impl Drop for RemotePages {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, SeqCst);
         // First through the spare handle: the writer may be blocked in a write.
-        if let Some(sock) = self.shared.kill.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+        if let Some(sock) = self
+            .shared
+            .kill
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
             let _ = sock.shutdown(std::net::Shutdown::Both);
         }
         self.shared.send_cond.notify_all();
-        if let Some(writer) = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        if let Some(writer) = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             let _ = writer.join();
         }
         let mut w = self.shared.write_lock();
@@ -381,7 +492,12 @@ impl Drop for RemotePages {
         let _ = w.shutdown(std::net::Shutdown::Both);
         drop(w);
         self.shared.cond.notify_all();
-        if let Some(reader) = self.reader.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        if let Some(reader) = self
+            .reader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             let _ = reader.join();
         }
     }
@@ -398,7 +514,14 @@ impl Shared {
 
     /// `Book::cover`, then a send plan if that asked for or promoted anything (even when
     /// a later part found no room: what was admitted must go out).
-    fn cover(&self, book: &mut Book, pid: u32, addr: u64, len: u64, priority: Priority) -> Option<Vec<u64>> {
+    fn cover(
+        &self,
+        book: &mut Book,
+        pid: u32,
+        addr: u64,
+        len: u64,
+        priority: Priority,
+    ) -> Option<Vec<u64>> {
         let before = (book.admitted(), book.urgent_parts());
         let parts = book.cover(pid, addr, len, priority);
         if (book.admitted(), book.urgent_parts()) != before {
@@ -418,7 +541,10 @@ impl Shared {
         loop {
             let mut due = self.send_due.lock().unwrap_or_else(PoisonError::into_inner);
             while !*due && !self.shutdown.load(SeqCst) {
-                due = self.send_cond.wait(due).unwrap_or_else(PoisonError::into_inner);
+                due = self
+                    .send_cond
+                    .wait(due)
+                    .unwrap_or_else(PoisonError::into_inner);
             }
             if self.shutdown.load(SeqCst) {
                 return;
@@ -451,7 +577,11 @@ impl Shared {
         }
         if let Err(e) = w.write_all(&bytes) {
             if self.config.reconnect.is_zero() {
-                drop(self.fail(format!("page server {}: sending {} requests: {e}", self.peer, segs.len())));
+                drop(self.fail(format!(
+                    "page server {}: sending {} requests: {e}",
+                    self.peer,
+                    segs.len()
+                )));
             } else {
                 // Make sure the reader sees the loss too; it reconnects and
                 // sends these again.
@@ -478,12 +608,20 @@ impl Shared {
         drop(book);
         self.cond.notify_all();
         self.wake();
-        SourceError::Other { pid: 0, img_addr: 0, message }
+        SourceError::Other {
+            pid: 0,
+            img_addr: 0,
+            message,
+        }
     }
 
     /// Something completed (or failed): wakes the engine to ask again.
     pub fn wake(&self) {
-        let waker = self.waker.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         if let Some(waker) = waker {
             waker();
         }
@@ -491,10 +629,18 @@ impl Shared {
 
     fn check(&self, book: &Book, pid: u32, img_addr: u64) -> Result<(), SourceError> {
         if let Some(message) = &book.fatal {
-            return Err(SourceError::Other { pid, img_addr, message: message.clone() });
+            return Err(SourceError::Other {
+                pid,
+                img_addr,
+                message: message.clone(),
+            });
         }
         if book.closed {
-            return Err(SourceError::Other { pid, img_addr, message: format!("the session with page server {} is closed", self.peer) });
+            return Err(SourceError::Other {
+                pid,
+                img_addr,
+                message: format!("the session with page server {} is closed", self.peer),
+            });
         }
         Ok(())
     }

@@ -65,7 +65,10 @@ impl Request {
 
     /// Whether any byte of [off, off + len) of the span is still to be asked for.
     fn unsent_within(&self, off: u64, len: u64) -> bool {
-        self.unsent.iter().chain(&self.urgent).any(|&(o, pages)| o < off + len && off < o + pages * PAGE_SIZE)
+        self.unsent
+            .iter()
+            .chain(&self.urgent)
+            .any(|&(o, pages)| o < off + len && off < o + pages * PAGE_SIZE)
     }
 
     /// Moves the unsent parts of [off, off + len) to the urgent queue, cut out of the
@@ -105,7 +108,9 @@ impl Request {
     }
 
     fn covers(&self, pid: u32, addr: u64, len: u64) -> bool {
-        self.pid == pid && self.vaddr <= addr && addr.saturating_add(len) <= self.vaddr.saturating_add(self.len)
+        self.pid == pid
+            && self.vaddr <= addr
+            && addr.saturating_add(len) <= self.vaddr.saturating_add(self.len)
     }
 }
 
@@ -260,7 +265,12 @@ impl Book {
         let mut at = addr;
         while at < end {
             let usable = |r: &Request| r.pid == pid && r.vaddr <= at && at < r.vaddr + r.len;
-            let holder = self.reqs.iter().filter(|(_, r)| usable(r)).max_by_key(|(_, r)| (r.done(), r.vaddr + r.len)).map(|(&id, r)| (id, r.vaddr + r.len));
+            let holder = self
+                .reqs
+                .iter()
+                .filter(|(_, r)| usable(r))
+                .max_by_key(|(_, r)| (r.done(), r.vaddr + r.len))
+                .map(|(&id, r)| (id, r.vaddr + r.len));
             let (id, next) = match holder {
                 Some((id, next)) => {
                     if priority == Priority::Fault {
@@ -270,7 +280,13 @@ impl Book {
                 }
                 None => {
                     // Up to the next request of this task, or the span's end.
-                    let stop = self.reqs.values().filter(|r| r.pid == pid && r.vaddr > at).map(|r| r.vaddr).min().map_or(end, |v| v.min(end));
+                    let stop = self
+                        .reqs
+                        .values()
+                        .filter(|r| r.pid == pid && r.vaddr > at)
+                        .map(|r| r.vaddr)
+                        .min()
+                        .map_or(end, |v| v.min(end));
                     (self.admit(pid, at, stop - at, priority)?, stop)
                 }
             };
@@ -284,7 +300,9 @@ impl Book {
     /// out yet goes out first, outside the window, so the fault is not asked twice and
     /// does not wait for room. True if anything was promoted (a send plan is due).
     fn promote_in(&mut self, id: u64, addr: u64, len: u64) -> bool {
-        let Some(r) = self.reqs.get_mut(&id) else { return false };
+        let Some(r) = self.reqs.get_mut(&id) else {
+            return false;
+        };
         if r.priority == Priority::Fault {
             return false;
         }
@@ -296,7 +314,12 @@ impl Book {
     /// `hurry`: every request holding part of [addr, addr+len) of `pid` promotes it.
     pub fn promote(&mut self, pid: u32, addr: u64, len: u64) -> bool {
         let end = addr.saturating_add(len);
-        let ids: Vec<u64> = self.reqs.iter().filter(|(_, r)| r.pid == pid && r.vaddr < end && addr < r.vaddr + r.len).map(|(&id, _)| id).collect();
+        let ids: Vec<u64> = self
+            .reqs
+            .iter()
+            .filter(|(_, r)| r.pid == pid && r.vaddr < end && addr < r.vaddr + r.len)
+            .map(|(&id, _)| id)
+            .collect();
         let mut any = false;
         for id in ids {
             let r = &self.reqs[&id];
@@ -353,14 +376,24 @@ impl Book {
 
     /// Records a new span to fetch, or None if the limits say not now.
     pub fn admit(&mut self, pid: u32, vaddr: u64, len: u64, priority: Priority) -> Option<u64> {
-        let unfinished = |p: Priority| self.reqs.values().filter(move |r| r.priority == p && !r.done());
+        let unfinished = |p: Priority| {
+            self.reqs
+                .values()
+                .filter(move |r| r.priority == p && !r.done())
+        };
         match priority {
-            Priority::Fault if unfinished(Priority::Fault).count() >= self.limits.max_fault_requests => return None,
+            Priority::Fault
+                if unfinished(Priority::Fault).count() >= self.limits.max_fault_requests =>
+            {
+                return None
+            }
             Priority::WorkingSet | Priority::Background => {
                 // Admitting up to a window ahead lets a second fill job's span go
                 // out right behind the first one's, with no gap on the link.
-                let queued: u64 =
-                    unfinished(Priority::Background).chain(unfinished(Priority::WorkingSet)).map(|r| r.len - r.received).sum();
+                let queued: u64 = unfinished(Priority::Background)
+                    .chain(unfinished(Priority::WorkingSet))
+                    .map(|r| r.len - r.received)
+                    .sum();
                 if queued >= self.window.bytes() {
                     return None;
                 }
@@ -373,15 +406,39 @@ impl Book {
         self.next_id += 1;
         self.held += len;
         let unsent = VecDeque::from([(0, len / PAGE_SIZE)]);
-        self.reqs.insert(id, Request { pid, vaddr, priority, buf, base, len, received: 0, unsent, urgent: VecDeque::new(), served: 0 });
+        self.reqs.insert(
+            id,
+            Request {
+                pid,
+                vaddr,
+                priority,
+                buf,
+                base,
+                len,
+                received: 0,
+                unsent,
+                urgent: VecDeque::new(),
+                served: 0,
+            },
+        );
         Some(id)
     }
 
     /// A buffer with room for `len` bytes from a page boundary: the smallest in the
     /// pool that fits, else a new one (zeroed once, reused as it is).
     fn buffer(&mut self, len: usize) -> (Vec<u8>, usize) {
-        let fits = |b: &Vec<u8>| page_offset(b).checked_add(len).is_some_and(|end| end <= b.len());
-        let best = self.pool.iter().enumerate().filter(|(_, b)| fits(b)).min_by_key(|(_, b)| b.len()).map(|(i, _)| i);
+        let fits = |b: &Vec<u8>| {
+            page_offset(b)
+                .checked_add(len)
+                .is_some_and(|end| end <= b.len())
+        };
+        let best = self
+            .pool
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| fits(b))
+            .min_by_key(|(_, b)| b.len())
+            .map(|(i, _)| i);
         let buf = match best {
             Some(i) => {
                 let b = self.pool.swap_remove(i);
@@ -403,7 +460,15 @@ impl Book {
             return;
         }
         if self.pool.len() >= POOL_BUFFERS {
-            let Some((i, smallest)) = self.pool.iter().enumerate().min_by_key(|(_, b)| b.len()).map(|(i, b)| (i, b.len() as u64)) else { return };
+            let Some((i, smallest)) = self
+                .pool
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, b)| b.len())
+                .map(|(i, b)| (i, b.len() as u64))
+            else {
+                return;
+            };
             if smallest >= size {
                 return;
             }
@@ -422,7 +487,9 @@ impl Book {
         // cache smaller than that would evict them before they are used.
         let limit = self.limits.cache_bytes.max(2 * self.window.bytes());
         while self.held.saturating_add(len) > limit {
-            let Some(id) = self.reqs.iter().find(|(_, r)| r.done()).map(|(&id, _)| id) else { return };
+            let Some(id) = self.reqs.iter().find(|(_, r)| r.done()).map(|(&id, _)| id) else {
+                return;
+            };
             self.remove(id);
         }
     }
@@ -438,11 +505,19 @@ impl Book {
     /// them), and says where in `out` the bytes start. A call for one whole request
     /// takes its buffer (swapped with `out`, whose old buffer the pool keeps); any
     /// other copies. None if a part is gone or the span is not all in.
-    pub fn take_out(&mut self, parts: &[u64], addr: u64, len: u64, out: &mut Vec<u8>) -> Option<usize> {
+    pub fn take_out(
+        &mut self,
+        parts: &[u64],
+        addr: u64,
+        len: u64,
+        out: &mut Vec<u8>,
+    ) -> Option<usize> {
         if !self.span_ready(parts, addr, len)? {
             return None;
         }
-        let [id] = *parts else { return self.assemble(parts, addr, len, out) };
+        let [id] = *parts else {
+            return self.assemble(parts, addr, len, out);
+        };
         let r = self.reqs.get_mut(&id)?;
         let start = r.base + (addr - r.vaddr) as usize;
         r.buf.get(start..start + len as usize)?;
@@ -497,14 +572,28 @@ impl Book {
         // requests that a fault promoted.
         let ids: Vec<u64> = self.reqs.keys().copied().collect();
         for &id in &ids {
-            let Some(r) = self.reqs.get_mut(&id) else { continue };
-            let queue = if r.priority == Priority::Fault { &mut r.unsent } else { &mut r.urgent };
+            let Some(r) = self.reqs.get_mut(&id) else {
+                continue;
+            };
+            let queue = if r.priority == Priority::Fault {
+                &mut r.unsent
+            } else {
+                &mut r.urgent
+            };
             while let Some((off, pages)) = queue.pop_front() {
                 let take = pages.min(max);
                 if take < pages {
                     queue.push_front((off + take * PAGE_SIZE, pages - take));
                 }
-                let seg = Segment { req: id, pid: r.pid, vaddr: r.vaddr + off, pages: take, priority: Priority::Fault, sent, mark: self.window.mark() };
+                let seg = Segment {
+                    req: id,
+                    pid: r.pid,
+                    vaddr: r.vaddr + off,
+                    pages: take,
+                    priority: Priority::Fault,
+                    sent,
+                    mark: self.window.mark(),
+                };
                 self.wire.push_back(Sent::Get(seg));
                 out.push(seg);
             }
@@ -513,17 +602,35 @@ impl Book {
         'planning: for priority in [Priority::WorkingSet, Priority::Background] {
             for &id in &ids {
                 loop {
-                    let Some(r) = self.reqs.get_mut(&id).filter(|r| r.priority == priority) else { break };
+                    let Some(r) = self.reqs.get_mut(&id).filter(|r| r.priority == priority) else {
+                        break;
+                    };
                     if r.unsent.is_empty() {
                         break;
                     }
-                    let Some(room) = self.window.room(self.background_on_wire / PAGE_SIZE, self.background_gets, max) else { break 'planning };
-                    let Some((off, pages)) = r.unsent.pop_front() else { break };
+                    let Some(room) = self.window.room(
+                        self.background_on_wire / PAGE_SIZE,
+                        self.background_gets,
+                        max,
+                    ) else {
+                        break 'planning;
+                    };
+                    let Some((off, pages)) = r.unsent.pop_front() else {
+                        break;
+                    };
                     let take = pages.min(room);
                     if take < pages {
                         r.unsent.push_front((off + take * PAGE_SIZE, pages - take));
                     }
-                    let seg = Segment { req: id, pid: r.pid, vaddr: r.vaddr + off, pages: take, priority, sent, mark: self.window.mark() };
+                    let seg = Segment {
+                        req: id,
+                        pid: r.pid,
+                        vaddr: r.vaddr + off,
+                        pages: take,
+                        priority,
+                        sent,
+                        mark: self.window.mark(),
+                    };
                     self.background_on_wire += seg.bytes();
                     self.background_gets += 1;
                     self.wire.push_back(Sent::Get(seg));
@@ -531,7 +638,10 @@ impl Book {
                 }
             }
         }
-        let held = self.reqs.values().any(|r| r.priority != Priority::Fault && !r.unsent.is_empty());
+        let held = self
+            .reqs
+            .values()
+            .any(|r| r.priority != Priority::Fault && !r.unsent.is_empty());
         self.window.set_limited(held || self.wanting);
         out
     }
@@ -541,8 +651,15 @@ impl Book {
     pub fn land(&mut self, reply: &IovHeader, now: Instant) -> Result<Landing, String> {
         let seg = match self.wire.front() {
             Some(Sent::Get(seg)) => *seg,
-            Some(Sent::Close) => return Err("sent a page header where the CLOSE reply was due".into()),
-            None => return Err(format!("sent a reply nobody asked for (task {}, {:#x})", reply.dst_id, reply.vaddr)),
+            Some(Sent::Close) => {
+                return Err("sent a page header where the CLOSE reply was due".into())
+            }
+            None => {
+                return Err(format!(
+                    "sent a reply nobody asked for (task {}, {:#x})",
+                    reply.dst_id, reply.vaddr
+                ))
+            }
         };
         if reply.dst_id != u64::from(seg.pid) || reply.vaddr != seg.vaddr {
             return Err(format!(
@@ -557,12 +674,23 @@ impl Book {
             ));
         }
         self.wire.pop_front();
-        self.window.rtt_sample(now, now.saturating_duration_since(seg.sent));
+        self.window
+            .rtt_sample(now, now.saturating_duration_since(seg.sent));
         let (offset, start, buf) = match self.reqs.get_mut(&seg.req) {
-            Some(r) => (seg.vaddr - r.vaddr, r.base + (seg.vaddr - r.vaddr) as usize, Some(std::mem::take(&mut r.buf))),
+            Some(r) => (
+                seg.vaddr - r.vaddr,
+                r.base + (seg.vaddr - r.vaddr) as usize,
+                Some(std::mem::take(&mut r.buf)),
+            ),
             None => (0, 0, None),
         };
-        Ok(Landing { seg, pages: reply.nr_pages, offset, start, buf })
+        Ok(Landing {
+            seg,
+            pages: reply.nr_pages,
+            offset,
+            start,
+            buf,
+        })
     }
 
     /// The data of `landing` arrived (`complete`), or the connection broke
@@ -575,17 +703,23 @@ impl Book {
             self.wire.push_front(Sent::Get(seg));
         } else {
             self.off_wire(&seg);
-            self.window.landed(now, seg.sent, seg.mark, landing.pages * PAGE_SIZE);
+            self.window
+                .landed(now, seg.sent, seg.mark, landing.pages * PAGE_SIZE);
         }
         let Some(buf) = landing.buf else { return };
-        let Some(r) = self.reqs.get_mut(&seg.req) else { return };
+        let Some(r) = self.reqs.get_mut(&seg.req) else {
+            return;
+        };
         r.buf = buf;
         if !complete {
             return;
         }
         r.received += landing.pages * PAGE_SIZE;
         if landing.pages < seg.pages {
-            let rest = (landing.offset + landing.pages * PAGE_SIZE, seg.pages - landing.pages);
+            let rest = (
+                landing.offset + landing.pages * PAGE_SIZE,
+                seg.pages - landing.pages,
+            );
             r.queue_for(seg.priority).push_front(rest);
         }
     }
@@ -624,8 +758,30 @@ impl Book {
 
     /// Every request and the wire, in one line (for test failures).
     pub fn debug_dump(&self) -> String {
-        let reqs: Vec<String> = self.reqs.iter().map(|(id, r)| format!("#{id} {:#x}+{} {:?} rcv {} unsent {:?} urgent {:?} served {}", r.vaddr, r.len / PAGE_SIZE, r.priority, r.received / PAGE_SIZE, r.unsent, r.urgent, r.served)).collect();
-        format!("reqs {reqs:?} wire {} bg_on_wire {} held {} lost {} win {}", self.wire.len(), self.background_on_wire / PAGE_SIZE, self.held, self.lost, self.window.bytes())
+        let reqs: Vec<String> = self
+            .reqs
+            .iter()
+            .map(|(id, r)| {
+                format!(
+                    "#{id} {:#x}+{} {:?} rcv {} unsent {:?} urgent {:?} served {}",
+                    r.vaddr,
+                    r.len / PAGE_SIZE,
+                    r.priority,
+                    r.received / PAGE_SIZE,
+                    r.unsent,
+                    r.urgent,
+                    r.served
+                )
+            })
+            .collect();
+        format!(
+            "reqs {reqs:?} wire {} bg_on_wire {} held {} lost {} win {}",
+            self.wire.len(),
+            self.background_on_wire / PAGE_SIZE,
+            self.held,
+            self.lost,
+            self.window.bytes()
+        )
     }
 
     /// GETs on the wire (for messages).
@@ -642,7 +798,14 @@ mod tests {
     const P: u64 = PAGE_SIZE;
 
     fn book() -> Book {
-        Book::new(Limits { max_request_pages: 1024, cache_bytes: 16 << 20, max_fault_requests: 64 }, Window::fixed(8 << 20))
+        Book::new(
+            Limits {
+                max_request_pages: 1024,
+                cache_bytes: 16 << 20,
+                max_fault_requests: 64,
+            },
+            Window::fixed(8 << 20),
+        )
     }
 
     /// Sends what is planned and answers every GET in full, with each page's
@@ -672,18 +835,29 @@ mod tests {
         let mut b = book();
         // Read-ahead announced [0, 4) and [4, 8); a fault then shifted the next claim.
         assert!(b.admit_ahead(1, &[(0, (4 * P) as usize), (4 * P, (4 * P) as usize)]));
-        assert!(!b.admit_ahead(1, &[(0, (4 * P) as usize)]), "already asked for");
+        assert!(
+            !b.admit_ahead(1, &[(0, (4 * P) as usize)]),
+            "already asked for"
+        );
         let parts = b.cover(1, 2 * P, 4 * P, Priority::Background).unwrap();
         assert_eq!(parts.len(), 2, "[2, 6) is held by the two requests");
         assert_eq!(b.admitted(), 3, "nothing new asked for");
         // [6, 10): the part past the last request is asked for on its own.
         let tail = b.cover(1, 6 * P, 4 * P, Priority::Background).unwrap();
         assert_eq!(tail.len(), 2);
-        assert_eq!(b.request(tail[1]).map(|r| (r.vaddr, r.len)), Some((8 * P, 2 * P)));
+        assert_eq!(
+            b.request(tail[1]).map(|r| (r.vaddr, r.len)),
+            Some((8 * P, 2 * P))
+        );
         answer_all(&mut b);
         let mut out = Vec::new();
         let start = b.take_out(&parts, 2 * P, 4 * P, &mut out).unwrap();
-        assert_eq!((0..4).map(|i| page_at(&out[start..], i)).collect::<Vec<_>>(), [2 * P, 3 * P, 4 * P, 5 * P]);
+        assert_eq!(
+            (0..4)
+                .map(|i| page_at(&out[start..], i))
+                .collect::<Vec<_>>(),
+            [2 * P, 3 * P, 4 * P, 5 * P]
+        );
     }
 
     #[test]
@@ -704,27 +878,52 @@ mod tests {
         b.take_out(&again, 16 * P, 16 * P, &mut out).unwrap();
         assert_ne!(out.as_ptr(), given, "swapped for the new request's buffer");
         let third = b.cover(1, 32 * P, 16 * P, Priority::Background).unwrap();
-        assert_eq!(b.request(third[0]).unwrap().buf.as_ptr(), given, "the pool's buffer, not a new one");
+        assert_eq!(
+            b.request(third[0]).unwrap().buf.as_ptr(),
+            given,
+            "the pool's buffer, not a new one"
+        );
     }
 
     #[test]
     fn a_fault_on_background_still_unsent_promotes_it_instead_of_asking_twice() {
-        let mut b = Book::new(Limits { max_request_pages: 1024, cache_bytes: 16 << 20, max_fault_requests: 64 }, Window::fixed(4 * P));
+        let mut b = Book::new(
+            Limits {
+                max_request_pages: 1024,
+                cache_bytes: 16 << 20,
+                max_fault_requests: 64,
+            },
+            Window::fixed(4 * P),
+        );
         let bg = b.cover(1, 0, 64 * P, Priority::Background).unwrap();
         b.plan_sends(Instant::now());
         // Four pages went out; page 40 still waits for room.
         let fault = b.cover(1, 40 * P, P, Priority::Fault).unwrap();
-        assert_eq!(fault, bg, "the background request holds it: not asked twice");
+        assert_eq!(
+            fault, bg,
+            "the background request holds it: not asked twice"
+        );
         assert_eq!(b.admitted(), 2, "no new request");
         let sent = b.plan_sends(Instant::now());
-        assert_eq!(sent.iter().map(|s| (s.vaddr, s.pages, s.priority)).collect::<Vec<_>>(), [(40 * P, 1, Priority::Fault)], "sent at once, outside the window");
+        assert_eq!(
+            sent.iter()
+                .map(|s| (s.vaddr, s.pages, s.priority))
+                .collect::<Vec<_>>(),
+            [(40 * P, 1, Priority::Fault)],
+            "sent at once, outside the window"
+        );
         assert_eq!(b.span_ready(&fault, 40 * P, P), Some(false));
         answer_all(&mut b);
         // Its page is in long before the rest of the request.
         let mut out = Vec::new();
-        let start = b.take_out(&fault, 40 * P, P, &mut out).expect("the promoted page is in");
+        let start = b
+            .take_out(&fault, 40 * P, P, &mut out)
+            .expect("the promoted page is in");
         assert_eq!(page_at(&out[start..], 0), 40 * P);
-        assert!(!b.request(bg[0]).unwrap().done(), "the rest still waits for room");
+        assert!(
+            !b.request(bg[0]).unwrap().done(),
+            "the rest still waits for room"
+        );
         assert_eq!(b.span_ready(&bg, 0, 64 * P), Some(false));
     }
 
@@ -733,19 +932,36 @@ mod tests {
         let mut b = book();
         b.lost = true;
         let first = b.cover(1, 7 * P, P, Priority::Fault).unwrap();
-        assert!(b.plan_sends(Instant::now()).is_empty(), "nothing goes out between connections");
+        assert!(
+            b.plan_sends(Instant::now()).is_empty(),
+            "nothing goes out between connections"
+        );
         assert_eq!(b.cover(1, 7 * P, P, Priority::Fault).unwrap(), first);
         assert_eq!(b.admitted(), 2);
     }
 
     #[test]
     fn nothing_is_sent_after_close() {
-        let mut b = Book::new(Limits { max_request_pages: 1024, cache_bytes: 16 << 20, max_fault_requests: 64 }, Window::fixed(4 * P));
+        let mut b = Book::new(
+            Limits {
+                max_request_pages: 1024,
+                cache_bytes: 16 << 20,
+                max_fault_requests: 64,
+            },
+            Window::fixed(4 * P),
+        );
         b.cover(1, 0, 64 * P, Priority::Background).unwrap();
-        assert_eq!(b.plan_sends(Instant::now()).len(), 1, "four pages of 64 fit the window");
+        assert_eq!(
+            b.plan_sends(Instant::now()).len(),
+            1,
+            "four pages of 64 fit the window"
+        );
         b.close_sent();
         answer_all(&mut b);
-        assert!(b.plan_sends(Instant::now()).is_empty(), "the rest of the request would follow the CLOSE");
+        assert!(
+            b.plan_sends(Instant::now()).is_empty(),
+            "the rest of the request would follow the CLOSE"
+        );
         b.cover(1, 100 * P, P, Priority::Fault).unwrap();
         assert!(b.plan_sends(Instant::now()).is_empty(), "a fault neither");
     }

@@ -25,9 +25,7 @@ use crate::images::PAGE_SIZE;
 /// Why a read stopped short.
 enum Stop {
     /// EOF; `got` bytes of the item had arrived.
-    Eof {
-        got: usize,
-    },
+    Eof { got: usize },
     /// `shutdown` was set (our own close or drop).
     Shutdown,
     /// The peer sent nothing for `stall_timeout`.
@@ -47,11 +45,13 @@ pub(crate) fn run(shared: &Shared, mut stream: Wire) {
     let outcome = loop {
         match read_replies(shared, &mut stream) {
             Ok(()) => break Ok(()),
-            Err(End::Lost(why)) if !shared.config.reconnect.is_zero() => match resume(shared, why) {
-                Ok(Some(next)) => stream = next,
-                Ok(None) => break Ok(()),
-                Err(message) => break Err(message),
-            },
+            Err(End::Lost(why)) if !shared.config.reconnect.is_zero() => {
+                match resume(shared, why) {
+                    Ok(Some(next)) => stream = next,
+                    Ok(None) => break Ok(()),
+                    Err(message) => break Err(message),
+                }
+            }
             Err(End::Lost(message) | End::Fatal(message)) => break Err(message),
         }
     };
@@ -91,7 +91,9 @@ fn resume(shared: &Shared, why: String) -> Result<Option<Wire>, String> {
     let mut last = why;
     loop {
         if shared.shutdown.load(SeqCst) {
-            return Err(format!("connection to page server {peer} was shut down while reconnecting"));
+            return Err(format!(
+                "connection to page server {peer} was shut down while reconnecting"
+            ));
         }
         let book = shared.lock();
         if book.closed {
@@ -107,9 +109,16 @@ fn resume(shared: &Shared, why: String) -> Result<Option<Wire>, String> {
         let now = Instant::now();
         let end = *deadline.get_or_insert(now + shared.config.reconnect);
         if now >= end {
-            return Err(format!("page server {peer} gone for {} s (last: {last})", shared.config.reconnect.as_secs_f64()));
+            return Err(format!(
+                "page server {peer} gone for {} s (last: {last})",
+                shared.config.reconnect.as_secs_f64()
+            ));
         }
-        let attempt = shared.config.connect_timeout.min(end - now).min(Duration::from_secs(1));
+        let attempt = shared
+            .config
+            .connect_timeout
+            .min(end - now)
+            .min(Duration::from_secs(1));
         match connect(shared, peer, attempt) {
             Ok((writer, reader)) => {
                 shared.adopt(writer);
@@ -122,7 +131,8 @@ fn resume(shared: &Shared, why: String) -> Result<Option<Wire>, String> {
 }
 
 fn connect(shared: &Shared, peer: SocketAddr, timeout: Duration) -> Result<(Wire, Wire), String> {
-    let stream = TcpStream::connect_timeout(&peer, timeout.max(Duration::from_millis(1))).map_err(|e| e.to_string())?;
+    let stream = TcpStream::connect_timeout(&peer, timeout.max(Duration::from_millis(1)))
+        .map_err(|e| e.to_string())?;
     prepare(stream, peer, &shared.config).map_err(|e| e.to_string())
 }
 
@@ -135,27 +145,48 @@ fn read_replies(shared: &Shared, stream: &mut Wire) -> Result<(), End> {
     loop {
         // Nothing answered and the connection just made: an end now is a refusal.
         let fresh = !answered && began.elapsed() < REFUSED_WITHIN;
-        let describe = |stop, what: &str| if fresh { refused(shared, stop, what) } else { describe(shared, stop, what) };
+        let describe = |stop, what: &str| {
+            if fresh {
+                refused(shared, stop, what)
+            } else {
+                describe(shared, stop, what)
+            }
+        };
         // The first 4 bytes are either a header's cmd or the i32 CLOSE reply;
         // which one is due is known only once they arrive (CLOSE may be sent
         // while this read is already waiting).
-        read_full(shared, stream, &mut head[..CLOSE_REPLY_LEN], false).map_err(|s| describe(s, "a reply header"))?;
+        read_full(shared, stream, &mut head[..CLOSE_REPLY_LEN], false)
+            .map_err(|s| describe(s, "a reply header"))?;
         answered = true;
         if shared.lock().wire.front() == Some(&Sent::Close) {
             let code = i32::from_le_bytes([head[0], head[1], head[2], head[3]]);
             shared.lock().wire.pop_front();
             return match code {
                 0 => Ok(()),
-                _ => Err(End::Fatal(format!("page server {peer} answered CLOSE with {code}"))),
+                _ => Err(End::Fatal(format!(
+                    "page server {peer} answered CLOSE with {code}"
+                ))),
             };
         }
-        read_full(shared, stream, &mut head[CLOSE_REPLY_LEN..hlen], true).map_err(|s| describe(s, "a reply header"))?;
-        let reply = IovHeader::decode(shared.config.version, &head[..hlen]).map_err(|e| End::Fatal(format!("page server {peer}: {e}")))?;
-        let mut landing = shared.lock().land(&reply, Instant::now()).map_err(|why| End::Fatal(format!("page server {peer} {why}")))?;
+        read_full(shared, stream, &mut head[CLOSE_REPLY_LEN..hlen], true)
+            .map_err(|s| describe(s, "a reply header"))?;
+        let reply = IovHeader::decode(shared.config.version, &head[..hlen])
+            .map_err(|e| End::Fatal(format!("page server {peer}: {e}")))?;
+        let mut landing = shared
+            .lock()
+            .land(&reply, Instant::now())
+            .map_err(|why| End::Fatal(format!("page server {peer} {why}")))?;
         let bytes = (landing.pages * PAGE_SIZE) as usize;
         let start = landing.start;
-        let what = format!("{} pages of task {} at {:#x}", landing.pages, landing.seg.pid, landing.seg.vaddr);
-        let read = match landing.buf.as_mut().and_then(|b| b.get_mut(start..start + bytes)) {
+        let what = format!(
+            "{} pages of task {} at {:#x}",
+            landing.pages, landing.seg.pid, landing.seg.vaddr
+        );
+        let read = match landing
+            .buf
+            .as_mut()
+            .and_then(|b| b.get_mut(start..start + bytes))
+        {
             Some(dst) => read_full(shared, stream, dst, true),
             None => discard(shared, stream, bytes),
         };
@@ -174,7 +205,12 @@ fn read_replies(shared: &Shared, stream: &mut Wire) -> Result<(), End> {
 /// peer that went silent with requests outstanding. `partial`: `buf` continues a
 /// reply already begun (its header is in, so its request is no longer counted as
 /// on the wire), which a silent peer must not leave hanging either.
-fn read_full(shared: &Shared, stream: &mut Wire, buf: &mut [u8], partial: bool) -> Result<(), Stop> {
+fn read_full(
+    shared: &Shared,
+    stream: &mut Wire,
+    buf: &mut [u8],
+    partial: bool,
+) -> Result<(), Stop> {
     let mut got = 0;
     let mut last_byte = Instant::now();
     while got < buf.len() {
@@ -187,10 +223,18 @@ fn read_full(shared: &Shared, stream: &mut Wire, buf: &mut [u8], partial: bool) 
                 got += n;
                 last_byte = Instant::now();
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 let waiting = partial || got > 0 || shared.lock().on_wire() > 0;
                 if waiting && last_byte.elapsed() >= shared.config.stall_timeout {
-                    return Err(Stop::Stalled(format!("sent nothing for {:?}", shared.config.stall_timeout)));
+                    return Err(Stop::Stalled(format!(
+                        "sent nothing for {:?}",
+                        shared.config.stall_timeout
+                    )));
                 }
                 if !waiting {
                     last_byte = Instant::now();
@@ -237,13 +281,19 @@ fn describe(shared: &Shared, stop: Stop, what: &str) -> End {
     let peer = shared.peer;
     let outstanding = shared.lock().on_wire();
     match stop {
-        Stop::Eof { got: 0 } if what == "a reply header" => {
-            End::Lost(format!("page server {peer} closed the connection ({outstanding} requests unanswered)"))
-        }
-        Stop::Eof { got } => End::Lost(format!("page server {peer} closed the connection in the middle of {what} ({got} bytes in)")),
+        Stop::Eof { got: 0 } if what == "a reply header" => End::Lost(format!(
+            "page server {peer} closed the connection ({outstanding} requests unanswered)"
+        )),
+        Stop::Eof { got } => End::Lost(format!(
+            "page server {peer} closed the connection in the middle of {what} ({got} bytes in)"
+        )),
         Stop::Shutdown => End::Fatal(format!("connection to page server {peer} was shut down")),
-        Stop::Stalled(why) => End::Fatal(format!("page server {peer}: reading {what}: {why} ({outstanding} requests unanswered)")),
-        Stop::Failed(why, _) => End::Lost(format!("page server {peer}: reading {what}: {why} ({outstanding} requests unanswered)")),
+        Stop::Stalled(why) => End::Fatal(format!(
+            "page server {peer}: reading {what}: {why} ({outstanding} requests unanswered)"
+        )),
+        Stop::Failed(why, _) => End::Lost(format!(
+            "page server {peer}: reading {what}: {why} ({outstanding} requests unanswered)"
+        )),
     }
 }
 

@@ -91,7 +91,10 @@ struct Model {
 
 impl Window {
     pub fn fixed(bytes: u64) -> Window {
-        Window { bytes: bytes.max(PAGE_SIZE), adaptive: None }
+        Window {
+            bytes: bytes.max(PAGE_SIZE),
+            adaptive: None,
+        }
     }
 
     pub fn adaptive(queue: Duration) -> Window {
@@ -109,7 +112,10 @@ impl Window {
             round_end: 0,
             rounds: 0,
         };
-        Window { bytes: START_BYTES, adaptive: Some(model) }
+        Window {
+            bytes: START_BYTES,
+            adaptive: Some(model),
+        }
     }
 
     pub fn bytes(&self) -> u64 {
@@ -119,7 +125,10 @@ impl Window {
     /// Bytes landed so far: a GET records it when it goes out (`Mark`).
     pub fn mark(&self) -> Mark {
         match &self.adaptive {
-            Some(m) => Mark { delivered: m.delivered, app_limited: !m.limited },
+            Some(m) => Mark {
+                delivered: m.delivered,
+                app_limited: !m.limited,
+            },
             None => Mark::default(),
         }
     }
@@ -131,7 +140,8 @@ impl Window {
         let cap = (self.bytes / PAGE_SIZE).max(1);
         match self.adaptive {
             // Whatever is left, in one GET: the budget is a plain byte count.
-            None => (used == 0 || used < cap).then(|| max_request_pages.min(cap.saturating_sub(used)).max(1)),
+            None => (used == 0 || used < cap)
+                .then(|| max_request_pages.min(cap.saturating_sub(used)).max(1)),
             // Whole segments only: slivers would cost a request each for no gain.
             // Counted in GETs, not bytes: segments cut from a larger window a moment
             // ago must not block the next one, or the wire runs dry and the link
@@ -365,7 +375,12 @@ mod tests {
         waits.sort();
         let queue = waits.get(waits.len() / 2).copied().unwrap_or_default();
         let worst = waits.last().copied().unwrap_or_default();
-        Outcome { busy: busy / (secs / 2.0), queue, worst, window: w.bytes() }
+        Outcome {
+            busy: busy / (secs / 2.0),
+            queue,
+            worst,
+            window: w.bytes(),
+        }
     }
 
     fn describe(p: &Path, o: &Outcome) -> String {
@@ -385,8 +400,22 @@ mod tests {
     #[test]
     fn fills_links_of_any_speed_and_round_trip_with_a_small_queue() {
         let ms = Duration::from_millis;
-        for (rate, rtt_us) in [(12.5e6, 1000), (125e6, 50), (125e6, 2000), (125e6, 10_000), (125e6, 50_000), (1.25e9, 100), (1.25e9, 1000), (1.25e9, 10_000)] {
-            let p = Path { rate, rtt: Duration::from_micros(rtt_us), jitter: Duration::ZERO, per_request: Duration::ZERO };
+        for (rate, rtt_us) in [
+            (12.5e6, 1000),
+            (125e6, 50),
+            (125e6, 2000),
+            (125e6, 10_000),
+            (125e6, 50_000),
+            (1.25e9, 100),
+            (1.25e9, 1000),
+            (1.25e9, 10_000),
+        ] {
+            let p = Path {
+                rate,
+                rtt: Duration::from_micros(rtt_us),
+                jitter: Duration::ZERO,
+                per_request: Duration::ZERO,
+            };
             let o = simulate(&p, 4.0);
             let what = describe(&p, &o);
             eprintln!("{what}");
@@ -402,8 +431,18 @@ mod tests {
     #[test]
     fn a_millisecond_of_jitter_does_not_collapse_the_window() {
         let ms = Duration::from_millis;
-        for (rate, rtt) in [(125e6, ms(2)), (125e6, ms(10)), (125e6, ms(50)), (1.25e9, ms(10))] {
-            let p = Path { rate, rtt, jitter: ms(1), per_request: Duration::ZERO };
+        for (rate, rtt) in [
+            (125e6, ms(2)),
+            (125e6, ms(10)),
+            (125e6, ms(50)),
+            (1.25e9, ms(10)),
+        ] {
+            let p = Path {
+                rate,
+                rtt,
+                jitter: ms(1),
+                per_request: Duration::ZERO,
+            };
             let o = simulate(&p, 6.0);
             let what = describe(&p, &o);
             eprintln!("{what}");
@@ -416,8 +455,18 @@ mod tests {
     fn a_server_that_pays_per_request_gets_few_large_gets() {
         // CRIU's dump-side page server pays per GET for the position of its first page
         // in the pipe that holds it: tens of microseconds on this VM, whatever the size.
-        for (rate, rtt_us, cost_us) in [(1.25e9, 100, 50), (1.25e9, 100, 100), (125e6, 100, 100), (125e6, 10_000, 100)] {
-            let p = Path { rate, rtt: Duration::from_micros(rtt_us), jitter: Duration::ZERO, per_request: Duration::from_micros(cost_us) };
+        for (rate, rtt_us, cost_us) in [
+            (1.25e9, 100, 50),
+            (1.25e9, 100, 100),
+            (125e6, 100, 100),
+            (125e6, 10_000, 100),
+        ] {
+            let p = Path {
+                rate,
+                rtt: Duration::from_micros(rtt_us),
+                jitter: Duration::ZERO,
+                per_request: Duration::from_micros(cost_us),
+            };
             let o = simulate(&p, 3.0);
             let what = describe(&p, &o);
             eprintln!("{what}");
@@ -431,7 +480,14 @@ mod tests {
     #[test]
     fn fixed_window_sends_what_is_left_of_it_in_one_get() {
         let w = Window::fixed(64 * PAGE_SIZE);
-        assert_eq!((w.room(0, 0, 1024), w.room(60, 1, 1024), w.room(64, 1, 1024)), (Some(64), Some(4), None));
-        assert_eq!(Window::fixed(0).room(0, 0, 1024), Some(1), "an empty wire always takes a page");
+        assert_eq!(
+            (w.room(0, 0, 1024), w.room(60, 1, 1024), w.room(64, 1, 1024)),
+            (Some(64), Some(4), None)
+        );
+        assert_eq!(
+            Window::fixed(0).room(0, 0, 1024),
+            Some(1),
+            "an empty wire always takes a page"
+        );
     }
 }

@@ -19,7 +19,8 @@ struct LazyRun {
 
 impl LazyRun {
     fn end(&self) -> u64 {
-        self.vaddr.saturating_add(self.pages.saturating_mul(PAGE_SIZE))
+        self.vaddr
+            .saturating_add(self.pages.saturating_mul(PAGE_SIZE))
     }
 }
 
@@ -67,13 +68,23 @@ impl LazyIndex {
         let mut files: HashMap<PathBuf, Arc<Watched>> = HashMap::new();
         let mut tasks = HashMap::new();
         for task in &dump.tasks {
-            let Some(memory) = dump.memory(task.pid) else { continue };
-            let Some((pagemap, path)) = memory.chain().next() else { continue };
+            let Some(memory) = dump.memory(task.pid) else {
+                continue;
+            };
+            let Some((pagemap, path)) = memory.chain().next() else {
+                continue;
+            };
             let runs: Vec<LazyRun> = pagemap
                 .runs
                 .iter()
                 .filter(|r| r.is_lazy() && !r.is_parent())
-                .filter_map(|r| Some(LazyRun { vaddr: r.vaddr, pages: r.pages, offset: r.data_offset? }))
+                .filter_map(|r| {
+                    Some(LazyRun {
+                        vaddr: r.vaddr,
+                        pages: r.pages,
+                        offset: r.data_offset?,
+                    })
+                })
                 .collect();
             if runs.is_empty() {
                 continue;
@@ -82,18 +93,30 @@ impl LazyIndex {
                 Some(file) => file.clone(),
                 None => {
                     let as_io = |e: crate::images::ImageError| {
-                        std::io::Error::new(e.io_kind.unwrap_or(std::io::ErrorKind::InvalidData), e.to_string())
+                        std::io::Error::new(
+                            e.io_kind.unwrap_or(std::io::ErrorKind::InvalidData),
+                            e.to_string(),
+                        )
                     };
-                    let file = memory
-                        .watch_top()
-                        .map_err(as_io)?
-                        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{}: no pages file", path.display())))?;
+                    let file = memory.watch_top().map_err(as_io)?.ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("{}: no pages file", path.display()),
+                        )
+                    })?;
                     let file = Arc::new(file);
                     files.insert(path.to_path_buf(), file.clone());
                     file
                 }
             };
-            tasks.insert(task.pid, TaskRuns { file, path: path.to_path_buf(), runs });
+            tasks.insert(
+                task.pid,
+                TaskRuns {
+                    file,
+                    path: path.to_path_buf(),
+                    runs,
+                },
+            );
         }
         Ok(LazyIndex { tasks })
     }
@@ -108,11 +131,19 @@ impl LazyIndex {
     /// Validates a GET for `nr_pages` at `vaddr` of `dst_id` and clamps the
     /// count to the end of the run holding `vaddr` and to `max_pages`, as CRIU
     /// clamps to the end of a page-pipe segment.
-    pub fn locate(&self, dst_id: u64, vaddr: u64, nr_pages: u64, max_pages: u64) -> Result<Span<'_>, Invalid> {
+    pub fn locate(
+        &self,
+        dst_id: u64,
+        vaddr: u64,
+        nr_pages: u64,
+        max_pages: u64,
+    ) -> Result<Span<'_>, Invalid> {
         if nr_pages == 0 {
             return Err(Invalid::NoPages { pid: dst_id, vaddr });
         }
-        let task = u32::try_from(dst_id).ok().and_then(|pid| Some((pid, self.tasks.get(&pid)?)));
+        let task = u32::try_from(dst_id)
+            .ok()
+            .and_then(|pid| Some((pid, self.tasks.get(&pid)?)));
         let Some((pid, task)) = task else {
             return Err(Invalid::UnknownTask { pid: dst_id });
         };
@@ -120,9 +151,18 @@ impl LazyIndex {
             return Err(Invalid::Unaligned { pid, vaddr });
         }
         let idx = task.runs.partition_point(|r| r.end() <= vaddr);
-        let run = task.runs.get(idx).filter(|r| r.vaddr <= vaddr).ok_or(Invalid::NotLazy { pid, vaddr })?;
+        let run = task
+            .runs
+            .get(idx)
+            .filter(|r| r.vaddr <= vaddr)
+            .ok_or(Invalid::NotLazy { pid, vaddr })?;
         let skip = (vaddr - run.vaddr) / PAGE_SIZE;
         let pages = nr_pages.min(run.pages - skip).min(max_pages.max(1));
-        Ok(Span { file: &task.file, path: &task.path, offset: run.offset + skip * PAGE_SIZE, pages })
+        Ok(Span {
+            file: &task.file,
+            path: &task.path,
+            offset: run.offset + skip * PAGE_SIZE,
+            pages,
+        })
     }
 }

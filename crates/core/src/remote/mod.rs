@@ -11,16 +11,22 @@ mod priority;
 mod server;
 mod server_admission;
 mod server_session;
-mod version;
 mod tls;
+mod version;
 pub mod wire;
 mod zero_copy;
 
 pub use client::{ConnectError, Priority, RemoteConfig, RemotePages, REMOTE_CHUNK_PAGES};
 pub use lazy_index::Invalid;
 pub use priority::PrioritySource;
-pub use server::{PageServer, PageServerConfig, ServeSummary, ServerCallback, ServerError, ServerEvent, ServerStopper};
+pub use server::{
+    PageServer, PageServerConfig, ServeSummary, ServerCallback, ServerError, ServerEvent,
+    ServerStopper,
+};
 pub use server_session::SessionStats;
+pub use tls::{
+    TlsClient, TlsFiles, TlsServer, TlsSetupError, DEFAULT_CACERT, DEFAULT_CACRL, DEFAULT_CERT,
+    DEFAULT_KEY,
+};
 pub use version::{classify, pagemap_writer_of, wire_version_of, PagemapWriter};
-pub use tls::{TlsClient, TlsFiles, TlsServer, TlsSetupError, DEFAULT_CACERT, DEFAULT_CACRL, DEFAULT_CERT, DEFAULT_KEY};
 pub use wire::{IovHeader, WireError, WireVersion};

@@ -37,7 +37,14 @@ impl PrioritySource {
 }
 
 impl PageSource for PrioritySource {
-    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, scratch: &'a mut Vec<u8>, priority: Priority) -> Result<PageData<'a>, SourceError> {
+    fn pages<'a>(
+        &'a self,
+        pid: u32,
+        img_addr: u64,
+        len: usize,
+        scratch: &'a mut Vec<u8>,
+        priority: Priority,
+    ) -> Result<PageData<'a>, SourceError> {
         // Each connection keeps its own book: a fault for a page the bulk
         // connection already asked for is fetched again on the urgent one, which is
         // the point of having two (`hurry` is therefore not needed here).

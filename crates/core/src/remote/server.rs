@@ -126,7 +126,11 @@ pub enum ServerError {
     #[error("page server: cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
     #[error("page server on {addr}: {what}: {source}")]
-    Io { addr: SocketAddr, what: &'static str, source: io::Error },
+    Io {
+        addr: SocketAddr,
+        what: &'static str,
+        source: io::Error,
+    },
     #[error("page server: {0}")]
     Images(io::Error),
 }
@@ -165,18 +169,36 @@ impl ServerStopper {
 
 impl PageServer {
     /// Opens the pages files and listens. Nothing is served until `run`.
-    pub fn bind(dump: &Dump, config: PageServerConfig, events: ServerCallback) -> Result<PageServer, ServerError> {
+    pub fn bind(
+        dump: &Dump,
+        config: PageServerConfig,
+        events: ServerCallback,
+    ) -> Result<PageServer, ServerError> {
         let index = Arc::new(LazyIndex::build(dump).map_err(ServerError::Images)?);
         let addr = SocketAddr::new(config.address, config.port);
         // std sets SO_REUSEADDR on Unix, as CRIU does.
-        let listener = TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
-        let local = listener.local_addr().map_err(|source| ServerError::Io { addr, what: "getsockname", source })?;
-        listener.set_nonblocking(true).map_err(|source| ServerError::Io {
-            addr: local,
-            what: "setting the listener non-blocking",
+        let listener =
+            TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+        let local = listener.local_addr().map_err(|source| ServerError::Io {
+            addr,
+            what: "getsockname",
             source,
         })?;
-        Ok(PageServer { listener, local, index, config, events, stop: Arc::new(AtomicBool::new(false)) })
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| ServerError::Io {
+                addr: local,
+                what: "setting the listener non-blocking",
+                source,
+            })?;
+        Ok(PageServer {
+            listener,
+            local,
+            index,
+            config,
+            events,
+            stop: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// The bound address (the real port when 0 was asked for).
@@ -200,7 +222,11 @@ impl PageServer {
         let one_client = !self.config.keep_serving;
         let limits = Limits {
             max_sessions: self.config.max_sessions,
-            max_per_peer: if one_client { ONE_CLIENT_SESSIONS } else { self.config.max_sessions_per_peer },
+            max_per_peer: if one_client {
+                ONE_CLIENT_SESSIONS
+            } else {
+                self.config.max_sessions_per_peer
+            },
             max_handshakes: self.config.max_handshakes,
             one_client,
         };
@@ -221,7 +247,12 @@ impl PageServer {
             }
             let (stream, peer) = match self.listener.accept() {
                 Ok(conn) => conn,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
                     wait_readable(&self.listener, TICK);
                     continue;
                 }
@@ -230,17 +261,29 @@ impl PageServer {
                     std::thread::sleep(TICK);
                     continue;
                 }
-                Err(source) => break Err(ServerError::Io { addr: self.local, what: "accept", source }),
+                Err(source) => {
+                    break Err(ServerError::Io {
+                        addr: self.local,
+                        what: "accept",
+                        source,
+                    })
+                }
             };
             threads.retain(|t| !t.is_finished());
             if let Err(e) = self.prepare(&stream) {
-                (self.events)(ServerEvent::Refused { peer, reason: format!("socket setup failed: {e}") });
+                (self.events)(ServerEvent::Refused {
+                    peer,
+                    reason: format!("socket setup failed: {e}"),
+                });
                 continue;
             }
             let clone = match stream.try_clone() {
                 Ok(clone) => clone,
                 Err(e) => {
-                    (self.events)(ServerEvent::Refused { peer, reason: format!("socket setup failed: {e}") });
+                    (self.events)(ServerEvent::Refused {
+                        peer,
+                        reason: format!("socket setup failed: {e}"),
+                    });
                     continue;
                 }
             };
@@ -249,12 +292,19 @@ impl PageServer {
             let authenticated = self.config.tls.is_none();
             let slot = {
                 let mut admission = lock(&live);
-                let admitted = if authenticated { admission.admit(peer.ip()) } else { admission.admit_handshake(peer.ip()) };
+                let admitted = if authenticated {
+                    admission.admit(peer.ip())
+                } else {
+                    admission.admit_handshake(peer.ip())
+                };
                 if let Err(why) = admitted {
                     drop(admission);
                     // Dropped unread: the client sees the close before any reply.
                     drop((stream, clone));
-                    (self.events)(ServerEvent::Refused { peer, reason: why.to_string() });
+                    (self.events)(ServerEvent::Refused {
+                        peer,
+                        reason: why.to_string(),
+                    });
                     continue;
                 }
                 next_id += 1;
@@ -272,10 +322,16 @@ impl PageServer {
                 totals: totals.clone(),
                 live: live.clone(),
             };
-            match std::thread::Builder::new().name("lazy-ps-session".into()).spawn(move || job.run()) {
+            match std::thread::Builder::new()
+                .name("lazy-ps-session".into())
+                .spawn(move || job.run())
+            {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {
-                    (self.events)(ServerEvent::Refused { peer, reason: format!("cannot start a thread: {e}") });
+                    (self.events)(ServerEvent::Refused {
+                        peer,
+                        reason: format!("cannot start a thread: {e}"),
+                    });
                     if let Some(s) = lock(&live).remove(next_id) {
                         let _ = s.shutdown(std::net::Shutdown::Both);
                     }
@@ -330,7 +386,9 @@ impl SessionJob {
     fn run(mut self) {
         (self.events)(ServerEvent::SessionStarted { peer: self.peer });
         let mut stats = SessionStats::default();
-        let Some(sock) = self.stream.take() else { return };
+        let Some(sock) = self.stream.take() else {
+            return;
+        };
         let stream = match &self.config.tls {
             None => Ok(Wire::Plain(sock)),
             // On this session's thread: a stalled handshake holds up no one else.
@@ -339,7 +397,10 @@ impl SessionJob {
         let stream = match stream {
             Ok(stream) => stream,
             Err(_) if self.slot.evicted() => {
-                let why = format!("client {}: TLS handshake cut: {} handshakes under way, the oldest made room", self.peer, self.config.max_handshakes);
+                let why = format!(
+                    "client {}: TLS handshake cut: {} handshakes under way, the oldest made room",
+                    self.peer, self.config.max_handshakes
+                );
                 return self.end(stats, Some(why));
             }
             Err(error) => return self.end(stats, Some(error)),
@@ -349,7 +410,13 @@ impl SessionJob {
                 // Nothing was read past the handshake: the client sees a close before any reply.
                 let mut stream = stream;
                 stream.close_notify();
-                return self.end(stats, Some(format!("client {}: refused after the TLS handshake: {why}", self.peer)));
+                return self.end(
+                    stats,
+                    Some(format!(
+                        "client {}: refused after the TLS handshake: {why}",
+                        self.peer
+                    )),
+                );
             }
             self.authenticated = true;
         }
@@ -369,7 +436,14 @@ impl SessionJob {
         }
         drop(session);
         if self.slot.evicted() {
-            let why = if error.as_deref().is_some_and(|e| e.contains("sending pages")) { "not draining a reply" } else { "idle" };
+            let why = if error
+                .as_deref()
+                .is_some_and(|e| e.contains("sending pages"))
+            {
+                "not draining a reply"
+            } else {
+                "idle"
+            };
             error = Some(format!("client {}: {why} while every session slot was taken: closed to make room for a new client", self.peer));
         }
         self.end(stats, error);
@@ -382,7 +456,11 @@ impl SessionJob {
         } else {
             self.totals.rejected.fetch_add(1, SeqCst);
         }
-        (self.events)(ServerEvent::SessionEnded { peer: self.peer, stats, error });
+        (self.events)(ServerEvent::SessionEnded {
+            peer: self.peer,
+            stats,
+            error,
+        });
     }
 }
 
@@ -415,7 +493,17 @@ impl Totals {
 }
 
 fn is_transient(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EPROTO))
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::EPROTO
+        )
+    )
 }
 
 /// Sleeps until the listener has a connection or `tick` passed.

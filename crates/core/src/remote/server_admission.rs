@@ -54,7 +54,11 @@ pub struct SessionSlot {
 
 impl SessionSlot {
     fn new(epoch: Instant) -> Self {
-        let slot = SessionSlot { epoch, since: AtomicU64::new(0), evicted: AtomicBool::new(false) };
+        let slot = SessionSlot {
+            epoch,
+            since: AtomicU64::new(0),
+            evicted: AtomicBool::new(false),
+        };
         slot.idle();
         slot
     }
@@ -83,7 +87,10 @@ impl SessionSlot {
     /// first: a client reading a reply, even slowly, is at least taking pages.
     fn waiting(&self) -> Option<(bool, Duration)> {
         let since = self.since.load(SeqCst);
-        let for_ = self.epoch.elapsed().saturating_sub(Duration::from_millis(since & !SERVING));
+        let for_ = self
+            .epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(since & !SERVING));
         match since & SERVING {
             0 => (for_ >= MIN_IDLE).then_some((true, for_)),
             _ => (for_ >= MIN_STUCK).then_some((false, for_)),
@@ -148,7 +155,12 @@ impl Admission {
             max_handshakes: limits.max_handshakes.max(1),
             ..limits
         };
-        Admission { epoch: Instant::now(), limits, client: None, live: HashMap::new() }
+        Admission {
+            epoch: Instant::now(),
+            limits,
+            client: None,
+            live: HashMap::new(),
+        }
     }
 
     /// Makes room for an authenticated session from `ip` if it may have one: Ok =
@@ -156,7 +168,11 @@ impl Admission {
     /// to make room happens here.
     pub fn admit(&mut self, ip: IpAddr) -> Result<(), Refusal> {
         self.check_client(ip)?;
-        let from_peer = self.live.values().filter(|l| l.authenticated && l.ip == ip).count();
+        let from_peer = self
+            .live
+            .values()
+            .filter(|l| l.authenticated && l.ip == ip)
+            .count();
         if from_peer >= self.limits.max_per_peer {
             return Err(Refusal::PeerCap(from_peer));
         }
@@ -170,7 +186,9 @@ impl Admission {
             .filter(|(_, l)| l.authenticated)
             .filter_map(|(id, l)| l.slot.waiting().map(|w| (w, *id)))
             .max();
-        let Some((_, id)) = victim else { return Err(Refusal::Full(count)) };
+        let Some((_, id)) = victim else {
+            return Err(Refusal::Full(count));
+        };
         self.cut(id);
         Ok(())
     }
@@ -193,7 +211,9 @@ impl Admission {
     /// A handshake ended well: the connection becomes a session if `admit` lets it.
     /// Refused, it stays unauthenticated (the caller ends it).
     pub fn authenticate(&mut self, id: u64) -> Result<(), Refusal> {
-        let Some(ip) = self.live.get(&id).map(|l| l.ip) else { return Ok(()) };
+        let Some(ip) = self.live.get(&id).map(|l| l.ip) else {
+            return Ok(());
+        };
         self.admit(ip)?;
         self.chose(ip);
         if let Some(l) = self.live.get_mut(&id) {
@@ -203,12 +223,26 @@ impl Admission {
     }
 
     /// Registers an admitted connection; its thread gets the returned slot.
-    pub fn insert(&mut self, id: u64, stream: TcpStream, ip: IpAddr, authenticated: bool) -> Arc<SessionSlot> {
+    pub fn insert(
+        &mut self,
+        id: u64,
+        stream: TcpStream,
+        ip: IpAddr,
+        authenticated: bool,
+    ) -> Arc<SessionSlot> {
         if authenticated {
             self.chose(ip);
         }
         let slot = Arc::new(SessionSlot::new(self.epoch));
-        self.live.insert(id, Live { stream, ip, authenticated, slot: slot.clone() });
+        self.live.insert(
+            id,
+            Live {
+                stream,
+                ip,
+                authenticated,
+                slot: slot.clone(),
+            },
+        );
         slot
     }
 
@@ -231,7 +265,9 @@ impl Admission {
 
     fn check_client(&self, ip: IpAddr) -> Result<(), Refusal> {
         match self.client {
-            Some(client) if self.limits.one_client && client != ip => Err(Refusal::OtherClient(client)),
+            Some(client) if self.limits.one_client && client != ip => {
+                Err(Refusal::OtherClient(client))
+            }
             _ => Ok(()),
         }
     }
@@ -263,7 +299,12 @@ mod tests {
     }
 
     fn limits(max_sessions: usize, max_per_peer: usize, max_handshakes: usize) -> Limits {
-        Limits { max_sessions, max_per_peer, max_handshakes, one_client: false }
+        Limits {
+            max_sessions,
+            max_per_peer,
+            max_handshakes,
+            one_client: false,
+        }
     }
 
     #[test]
@@ -276,7 +317,11 @@ mod tests {
         busy.busy();
         // Nobody waiting long enough yet: full, and the log says so.
         let full = a.admit("127.0.0.4".parse().unwrap()).unwrap_err();
-        assert!(matches!(full, Refusal::Full(2)) && full.to_string().starts_with("server full (2 sessions"), "{full}");
+        assert!(
+            matches!(full, Refusal::Full(2))
+                && full.to_string().starts_with("server full (2 sessions"),
+            "{full}"
+        );
         std::thread::sleep(MIN_IDLE.max(MIN_STUCK) + Duration::from_millis(50));
         // Idle goes first, then the reply nobody drains.
         assert!(a.admit("127.0.0.4".parse().unwrap()).is_ok());
@@ -309,8 +354,12 @@ mod tests {
     #[test]
     fn a_one_client_server_picks_its_client_at_the_first_authenticated_session() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut a = Admission::new(Limits { one_client: true, ..limits(4, 4, 4) });
-        let (bad, good): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+        let mut a = Admission::new(Limits {
+            one_client: true,
+            ..limits(4, 4, 4)
+        });
+        let (bad, good): (IpAddr, IpAddr) =
+            ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
         a.insert(1, pair(&l), bad, false);
         assert!(a.admit_handshake(good).is_ok());
         a.insert(2, pair(&l), good, false);
@@ -318,6 +367,9 @@ mod tests {
         assert!(!a.client_chosen());
         assert!(a.authenticate(2).is_ok());
         assert!(a.client_chosen());
-        assert!(matches!(a.admit_handshake(bad), Err(Refusal::OtherClient(_))));
+        assert!(matches!(
+            a.admit_handshake(bad),
+            Err(Refusal::OtherClient(_))
+        ));
     }
 }

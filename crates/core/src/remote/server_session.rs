@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use super::lazy_index::{Invalid, LazyIndex};
 use super::server_admission::SessionSlot;
-use super::wire::{IovHeader, WireVersion, MAX_HEADER_LEN, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_GET};
 use super::tls::Wire;
+use super::wire::{
+    IovHeader, WireVersion, MAX_HEADER_LEN, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_GET,
+};
 use crate::images::PAGE_SIZE;
 
 /// What one session did, for logs and tests.
@@ -69,45 +71,90 @@ impl ServerSession<'_> {
             }
             self.slot.busy();
             // Cannot fail: the slice has exactly the layout's length.
-            let Ok(header) = IovHeader::decode(self.version, &buf[..len]) else { return Ok(()) };
+            let Ok(header) = IovHeader::decode(self.version, &buf[..len]) else {
+                return Ok(());
+            };
             match header.cmd {
                 PS_IOV_GET => self.serve_get(&header, stats)?,
                 PS_IOV_CLOSE | PS_IOV_FORCE_CLOSE => {
-                    self.stream.write_all(&0i32.to_le_bytes()).map_err(|e| self.io("replying to CLOSE", e))?;
+                    self.stream
+                        .write_all(&0i32.to_le_bytes())
+                        .map_err(|e| self.io("replying to CLOSE", e))?;
                     stats.closed_by_request = true;
                     return Ok(());
                 }
-                cmd => return Err(SessionError::Unsupported { peer: self.peer, cmd }),
+                cmd => {
+                    return Err(SessionError::Unsupported {
+                        peer: self.peer,
+                        cmd,
+                    })
+                }
             }
         }
     }
 
-    fn serve_get(&mut self, header: &IovHeader, stats: &mut SessionStats) -> Result<(), SessionError> {
+    fn serve_get(
+        &mut self,
+        header: &IovHeader,
+        stats: &mut SessionStats,
+    ) -> Result<(), SessionError> {
         let span = self
             .index
-            .locate(header.dst_id, header.vaddr, header.nr_pages, self.max_request_pages)
+            .locate(
+                header.dst_id,
+                header.vaddr,
+                header.nr_pages,
+                self.max_request_pages,
+            )
             .map_err(|why| SessionError::Invalid(why, self.peer))?;
         // Cannot fail: the count is clamped to max_request_pages (<= u32::MAX).
         let reply = header
             .get_reply(span.pages)
             .encode(self.version)
-            .map_err(|e| self.io("encoding the reply", io::Error::new(io::ErrorKind::InvalidData, e)))?;
-        let what = format!("sending pages for task {} at {:#x} (+{} pages)", header.dst_id, header.vaddr, span.pages);
+            .map_err(|e| {
+                self.io(
+                    "encoding the reply",
+                    io::Error::new(io::ErrorKind::InvalidData, e),
+                )
+            })?;
+        let what = format!(
+            "sending pages for task {} at {:#x} (+{} pages)",
+            header.dst_id, header.vaddr, span.pages
+        );
         // A pages image changed under us (truncated and regrown reads as zeros) must
         // never go out as pages: checked before the send, and after it, so a change
         // during it ends the session too (`images/watch.rs` says what the lease covers).
-        let changed = |e: crate::images::ImageError| SessionError::Changed { peer: self.peer, error: e.to_string() };
+        let changed = |e: crate::images::ImageError| SessionError::Changed {
+            peer: self.peer,
+            error: e.to_string(),
+        };
         span.file.check().map_err(changed)?;
         let deadline = Instant::now() + self.reply_timeout;
-        self.stream.send_reply(reply.as_slice(), span.file.file(), span.offset, span.pages * PAGE_SIZE, deadline).map_err(|e| {
-            let e = match e.kind() {
-                io::ErrorKind::TimedOut if Instant::now() >= deadline => {
-                    io::Error::new(io::ErrorKind::TimedOut, format!("{e}: not taken within {:?}", self.reply_timeout))
-                }
-                _ => e,
-            };
-            self.io(&format!("{what} from {} at offset {:#x}", span.path.display(), span.offset), e)
-        })?;
+        self.stream
+            .send_reply(
+                reply.as_slice(),
+                span.file.file(),
+                span.offset,
+                span.pages * PAGE_SIZE,
+                deadline,
+            )
+            .map_err(|e| {
+                let e = match e.kind() {
+                    io::ErrorKind::TimedOut if Instant::now() >= deadline => io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("{e}: not taken within {:?}", self.reply_timeout),
+                    ),
+                    _ => e,
+                };
+                self.io(
+                    &format!(
+                        "{what} from {} at offset {:#x}",
+                        span.path.display(),
+                        span.offset
+                    ),
+                    e,
+                )
+            })?;
         span.file.check().map_err(changed)?;
         stats.requests += 1;
         stats.pages += span.pages;
@@ -130,7 +177,10 @@ impl ServerSession<'_> {
                 let end = *deadline.get_or_insert_with(|| Instant::now() + self.request_timeout);
                 let left = end.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    let e = io::Error::new(io::ErrorKind::TimedOut, format!("{got} of {} bytes in {:?}", buf.len(), self.request_timeout));
+                    let e = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("{got} of {} bytes in {:?}", buf.len(), self.request_timeout),
+                    );
                     break Err(self.io("reading a request header (too slow)", e));
                 }
                 if let Err(e) = self.stream.socket().set_read_timeout(Some(left)) {
@@ -140,13 +190,20 @@ impl ServerSession<'_> {
             match self.stream.read(&mut buf[got..]) {
                 Ok(0) if got == 0 => break Ok(false),
                 Ok(0) => {
-                    let e = io::Error::new(io::ErrorKind::UnexpectedEof, format!("after {got} of {} bytes", buf.len()));
+                    let e = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("after {got} of {} bytes", buf.len()),
+                    );
                     break Err(self.io("reading a request header", e));
                 }
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // The deadline's own timeout: checked at the top of the loop.
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) && deadline.is_some() => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) && deadline.is_some() => {}
                 Err(e) => break Err(self.io("reading a request header", e)),
             }
         };
@@ -160,6 +217,10 @@ impl ServerSession<'_> {
     }
 
     fn io(&self, what: &str, source: io::Error) -> SessionError {
-        SessionError::Io { peer: self.peer, what: what.to_string(), source }
+        SessionError::Io {
+            peer: self.peer,
+            what: what.to_string(),
+            source,
+        }
     }
 }

@@ -45,11 +45,13 @@ use rustls::crypto::{ring, CryptoProvider};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    CertificateError, ClientConfig, ClientConnection, Connection, DigitallySignedStruct, DistinguishedName, RootCertStore,
-    ServerConfig, ServerConnection, SignatureScheme,
+    CertificateError, ClientConfig, ClientConnection, Connection, DigitallySignedStruct,
+    DistinguishedName, RootCertStore, ServerConfig, ServerConnection, SignatureScheme,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 
 use super::zero_copy::{arm_send, send_file_range, send_header, REPLY_LATE};
 use crate::option_file::{read_regular, OptionFileError};
@@ -62,7 +64,10 @@ pub const DEFAULT_KEY: &str = "/etc/pki/criu/private/key.pem";
 
 /// The system trust store, added when no `--tls-cacert` is given (as GnuTLS's
 /// system trust is): Debian's bundle, then Fedora's.
-const SYSTEM_TRUST: &[&str] = &["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"];
+const SYSTEM_TRUST: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+];
 
 /// How long a handshake may take before the peer counts as stalled.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,11 +130,20 @@ impl TlsClient {
             .map_err(|e| TlsSetupError(format!("--tls: page server host {host:?}: {e}")))?;
         let mut builder = WebPkiServerVerifier::builder_with_provider(m.roots.clone(), provider());
         if !m.crls.is_empty() {
-            builder = builder.with_crls(m.crls.clone()).only_check_end_entity_revocation().allow_unknown_revocation_status();
+            builder = builder
+                .with_crls(m.crls.clone())
+                .only_check_end_entity_revocation()
+                .allow_unknown_revocation_status();
         }
-        let inner = builder.build().map_err(|e| TlsSetupError(format!("--tls: {e}")))?;
-        let check_name = (!files.no_cn_verify).then(|| host.trim_matches(|c| c == '[' || c == ']').to_string());
-        let verifier = Arc::new(ServerCheck { inner, name: check_name });
+        let inner = builder
+            .build()
+            .map_err(|e| TlsSetupError(format!("--tls: {e}")))?;
+        let check_name =
+            (!files.no_cn_verify).then(|| host.trim_matches(|c| c == '[' || c == ']').to_string());
+        let verifier = Arc::new(ServerCheck {
+            inner,
+            name: check_name,
+        });
         let mut config = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(versions())
             .map_err(|e| TlsSetupError(format!("--tls: {e}")))?
@@ -138,7 +152,11 @@ impl TlsClient {
             .with_client_auth_cert(m.certs, m.key)
             .map_err(|e| TlsSetupError(format!("--tls-cert/--tls-key: {e}")))?;
         config.resumption = rustls::client::Resumption::disabled();
-        Ok(TlsClient { config: Arc::new(config), name, handshake_timeout: HANDSHAKE_TIMEOUT })
+        Ok(TlsClient {
+            config: Arc::new(config),
+            name,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        })
     }
 }
 
@@ -148,10 +166,19 @@ impl TlsServer {
         let m = Material::load(files)?;
         let mut builder = WebPkiClientVerifier::builder_with_provider(m.roots.clone(), provider());
         if !m.crls.is_empty() {
-            builder = builder.with_crls(m.crls.clone()).only_check_end_entity_revocation().allow_unknown_revocation_status();
+            builder = builder
+                .with_crls(m.crls.clone())
+                .only_check_end_entity_revocation()
+                .allow_unknown_revocation_status();
         }
-        let inner = builder.build().map_err(|e| TlsSetupError(format!("--tls: {e}")))?;
-        let name = if files.no_cn_verify { None } else { address.map(str::to_string) };
+        let inner = builder
+            .build()
+            .map_err(|e| TlsSetupError(format!("--tls: {e}")))?;
+        let name = if files.no_cn_verify {
+            None
+        } else {
+            address.map(str::to_string)
+        };
         let verifier = Arc::new(ClientCheck { inner, name });
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(versions())
@@ -161,7 +188,10 @@ impl TlsServer {
             .map_err(|e| TlsSetupError(format!("--tls-cert/--tls-key: {e}")))?;
         // One session per connection; nothing to resume.
         config.send_tls13_tickets = 0;
-        Ok(TlsServer { config: Arc::new(config), handshake_timeout: HANDSHAKE_TIMEOUT })
+        Ok(TlsServer {
+            config: Arc::new(config),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        })
     }
 }
 
@@ -177,7 +207,10 @@ impl Material {
     fn load(files: &TlsFiles) -> Result<Material, TlsSetupError> {
         let mut roots = RootCertStore::empty();
         if files.cacert.is_none() {
-            if let Some(certs) = SYSTEM_TRUST.iter().find_map(|p| read_certs(Path::new(p), MAX_CA_BYTES).ok()) {
+            if let Some(certs) = SYSTEM_TRUST
+                .iter()
+                .find_map(|p| read_certs(Path::new(p), MAX_CA_BYTES).ok())
+            {
                 roots.add_parsable_certificates(certs);
             }
         }
@@ -186,18 +219,31 @@ impl Material {
             Ok(certs) => {
                 let (added, _) = roots.add_parsable_certificates(certs);
                 if added == 0 && files.cacert.is_some() {
-                    return Err(TlsSetupError(format!("--tls-cacert {}: no usable CA certificate in it", cacert.display())));
+                    return Err(TlsSetupError(format!(
+                        "--tls-cacert {}: no usable CA certificate in it",
+                        cacert.display()
+                    )));
                 }
             }
             // The default CA file may be absent or unusable (the system trust may do); not a FIFO or a huge file.
-            Err(PemFileError::File(OptionFileError::Open(_)) | PemFileError::Pem(_)) if files.cacert.is_none() => {}
-            Err(e) => return Err(TlsSetupError(format!("--tls-cacert {}: {e}", cacert.display()))),
+            Err(PemFileError::File(OptionFileError::Open(_)) | PemFileError::Pem(_))
+                if files.cacert.is_none() => {}
+            Err(e) => {
+                return Err(TlsSetupError(format!(
+                    "--tls-cacert {}: {e}",
+                    cacert.display()
+                )))
+            }
         }
         if roots.is_empty() {
-            return Err(TlsSetupError(format!("--tls: no trusted CA certificate ({} is not readable; pass --tls-cacert)", cacert.display())));
+            return Err(TlsSetupError(format!(
+                "--tls: no trusted CA certificate ({} is not readable; pass --tls-cacert)",
+                cacert.display()
+            )));
         }
         let crl_path = files.cacrl.as_deref().unwrap_or(Path::new(DEFAULT_CACRL));
-        let crl_err = |e: PemFileError| TlsSetupError(format!("--tls-cacrl {}: {e}", crl_path.display()));
+        let crl_err =
+            |e: PemFileError| TlsSetupError(format!("--tls-cacrl {}: {e}", crl_path.display()));
         let crls = match read_regular(crl_path, MAX_CA_BYTES) {
             // As CRIU: the default CRL only if it is there and readable.
             Err(OptionFileError::Open(_)) if files.cacrl.is_none() => Vec::new(),
@@ -207,21 +253,34 @@ impl Material {
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| crl_err(e.into()))?;
                 if crls.is_empty() {
-                    return Err(TlsSetupError(format!("--tls-cacrl {}: no CRL in it", crl_path.display())));
+                    return Err(TlsSetupError(format!(
+                        "--tls-cacrl {}: no CRL in it",
+                        crl_path.display()
+                    )));
                 }
                 crls
             }
         };
         let cert = files.cert.as_deref().unwrap_or(Path::new(DEFAULT_CERT));
-        let certs = read_certs(cert, MAX_OWN_BYTES).map_err(|e| TlsSetupError(format!("--tls-cert {}: {e}", cert.display())))?;
+        let certs = read_certs(cert, MAX_OWN_BYTES)
+            .map_err(|e| TlsSetupError(format!("--tls-cert {}: {e}", cert.display())))?;
         if certs.is_empty() {
-            return Err(TlsSetupError(format!("--tls-cert {}: no certificate in it", cert.display())));
+            return Err(TlsSetupError(format!(
+                "--tls-cert {}: no certificate in it",
+                cert.display()
+            )));
         }
         let key_path = files.key.as_deref().unwrap_or(Path::new(DEFAULT_KEY));
-        let key_err = |e: PemFileError| TlsSetupError(format!("--tls-key {}: {e}", key_path.display()));
+        let key_err =
+            |e: PemFileError| TlsSetupError(format!("--tls-key {}: {e}", key_path.display()));
         let key_pem = read_regular(key_path, MAX_OWN_BYTES).map_err(|e| key_err(e.into()))?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| key_err(e.into()))?;
-        Ok(Material { roots: Arc::new(roots), crls, certs, key })
+        Ok(Material {
+            roots: Arc::new(roots),
+            crls,
+            certs,
+            key,
+        })
     }
 }
 
@@ -262,11 +321,21 @@ impl ServerCertVerifier for ServerCheck {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Ok(v) => Ok(v),
             // webpki checks the name last: this error means everything else passed.
-            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }))
-                if self.name.as_deref().is_none_or(|n| name_matches(end_entity, n)) =>
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if self
+                .name
+                .as_deref()
+                .is_none_or(|n| name_matches(end_entity, n)) =>
             {
                 Ok(ServerCertVerified::assertion())
             }
@@ -274,11 +343,21 @@ impl ServerCertVerifier for ServerCheck {
         }
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls12_signature(message, cert, dss)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls13_signature(message, cert, dss)
     }
 
@@ -309,8 +388,15 @@ impl ClientCertVerifier for ClientCheck {
         self.inner.root_hint_subjects()
     }
 
-    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         match &self.name {
             Some(name) if !name_matches(end_entity, name) => Err(rustls::Error::General(format!(
                 "client certificate not valid for name {name:?} (the server's --address; --tls-no-cn-verify skips this)"
@@ -319,11 +405,21 @@ impl ClientCertVerifier for ClientCheck {
         }
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls12_signature(message, cert, dss)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls13_signature(message, cert, dss)
     }
 
@@ -337,7 +433,9 @@ impl ClientCertVerifier for ClientCheck {
 /// counts only when there is no DNS subjectAltName.
 pub(crate) fn name_matches(cert: &CertificateDer<'_>, name: &str) -> bool {
     use x509_parser::extensions::GeneralName;
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert.as_ref()) else { return false };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return false;
+    };
     let ip = name.parse::<IpAddr>().ok();
     let mut dns_names = 0;
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -363,7 +461,11 @@ pub(crate) fn name_matches(cert: &CertificateDer<'_>, name: &str) -> bool {
             }
         }
     }
-    dns_names == 0 && cert.subject().iter_common_name().any(|cn| cn.as_str().is_ok_and(|cn| dns_matches(cn, name)))
+    dns_names == 0
+        && cert
+            .subject()
+            .iter_common_name()
+            .any(|cn| cn.as_str().is_ok_and(|cn| dns_matches(cn, name)))
 }
 
 fn dns_matches(pattern: &str, name: &str) -> bool {
@@ -371,30 +473,50 @@ fn dns_matches(pattern: &str, name: &str) -> bool {
         return true;
     }
     match (pattern.strip_prefix("*."), name.split_once('.')) {
-        (Some(suffix), Some((label, rest))) => !label.is_empty() && rest.eq_ignore_ascii_case(suffix) && name.parse::<IpAddr>().is_err(),
+        (Some(suffix), Some((label, rest))) => {
+            !label.is_empty()
+                && rest.eq_ignore_ascii_case(suffix)
+                && name.parse::<IpAddr>().is_err()
+        }
         _ => false,
     }
 }
 
 /// Connects TLS on a connected socket; on success the returned `Wire` carries
 /// the page-server stream. Errors name the peer and what failed.
-pub(crate) fn client_handshake(sock: TcpStream, tls: &TlsClient, peer: SocketAddr) -> Result<Wire, String> {
-    let conn = ClientConnection::new(tls.config.clone(), tls.name.clone()).map_err(|e| format!("page server {peer}: TLS: {e}"))?;
-    let conn = handshake(&sock, conn.into(), tls.handshake_timeout).map_err(|e| format!("page server {peer}: TLS handshake failed: {e}"))?;
+pub(crate) fn client_handshake(
+    sock: TcpStream,
+    tls: &TlsClient,
+    peer: SocketAddr,
+) -> Result<Wire, String> {
+    let conn = ClientConnection::new(tls.config.clone(), tls.name.clone())
+        .map_err(|e| format!("page server {peer}: TLS: {e}"))?;
+    let conn = handshake(&sock, conn.into(), tls.handshake_timeout)
+        .map_err(|e| format!("page server {peer}: TLS handshake failed: {e}"))?;
     Ok(Wire::Tls(TlsWire::new(sock, conn)))
 }
 
 /// Accepts TLS on an accepted socket (the client's certificate, and its name
 /// if the server was given an address, are checked in the handshake).
-pub(crate) fn server_handshake(sock: TcpStream, tls: &TlsServer, peer: SocketAddr) -> Result<Wire, String> {
-    let conn = ServerConnection::new(tls.config.clone()).map_err(|e| format!("client {peer}: TLS: {e}"))?;
-    let conn = handshake(&sock, conn.into(), tls.handshake_timeout).map_err(|e| format!("client {peer}: TLS handshake failed: {e}"))?;
+pub(crate) fn server_handshake(
+    sock: TcpStream,
+    tls: &TlsServer,
+    peer: SocketAddr,
+) -> Result<Wire, String> {
+    let conn = ServerConnection::new(tls.config.clone())
+        .map_err(|e| format!("client {peer}: TLS: {e}"))?;
+    let conn = handshake(&sock, conn.into(), tls.handshake_timeout)
+        .map_err(|e| format!("client {peer}: TLS handshake failed: {e}"))?;
     Ok(Wire::Tls(TlsWire::new(sock, conn)))
 }
 
 /// Runs the handshake to its end within `timeout`; socket timeouts are left
 /// for the caller to set afterwards.
-fn handshake(sock: &TcpStream, mut conn: Connection, timeout: Duration) -> Result<Connection, String> {
+fn handshake(
+    sock: &TcpStream,
+    mut conn: Connection,
+    timeout: Duration,
+) -> Result<Connection, String> {
     let deadline = Instant::now() + timeout;
     let mut io = sock;
     let stalled = || format!("no handshake within {timeout:?} (peer stalled)");
@@ -402,12 +524,24 @@ fn handshake(sock: &TcpStream, mut conn: Connection, timeout: Duration) -> Resul
     // with no room for us (it closes before reading), or one not speaking TLS.
     let mut heard = false;
     while conn.is_handshaking() || conn.wants_write() {
-        let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()).ok_or_else(stalled)?;
-        sock.set_read_timeout(Some(left)).and_then(|()| sock.set_write_timeout(Some(left))).map_err(|e| e.to_string())?;
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(stalled)?;
+        sock.set_read_timeout(Some(left))
+            .and_then(|()| sock.set_write_timeout(Some(left)))
+            .map_err(|e| e.to_string())?;
         while conn.wants_write() {
             match conn.write_tls(&mut io) {
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Err(stalled()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(stalled())
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("sending: {e}")),
             }
@@ -462,7 +596,15 @@ impl Wire {
     pub fn try_clone(&self) -> io::Result<Wire> {
         Ok(match self {
             Wire::Plain(s) => Wire::Plain(s.try_clone()?),
-            Wire::Tls(t) => Wire::Tls(TlsWire { sock: t.sock.try_clone()?, conn: t.conn.clone(), raw: Vec::new(), pos: 0, len: 0, eof: false, out: Vec::new() }),
+            Wire::Tls(t) => Wire::Tls(TlsWire {
+                sock: t.sock.try_clone()?,
+                conn: t.conn.clone(),
+                raw: Vec::new(),
+                pos: 0,
+                len: 0,
+                eof: false,
+                out: Vec::new(),
+            }),
         })
     }
 
@@ -489,20 +631,28 @@ impl Wire {
     /// All of it must be sent by `deadline` (else an error of kind TimedOut): a
     /// client reading slowly is not waited on past it. The socket's own send
     /// timeout is put back afterwards.
-    pub fn send_reply(&mut self, header: &[u8], file: &File, offset: u64, len: u64, deadline: Instant) -> io::Result<()> {
+    pub fn send_reply(
+        &mut self,
+        header: &[u8],
+        file: &File,
+        offset: u64,
+        len: u64,
+        deadline: Instant,
+    ) -> io::Result<()> {
         use std::os::fd::AsFd;
         let own = self.socket().write_timeout()?;
         let sent = match self {
-            Wire::Plain(s) => {
-                send_header(s.as_fd(), header, deadline).and_then(|()| send_file_range(s.as_fd(), file.as_fd(), offset, len, deadline))
-            }
+            Wire::Plain(s) => send_header(s.as_fd(), header, deadline)
+                .and_then(|()| send_file_range(s.as_fd(), file.as_fd(), offset, len, deadline)),
             Wire::Tls(t) => t.send_file(header, file, offset, len, deadline),
         };
         self.socket().set_write_timeout(own)?;
         // Past the deadline a blocking send returns EAGAIN, reported as the peer
         // having stopped reading; it did not stop, it was too slow.
         match sent {
-            Err(e) if e.kind() == io::ErrorKind::TimedOut && Instant::now() >= deadline => Err(io::Error::new(io::ErrorKind::TimedOut, REPLY_LATE)),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut && Instant::now() >= deadline => {
+                Err(io::Error::new(io::ErrorKind::TimedOut, REPLY_LATE))
+            }
             other => other,
         }
     }
@@ -561,7 +711,15 @@ impl TlsWire {
     fn new(sock: TcpStream, mut conn: Connection) -> TlsWire {
         // Sealed records are sent as they are made; no cap on the queue.
         conn.set_buffer_limit(None);
-        TlsWire { sock, conn: Arc::new(Mutex::new(conn)), raw: Vec::new(), pos: 0, len: 0, eof: false, out: Vec::new() }
+        TlsWire {
+            sock,
+            conn: Arc::new(Mutex::new(conn)),
+            raw: Vec::new(),
+            pos: 0,
+            len: 0,
+            eof: false,
+            out: Vec::new(),
+        }
     }
 
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -582,7 +740,9 @@ impl TlsWire {
                 if self.pos < self.len {
                     let mut rest = &self.raw[self.pos..self.len];
                     self.pos += conn.read_tls(&mut rest)?;
-                    conn.process_new_packets().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}")))?;
+                    conn.process_new_packets().map_err(|e| {
+                        io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
+                    })?;
                     continue;
                 }
                 if self.eof {
@@ -614,10 +774,19 @@ impl TlsWire {
                 conn.write_tls(&mut self.out)?;
             }
         }
-        (&self.sock).write_all(&self.out).map_err(would_block_is_timeout)
+        (&self.sock)
+            .write_all(&self.out)
+            .map_err(would_block_is_timeout)
     }
 
-    fn send_file(&mut self, header: &[u8], file: &File, offset: u64, len: u64, deadline: Instant) -> io::Result<()> {
+    fn send_file(
+        &mut self,
+        header: &[u8],
+        file: &File,
+        offset: u64,
+        len: u64,
+        deadline: Instant,
+    ) -> io::Result<()> {
         // The header in a record of its own, as CRIU's server sends it: CRIU's
         // client reads the header, then waits for the socket to be readable
         // again, so page data sealed in the header's record (already taken
@@ -637,7 +806,10 @@ impl TlsWire {
                 buf.resize(take, 0);
                 file.read_exact_at(&mut buf, off).map_err(|e| {
                     if e.kind() == io::ErrorKind::UnexpectedEof {
-                        io::Error::new(io::ErrorKind::UnexpectedEof, format!("pages file ends before {:#x}", off + take as u64))
+                        io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("pages file ends before {:#x}", off + take as u64),
+                        )
                     } else {
                         e
                     }
@@ -658,7 +830,11 @@ impl TlsWire {
 }
 
 /// Writes every sealed record to the socket, by `deadline` if one is given.
-fn flush_records(conn: &mut Connection, sock: &TcpStream, deadline: Option<Instant>) -> io::Result<()> {
+fn flush_records(
+    conn: &mut Connection,
+    sock: &TcpStream,
+    deadline: Option<Instant>,
+) -> io::Result<()> {
     use std::os::fd::AsFd;
     let mut io = sock;
     while conn.wants_write() {
@@ -677,7 +853,10 @@ fn flush_records(conn: &mut Connection, sock: &TcpStream, deadline: Option<Insta
 /// A blocking socket reports an expired SO_SNDTIMEO as EAGAIN.
 fn would_block_is_timeout(err: io::Error) -> io::Error {
     if err.kind() == io::ErrorKind::WouldBlock {
-        io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading (send timeout)")
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "peer stopped reading (send timeout)",
+        )
     } else {
         err
     }

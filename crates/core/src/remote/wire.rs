@@ -96,16 +96,29 @@ impl HeaderBytes {
 impl IovHeader {
     /// A lazy-pages request, as `criu lazy-pages --page-server` sends it.
     pub fn get(pid: u32, vaddr: u64, nr_pages: u64) -> IovHeader {
-        IovHeader { cmd: PS_IOV_GET, pad: 0, nr_pages, vaddr, dst_id: u64::from(pid) }
+        IovHeader {
+            cmd: PS_IOV_GET,
+            pad: 0,
+            nr_pages,
+            vaddr,
+            dst_id: u64::from(pid),
+        }
     }
 
     pub fn close() -> IovHeader {
-        IovHeader { cmd: PS_IOV_CLOSE, ..IovHeader::default() }
+        IovHeader {
+            cmd: PS_IOV_CLOSE,
+            ..IovHeader::default()
+        }
     }
 
     /// The reply header to this GET carrying `nr_pages`: everything echoed but cmd.
     pub fn get_reply(&self, nr_pages: u64) -> IovHeader {
-        IovHeader { cmd: GET_REPLY_CMD, nr_pages, ..*self }
+        IovHeader {
+            cmd: GET_REPLY_CMD,
+            nr_pages,
+            ..*self
+        }
     }
 
     /// Low 16 bits of `cmd`.
@@ -123,7 +136,10 @@ impl IovHeader {
         bytes[0..4].copy_from_slice(&self.cmd.to_le_bytes());
         match version {
             WireVersion::V411 => {
-                let nr = u32::try_from(self.nr_pages).map_err(|_| WireError::TooManyPages { nr_pages: self.nr_pages, version })?;
+                let nr = u32::try_from(self.nr_pages).map_err(|_| WireError::TooManyPages {
+                    nr_pages: self.nr_pages,
+                    version,
+                })?;
                 bytes[4..8].copy_from_slice(&nr.to_le_bytes());
                 bytes[8..16].copy_from_slice(&self.vaddr.to_le_bytes());
                 bytes[16..24].copy_from_slice(&self.dst_id.to_le_bytes());
@@ -135,18 +151,36 @@ impl IovHeader {
                 bytes[24..32].copy_from_slice(&self.dst_id.to_le_bytes());
             }
         }
-        Ok(HeaderBytes { bytes, len: version.header_len() })
+        Ok(HeaderBytes {
+            bytes,
+            len: version.header_len(),
+        })
     }
 
     /// Decodes the first `version.header_len()` bytes of `buf`.
     pub fn decode(version: WireVersion, buf: &[u8]) -> Result<IovHeader, WireError> {
         let want = version.header_len();
-        let b = buf.get(..want).ok_or(WireError::Short { want, got: buf.len() })?;
+        let b = buf.get(..want).ok_or(WireError::Short {
+            want,
+            got: buf.len(),
+        })?;
         let u32_at = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         let u64_at = |at: usize| u64::from(u32_at(at)) | (u64::from(u32_at(at + 4)) << 32);
         Ok(match version {
-            WireVersion::V411 => IovHeader { cmd: u32_at(0), pad: 0, nr_pages: u64::from(u32_at(4)), vaddr: u64_at(8), dst_id: u64_at(16) },
-            WireVersion::V42 => IovHeader { cmd: u32_at(0), pad: u32_at(4), nr_pages: u64_at(8), vaddr: u64_at(16), dst_id: u64_at(24) },
+            WireVersion::V411 => IovHeader {
+                cmd: u32_at(0),
+                pad: 0,
+                nr_pages: u64::from(u32_at(4)),
+                vaddr: u64_at(8),
+                dst_id: u64_at(16),
+            },
+            WireVersion::V42 => IovHeader {
+                cmd: u32_at(0),
+                pad: u32_at(4),
+                nr_pages: u64_at(8),
+                vaddr: u64_at(16),
+                dst_id: u64_at(24),
+            },
         })
     }
 }

@@ -29,9 +29,19 @@ pub fn send_header(sock: BorrowedFd<'_>, header: &[u8], deadline: Instant) -> io
         // SAFETY: `rest` is a live slice for the duration of the call and the
         // kernel only reads `rest.len()` bytes from it; `sock` is a valid fd
         // borrowed for this call.
-        let n = sent_bytes(|| unsafe { libc::send(sock.as_raw_fd(), rest.as_ptr().cast(), rest.len(), libc::MSG_MORE | libc::MSG_NOSIGNAL) })?;
+        let n = sent_bytes(|| unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_MORE | libc::MSG_NOSIGNAL,
+            )
+        })?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes"));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "socket accepted no bytes",
+            ));
         }
         sent += n;
     }
@@ -40,18 +50,33 @@ pub fn send_header(sock: BorrowedFd<'_>, header: &[u8], deadline: Instant) -> io
 
 /// Sends `len` bytes of `file` from `offset` to `sock`. A blocking socket's
 /// SO_SNDTIMEO bounds each call; a file shorter than expected is an error.
-pub fn send_file_range(sock: BorrowedFd<'_>, file: BorrowedFd<'_>, offset: u64, len: u64, deadline: Instant) -> io::Result<()> {
-    let mut off = libc::off_t::try_from(offset)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("file offset {offset:#x} too large")))?;
+pub fn send_file_range(
+    sock: BorrowedFd<'_>,
+    file: BorrowedFd<'_>,
+    offset: u64,
+    len: u64,
+    deadline: Instant,
+) -> io::Result<()> {
+    let mut off = libc::off_t::try_from(offset).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("file offset {offset:#x} too large"),
+        )
+    })?;
     let mut left = len;
     while left > 0 {
         let count = left.min(CHUNK) as usize;
         arm_send(sock, deadline)?;
         // SAFETY: both fds are valid for the call (borrowed); `off` is a live
         // local the kernel reads and advances; no userspace buffer is involved.
-        let n = sent_bytes(|| unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, count) })?;
+        let n = sent_bytes(|| unsafe {
+            libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, count)
+        })?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("pages file ends at {off:#x}, {left} bytes short")));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("pages file ends at {off:#x}, {left} bytes short"),
+            ));
         }
         left -= n as u64;
     }
@@ -74,7 +99,13 @@ pub fn arm_send(sock: BorrowedFd<'_>, deadline: Instant) -> io::Result<()> {
     // SAFETY: `tv` is a live local of the size passed; `sock` is a valid fd borrowed
     // for the call.
     let rc = unsafe {
-        libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&raw const tv).cast(), std::mem::size_of::<libc::timeval>() as libc::socklen_t)
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
@@ -102,7 +133,10 @@ fn sent_bytes(mut call: impl FnMut() -> isize) -> io::Result<usize> {
 /// A blocking socket reports an expired SO_SNDTIMEO as EAGAIN.
 fn would_block_is_timeout(err: io::Error) -> io::Error {
     if err.kind() == io::ErrorKind::WouldBlock {
-        io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading (send timeout)")
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "peer stopped reading (send timeout)",
+        )
     } else {
         err
     }

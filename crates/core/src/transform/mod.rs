@@ -76,8 +76,16 @@ mod tests {
 }
 
 /// The bytes of a PE_PRESENT run of this dir's pagemap, or an error naming the entry.
-fn run_bytes<'a>(memory: &'a TaskMemory, pagemap: &Pagemap, run: &PageRun) -> Result<&'a [u8], ImageError> {
+fn run_bytes<'a>(
+    memory: &'a TaskMemory,
+    pagemap: &Pagemap,
+    run: &PageRun,
+) -> Result<&'a [u8], ImageError> {
     memory.pages_slice(run.vaddr, run.pages).ok_or_else(|| {
-        ImageError::at(&pagemap.path, run.entry_offset, format!("no bytes for entry {:#x}-{:#x}", run.vaddr, run.end()))
+        ImageError::at(
+            &pagemap.path,
+            run.entry_offset,
+            format!("no bytes for entry {:#x}-{:#x}", run.vaddr, run.end()),
+        )
     })
 }

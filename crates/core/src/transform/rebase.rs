@@ -72,7 +72,8 @@ pub fn rebase(dir: &Path, parent: &Path) -> Result<RebaseReport, ImageError> {
     let base = Dump::open(parent)?;
     let head = dump.inventory().head;
     // Keep the input's page-count encoding: it tells which CRIU goes with it.
-    let style = crate::images::pagemap_writer_of(&dump).unwrap_or(crate::images::PagemapWriter::Either);
+    let style =
+        crate::images::pagemap_writer_of(&dump).unwrap_or(crate::images::PagemapWriter::Either);
 
     let mut plans = Vec::new();
     let mut pages_ids = BTreeSet::new();
@@ -96,7 +97,13 @@ pub fn rebase(dir: &Path, parent: &Path) -> Result<RebaseReport, ImageError> {
 
     let mut staged = Vec::new();
     for plan in plans.iter().filter(|p| p.report.moved_to_parent > 0) {
-        let pagemap = stage_pagemap(&plan.pagemap.path, head, style, plan.pagemap.pages_id, &plan.runs)?;
+        let pagemap = stage_pagemap(
+            &plan.pagemap.path,
+            head,
+            style,
+            plan.pagemap.pages_id,
+            &plan.runs,
+        )?;
         let pages_path = dir.join(plan.pagemap.pages_file_name());
         let (pages, _) = stage_pages(&pages_path, plan.data.iter().copied())?;
         staged.push((pagemap, pages));

@@ -141,8 +141,15 @@ fn split_task(
     let pages_name = pagemap.pages_file_name();
     let head = dump.inventory().head;
     // Keep the input's page-count encoding: it tells which CRIU goes with it.
-    let style = crate::images::pagemap_writer_of(dump).unwrap_or(crate::images::PagemapWriter::Either);
-    let staged = stage_pagemap(&tmp.join(&pagemap_name), head, style, pagemap.pages_id, &runs)?;
+    let style =
+        crate::images::pagemap_writer_of(dump).unwrap_or(crate::images::PagemapWriter::Either);
+    let staged = stage_pagemap(
+        &tmp.join(&pagemap_name),
+        head,
+        style,
+        pagemap.pages_id,
+        &runs,
+    )?;
     staged.commit()?;
     let (staged, len) = stage_pages(&tmp.join(&pages_name), data)?;
     staged.commit()?;

@@ -9,12 +9,27 @@ use super::{uffd_into_owned, UffdError};
 /// One message from a uffd. Addresses are run-time addresses of the task.
 #[derive(Debug)]
 pub enum UffdEvent {
-    Fault { addr: u64, write: bool },
+    Fault {
+        addr: u64,
+        write: bool,
+    },
     /// The task forked; `uffd` is the child's new descriptor, already installed in us.
-    Fork { uffd: OwnedFd },
-    Remap { from: u64, to: u64, len: u64 },
-    Remove { start: u64, end: u64 },
-    Unmap { start: u64, end: u64 },
+    Fork {
+        uffd: OwnedFd,
+    },
+    Remap {
+        from: u64,
+        to: u64,
+        len: u64,
+    },
+    Remove {
+        start: u64,
+        end: u64,
+    },
+    Unmap {
+        start: u64,
+        end: u64,
+    },
     /// A message code this build does not know; reading it already completed it.
     Unknown(u8),
 }
@@ -67,13 +82,21 @@ fn convert(event: Event) -> UffdEvent {
             write: rw == userfaultfd::ReadWrite::Write,
         },
         // The kernel installed this descriptor for us while we read the FORK message.
-        Event::Fork { uffd } => UffdEvent::Fork { uffd: uffd_into_owned(uffd) },
+        Event::Fork { uffd } => UffdEvent::Fork {
+            uffd: uffd_into_owned(uffd),
+        },
         Event::Remap { from, to, len } => UffdEvent::Remap {
             from: from as u64,
             to: to as u64,
             len: len as u64,
         },
-        Event::Remove { start, end } => UffdEvent::Remove { start: start as u64, end: end as u64 },
-        Event::Unmap { start, end } => UffdEvent::Unmap { start: start as u64, end: end as u64 },
+        Event::Remove { start, end } => UffdEvent::Remove {
+            start: start as u64,
+            end: end as u64,
+        },
+        Event::Unmap { start, end } => UffdEvent::Unmap {
+            start: start as u64,
+            end: end as u64,
+        },
     }
 }

@@ -19,7 +19,10 @@ use std::os::fd::AsRawFd;
 use nix::errno::Errno;
 use userfaultfd::Uffd;
 
-use super::raw::{uffdio_copy, uffdio_poison, uffdio_zeropage, UffdioCopy, UffdioPoison, UffdioRange, UffdioZeropage};
+use super::raw::{
+    uffdio_copy, uffdio_poison, uffdio_zeropage, UffdioCopy, UffdioPoison, UffdioRange,
+    UffdioZeropage,
+};
 use super::UffdError;
 
 /// What a fill ioctl did. Everything that is not a bug in our bookkeeping is an outcome,
@@ -46,7 +49,13 @@ pub enum FillOutcome {
 /// UFFDIO_COPY `src` to run-time address `dst` (both page multiples), waking waiters.
 pub fn copy(uffd: &Uffd, dst: u64, src: &[u8]) -> Result<FillOutcome, UffdError> {
     let len = src.len() as u64;
-    let mut arg = UffdioCopy { dst, src: src.as_ptr() as u64, len, mode: 0, copy: 0 };
+    let mut arg = UffdioCopy {
+        dst,
+        src: src.as_ptr() as u64,
+        len,
+        mode: 0,
+        copy: 0,
+    };
     run_fill("UFFDIO_COPY", dst, len, || {
         arg.copy = 0;
         // SAFETY: `arg` is a valid uffdio_copy; `src` outlives the call and the kernel only
@@ -58,7 +67,11 @@ pub fn copy(uffd: &Uffd, dst: u64, src: &[u8]) -> Result<FillOutcome, UffdError>
 
 /// UFFDIO_ZEROPAGE `[dst, dst + len)`, waking waiters.
 pub fn zeropage(uffd: &Uffd, dst: u64, len: u64) -> Result<FillOutcome, UffdError> {
-    let mut arg = UffdioZeropage { range: UffdioRange { start: dst, len }, mode: 0, zeropage: 0 };
+    let mut arg = UffdioZeropage {
+        range: UffdioRange { start: dst, len },
+        mode: 0,
+        zeropage: 0,
+    };
     run_fill("UFFDIO_ZEROPAGE", dst, len, || {
         arg.zeropage = 0;
         // SAFETY: `arg` is a valid uffdio_zeropage that lives across the call.
@@ -71,7 +84,11 @@ pub fn zeropage(uffd: &Uffd, dst: u64, len: u64) -> Result<FillOutcome, UffdErro
 /// instead of faulting. For pages that will never be served, so that a task touching one
 /// dies loudly rather than reading zeros once the uffd is closed.
 pub fn poison(uffd: &Uffd, dst: u64, len: u64) -> Result<FillOutcome, UffdError> {
-    let mut arg = UffdioPoison { range: UffdioRange { start: dst, len }, mode: 0, updated: 0 };
+    let mut arg = UffdioPoison {
+        range: UffdioRange { start: dst, len },
+        mode: 0,
+        updated: 0,
+    };
     run_fill("UFFDIO_POISON", dst, len, || {
         arg.updated = 0;
         // SAFETY: `arg` is a valid uffdio_poison that lives across the call.
@@ -114,7 +131,9 @@ pub fn poison_span(uffd: &Uffd, start: u64, end: u64) -> Result<(u64, PoisonEnd)
             }
             // Present already (its copy landed), or not ours to poison any more.
             FillOutcome::Exists => at += PAGE,
-            FillOutcome::Unmapped if len > PAGE => step = crate::ranges::page_floor(len / 2).max(PAGE),
+            FillOutcome::Unmapped if len > PAGE => {
+                step = crate::ranges::page_floor(len / 2).max(PAGE)
+            }
             FillOutcome::Unmapped => {
                 at += PAGE;
                 step = end.saturating_sub(at);
@@ -129,7 +148,12 @@ pub fn poison_span(uffd: &Uffd, start: u64, end: u64) -> Result<(u64, PoisonEnd)
 /// Issues a fill ioctl until it answers with something other than EINTR, and asks an
 /// ENOENT once more. `call` issues it once and returns its result with the count the
 /// kernel wrote back (it resets the count first).
-fn run_fill(op: &'static str, dst: u64, len: u64, mut call: impl FnMut() -> (nix::Result<i32>, i64)) -> Result<FillOutcome, UffdError> {
+fn run_fill(
+    op: &'static str,
+    dst: u64,
+    len: u64,
+    mut call: impl FnMut() -> (nix::Result<i32>, i64),
+) -> Result<FillOutcome, UffdError> {
     let mut asked_again = false;
     loop {
         let (res, done) = call();

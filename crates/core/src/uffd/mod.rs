@@ -8,11 +8,13 @@
 mod error;
 mod event;
 mod fill;
-mod raw;
 mod range_ops;
+mod raw;
 
 pub use error::UffdError;
 pub use event::{read_events, ReadStatus, UffdEvent};
 pub use fill::{copy, poison, poison_span, zeropage, FillOutcome, PoisonEnd};
-pub use range_ops::{set_nonblocking, uffd_from_owned, uffd_into_owned, unregister, wake, UnregisterOutcome};
+pub use range_ops::{
+    set_nonblocking, uffd_from_owned, uffd_into_owned, unregister, wake, UnregisterOutcome,
+};
 pub use userfaultfd::{EventBuffer, Uffd};

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lazy_pages_core::engine::{EngineEvent, EventCallback, PageData, PageSource, Priority, SourceError, Waker};
+use lazy_pages_core::engine::{
+    EngineEvent, EventCallback, PageData, PageSource, Priority, SourceError, Waker,
+};
 use lazy_pages_core::ranges::{LazyRange, LazyRanges, PAGE_SIZE};
 use userfaultfd::{FeatureFlags, UffdBuilder};
 
@@ -18,7 +20,9 @@ pub const IMG_BASE: u64 = 0x5500_0000_0000;
 /// Byte `i` of the dumped page at `img_page`; never 0, so zero-fill is detectable.
 /// Pure arithmetic: safe to call in a forked child.
 pub fn pattern(img_page: u64, i: usize) -> u8 {
-    let x = (img_page >> 12).wrapping_mul(0x9e37_79b1).wrapping_add(i as u64 * 31);
+    let x = (img_page >> 12)
+        .wrapping_mul(0x9e37_79b1)
+        .wrapping_add(i as u64 * 31);
     ((x ^ (x >> 11)) as u8) | 1
 }
 
@@ -42,7 +46,10 @@ impl Region {
             )
         };
         assert_ne!(p, libc::MAP_FAILED);
-        Region { addr: p as u64, pages }
+        Region {
+            addr: p as u64,
+            pages,
+        }
     }
 
     pub fn page_addr(&self, i: usize) -> u64 {
@@ -56,11 +63,15 @@ impl Region {
             .non_blocking(true)
             .user_mode_only(false)
             .require_features(
-                FeatureFlags::EVENT_FORK | FeatureFlags::EVENT_REMAP | FeatureFlags::EVENT_REMOVE | FeatureFlags::EVENT_UNMAP,
+                FeatureFlags::EVENT_FORK
+                    | FeatureFlags::EVENT_REMAP
+                    | FeatureFlags::EVENT_REMOVE
+                    | FeatureFlags::EVENT_UNMAP,
             )
             .create()
             .expect("userfaultfd");
-        uffd.register(self.addr as *mut libc::c_void, self.pages * PS).expect("register");
+        uffd.register(self.addr as *mut libc::c_void, self.pages * PS)
+            .expect("register");
         lazy_pages_core::uffd::uffd_into_owned(uffd)
     }
 }
@@ -76,7 +87,14 @@ impl Region {
         let at = self.page_addr(i);
         // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
         let p = unsafe {
-            libc::mmap(at as *mut libc::c_void, n * PS, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE, -1, 0)
+            libc::mmap(
+                at as *mut libc::c_void,
+                n * PS,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
         };
         if p as u64 == at {
             return true;
@@ -125,8 +143,15 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn new(pages: usize, lazy: impl Fn(usize) -> bool, present: impl Fn(usize) -> bool) -> Self {
-        Layout { lazy: (0..pages).map(&lazy).collect(), present: (0..pages).map(|i| lazy(i) && present(i)).collect() }
+    pub fn new(
+        pages: usize,
+        lazy: impl Fn(usize) -> bool,
+        present: impl Fn(usize) -> bool,
+    ) -> Self {
+        Layout {
+            lazy: (0..pages).map(&lazy).collect(),
+            present: (0..pages).map(|i| lazy(i) && present(i)).collect(),
+        }
     }
 
     pub fn all(pages: usize) -> Self {
@@ -151,7 +176,11 @@ impl Layout {
                 i += 1;
             }
             let off = (start * PS) as u64;
-            assert!(set.insert(LazyRange::new(base + off, base + (i * PS) as u64, IMG_BASE + off)));
+            assert!(set.insert(LazyRange::new(
+                base + off,
+                base + (i * PS) as u64,
+                IMG_BASE + off
+            )));
         }
         set
     }
@@ -214,12 +243,20 @@ impl PageSource for PatternSource {
         *self.waker.lock().unwrap() = Some(waker);
     }
 
-    fn pages<'a>(&'a self, pid: u32, img_addr: u64, len: usize, _scratch: &'a mut Vec<u8>, _: Priority) -> Result<PageData<'a>, SourceError> {
+    fn pages<'a>(
+        &'a self,
+        pid: u32,
+        img_addr: u64,
+        len: usize,
+        _scratch: &'a mut Vec<u8>,
+        _: Priority,
+    ) -> Result<PageData<'a>, SourceError> {
         if let Some(d) = self.delay {
             std::thread::sleep(d);
         }
         let off = img_addr.checked_sub(IMG_BASE).map(|o| o as usize);
-        let Some(off) = off.filter(|o| o % PS == 0 && len % PS == 0 && o + len <= self.data.len()) else {
+        let Some(off) = off.filter(|o| o % PS == 0 && len % PS == 0 && o + len <= self.data.len())
+        else {
             return Err(SourceError::Missing { pid, img_addr, len });
         };
         if self.retries.fetch_sub(1, SeqCst) > 0 {
@@ -256,12 +293,18 @@ impl Recorder {
 }
 
 /// Touches every page in `pages` order from a thread, returning mismatches.
-pub fn touch_pages(base: u64, layout: Arc<Layout>, order: Vec<usize>) -> std::thread::JoinHandle<Vec<String>> {
+pub fn touch_pages(
+    base: u64,
+    layout: Arc<Layout>,
+    order: Vec<usize>,
+) -> std::thread::JoinHandle<Vec<String>> {
     std::thread::spawn(move || {
         let mut bad = Vec::new();
         for i in order {
             // SAFETY: page i of a live test region.
-            if let Err((b, got, want)) = unsafe { check_page(base + (i * PS) as u64, |b| layout.expected(i, b)) } {
+            if let Err((b, got, want)) =
+                unsafe { check_page(base + (i * PS) as u64, |b| layout.expected(i, b)) }
+            {
                 bad.push(format!("page {i} byte {b}: got {got:#x} want {want:#x}"));
             }
         }
@@ -298,11 +341,19 @@ pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
 /// be held: it must not allocate, lock, or unwind. It must not close fds (they are shared).
 pub unsafe fn fork_sharing_fds() -> libc::pid_t {
     // SAFETY: clone with fork semantics apart from CLONE_FILES; the caller upholds the rest.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_FILES | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_FILES | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
     assert!(pid >= 0, "clone: {}", std::io::Error::last_os_error());
     pid as libc::pid_t
 }
-
 
 /// A small xorshift generator: repeatable random choices for the engine tests.
 pub struct Rng(pub u64);
